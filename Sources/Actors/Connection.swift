@@ -1,0 +1,309 @@
+import Logging
+import NIOCore
+import PushProtocol
+
+/// One device's connection: the session state machine driven by socket events, timers and
+/// deliveries, on the channel's own event loop.
+///
+/// The actor's executor is its channel's event loop, so the channel handler calls it with
+/// `assumeIsolated` (synchronously, no task, no hop) and it writes to the channel inline.
+/// Work that must await (token check, store reads and deletes) runs in a short task isolated
+/// to this actor, which therefore also runs on the loop; state is re-checked through the
+/// state machine when it resumes. Deliveries from other threads hop once, onto this loop.
+public actor Connection {
+    /// The device's socket.
+    public nonisolated let channel: any Channel
+    /// The loop the socket and this actor run on.
+    public nonisolated let eventLoop: any EventLoop
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor {
+        eventLoop.executor.asUnownedSerialExecutor()
+    }
+
+    private let services: DeviceServices
+    private var machine: ConnectionStateMachine
+    private var lastReceived: NIODeadline
+    private var heartbeat: TimeAmount = .seconds(30)
+    private var helloTimer: Scheduled<Void>?
+    private var heartbeatTimer: Scheduled<Void>?
+    private var stallTimer: Scheduled<Void>?
+    private var draining = false
+    private var sentGoAway = false
+    private var closing = false
+
+    /// Creates the connection for a freshly accepted channel. Call on the channel's loop.
+    public init(channel: any Channel, services: DeviceServices) {
+        self.channel = channel
+        self.eventLoop = channel.eventLoop
+        self.services = services
+        self.machine = ConnectionStateMachine(window: services.configuration.window)
+        self.lastReceived = .now()
+    }
+
+    /// The client id, once the device is authenticated.
+    public var clientID: String? { machine.clientID }
+
+    /// Whether input should still be decoded (false once an ERROR was sent).
+    public var isReading: Bool { !closing }
+
+    // MARK: Socket events (from the channel handler)
+
+    /// The socket is open: the hello timeout starts now.
+    public func activated() {
+        services.metrics.connectionOpened(1)
+        lastReceived = .now()
+        helloTimer = eventLoop.scheduleTask(in: services.configuration.helloTimeout) { [self] in
+            assumeIsolated { $0.helloTimedOut() }
+        }
+    }
+
+    /// A complete frame arrived.
+    public func received(_ frame: Frame) {
+        guard !closing else { return }
+        lastReceived = .now()
+        let configuration = services.configuration
+        perform(machine.received(frame, heartbeat: configuration.clampedHeartbeat))
+    }
+
+    /// The decoder rejected the input.
+    public func malformed(_ error: FrameError) {
+        guard !closing else { return }
+        perform(machine.malformed(error))
+    }
+
+    /// The socket closed.
+    public func deactivated() {
+        machine.closed()
+        closing = true
+        helloTimer?.cancel()
+        heartbeatTimer?.cancel()
+        stallTimer?.cancel()
+        services.metrics.connectionOpened(-1)
+        if let clientID = registeredClientID {
+            services.registry.unregister(clientID, self)
+            registeredClientID = nil
+        }
+    }
+
+    /// The socket's write buffer crossed a water mark.
+    public func writabilityChanged(_ writable: Bool) {
+        if writable {
+            stallTimer?.cancel()
+            stallTimer = nil
+        } else if stallTimer == nil {
+            stallTimer = eventLoop.scheduleTask(in: services.configuration.stallTimeout) { [self] in
+                assumeIsolated { $0.stalled() }
+            }
+        }
+        if let fetch = machine.writabilityChanged(writable) { startFetch(fetch) }
+    }
+
+    // MARK: From the rest of the node
+
+    /// A message was stored for this device. Callable from any thread.
+    public nonisolated func deliver(_ message: StoredMessage) {
+        onLoop { $0.stored(message) }
+    }
+
+    /// A broadcast frame (an encoded PUSH). Call on this connection's loop.
+    public func sendBroadcast(_ frame: ByteBuffer) {
+        guard machine.clientID != nil, !closing, channel.isWritable else { return }
+        channel.writeAndFlush(frame, promise: nil)
+        services.metrics.broadcastsDelivered.increment()
+    }
+
+    /// A newer connection took this client id over: ERROR 409 and close. Callable from any thread.
+    public nonisolated func replace() {
+        onLoop { $0.fail(.replaced, "replaced by a newer connection") }
+    }
+
+    /// Closes the connection without an ERROR (the API's kick, the drain timeout).
+    /// Callable from any thread.
+    public nonisolated func close() {
+        onLoop { connection in
+            connection.closing = true
+            connection.channel.close(promise: nil)
+        }
+    }
+
+    /// The node is draining: send GOAWAY once and refuse HELLO from now on (503).
+    /// Callable from any thread.
+    public nonisolated func goAway(reason: String) {
+        onLoop { connection in
+            connection.draining = true
+            guard !connection.sentGoAway, !connection.closing else { return }
+            connection.sentGoAway = true
+            let after = connection.services.configuration.reconnectAfterMilliseconds
+            connection.channel.writeAndFlush(
+                Frame.goaway(reconnectAfterMilliseconds: after, reason: reason).encoded(allocator: connection.channel.allocator),
+                promise: nil
+            )
+        }
+    }
+
+    private nonisolated func onLoop(_ body: @escaping @Sendable (isolated Connection) -> Void) {
+        if eventLoop.inEventLoop {
+            assumeIsolated { body($0) }
+        } else {
+            eventLoop.execute { [self] in assumeIsolated { body($0) } }
+        }
+    }
+
+    // MARK: Actions
+
+    private var registeredClientID: String?
+
+    private func perform(_ action: ConnectionStateMachine.FrameAction) {
+        switch action {
+        case .none:
+            break
+        case .reply(let frame):
+            channel.writeAndFlush(frame.encoded(allocator: channel.allocator), promise: nil)
+        case .authenticate(let clientID, let token):
+            helloTimer?.cancel()
+            helloTimer = nil
+            guard !draining else { return fail(.unavailable, "server is draining") }
+            let authenticator = services.authenticator
+            Task { [self] in
+                let accepted = await authenticator.authenticate(clientID: clientID, token: token)
+                authenticationFinished(accepted)
+            }
+        case .acknowledge(let messageID, let fetch):
+            acknowledge(messageID)
+            if let fetch { startFetch(fetch) }
+        case .fail(let code, let reason):
+            fail(code, reason)
+        }
+    }
+
+    private func authenticationFinished(_ accepted: Bool) {
+        guard accepted else {
+            if case .fail(let code, let reason) = machine.authenticationFailed() { fail(code, reason) }
+            return
+        }
+        guard case .start(let clientID, let heartbeatSeconds, let fetch) = machine.authenticated() else { return }
+        if draining { return fail(.unavailable, "server is draining") }
+        registeredClientID = clientID
+        services.registry.register(clientID, self)?.replace()
+        heartbeat = .seconds(Int64(heartbeatSeconds))
+        channel.writeAndFlush(
+            Frame.welcome(heartbeatSeconds: heartbeatSeconds, nodeID: services.configuration.nodeID)
+                .encoded(allocator: channel.allocator),
+            promise: nil
+        )
+        scheduleHeartbeatCheck()
+        if let fetch { startFetch(fetch) }
+    }
+
+    private func stored(_ message: StoredMessage) {
+        guard !closing else { return }
+        send(machine.stored(message, nowMillis: WallClock.millisecondsSinceEpoch()))
+    }
+
+    private func send(_ delivery: ConnectionStateMachine.Delivery) {
+        if !delivery.send.isEmpty {
+            for message in delivery.send {
+                var buffer = channel.allocator.buffer(capacity: 7 + message.id.utf8.count + message.payload.readableBytes)
+                buffer.writePushFrame(messageID: message.id, payload: message.payload)
+                channel.write(buffer, promise: nil)
+            }
+            channel.flush()
+            services.metrics.pushesDelivered.increment(by: Int64(delivery.send.count))
+        }
+        if let fetch = delivery.fetch { startFetch(fetch) }
+    }
+
+    private func startFetch(_ fetch: ConnectionStateMachine.Fetch) {
+        guard let clientID = machine.clientID else { return }
+        let store = services.store
+        Task { [self] in
+            do {
+                let messages = try await store.pending(for: clientID, after: fetch.after, limit: fetch.limit)
+                send(machine.fetched(messages, for: fetch))
+            } catch {
+                services.logger.warning(
+                    "reading pending messages failed, retrying", metadata: ["herald.client": "\(clientID)", "error": "\(error)"]
+                )
+                machine.fetchFailed()
+                eventLoop.scheduleTask(in: .seconds(1)) { [self] in
+                    assumeIsolated { connection in
+                        if let fetch = connection.machine.retry() { connection.startFetch(fetch) }
+                    }
+                }
+            }
+        }
+    }
+
+    private func acknowledge(_ messageID: String) {
+        guard let clientID = machine.clientID else { return }
+        let store = services.store
+        let metrics = services.metrics
+        let logger = services.logger
+        // Isolated to this actor, so the store call starts on this loop (where a per-loop
+        // store connection lives) rather than on the shared pool.
+        Task { [self] in
+            _ = self
+            do {
+                if try await store.acknowledge(clientID: clientID, messageID: messageID) {
+                    metrics.pushesAcknowledged.increment()
+                }
+            } catch {
+                // The message stays stored and is sent again on the next connection.
+                logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: Timers
+
+    private func helloTimedOut() {
+        guard !machine.helloReceived, !closing else { return }
+        machine.closed()
+        fail(.helloTimeout, "no HELLO within \(services.configuration.helloTimeout.nanoseconds / 1_000_000_000) s")
+    }
+
+    /// Closes a device silent for 2 x heartbeat; checks again exactly when that could next be true.
+    private func scheduleHeartbeatCheck() {
+        let deadline = lastReceived + heartbeat * 2
+        heartbeatTimer = eventLoop.scheduleTask(deadline: deadline) { [self] in
+            assumeIsolated { connection in
+                guard !connection.closing else { return }
+                if NIODeadline.now() >= connection.lastReceived + connection.heartbeat * 2 {
+                    connection.services.logger.debug(
+                        "closing silent connection", metadata: ["herald.client": "\(connection.machine.clientID ?? "")"]
+                    )
+                    connection.machine.closed()
+                    connection.closing = true
+                    connection.channel.close(promise: nil)
+                } else {
+                    connection.scheduleHeartbeatCheck()
+                }
+            }
+        }
+    }
+
+    private func stalled() {
+        stallTimer = nil
+        guard !channel.isWritable, !closing else { return }
+        services.logger.info("closing a device that stopped reading", metadata: ["herald.client": "\(machine.clientID ?? "")"])
+        machine.closed()
+        closing = true
+        channel.close(promise: nil)
+    }
+
+    /// Sends ERROR and closes: the write side closes at once (FIN after the ERROR frame), and
+    /// the socket shortly after, so that the device reads the ERROR before the close.
+    private func fail(_ code: ErrorCode, _ reason: String) {
+        guard !closing else { return }
+        closing = true
+        machine.closed()
+        services.metrics.frameError(code.rawValue)
+        services.logger.debug(
+            "closing with ERROR", metadata: ["code": "\(code.rawValue)", "reason": "\(reason)", "herald.client": "\(registeredClientID ?? "")"]
+        )
+        let channel = channel
+        channel.writeAndFlush(Frame.error(code, reason).encoded(allocator: channel.allocator), promise: nil)
+        channel.close(mode: .output, promise: nil)
+        channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+    }
+}

@@ -1,0 +1,30 @@
+import Logging
+
+/// What every connection of a node shares: passed to each `Connection` as one reference.
+public final class DeviceServices: Sendable {
+    /// The session rules' settings.
+    public let configuration: SessionConfiguration
+    /// Where messages wait for their ACK.
+    public let store: any PushStore
+    /// Client id -> connection.
+    public let registry: ConnectionRegistry
+    /// Checks HELLO tokens.
+    public let authenticator: any DeviceAuthenticator
+    /// The node's metrics.
+    public let metrics: NodeMetrics
+    /// The node's logger (`herald.node` set).
+    public let logger: Logger
+
+    /// Creates the shared services.
+    public init(
+        configuration: SessionConfiguration, store: any PushStore, registry: ConnectionRegistry,
+        authenticator: any DeviceAuthenticator, metrics: NodeMetrics, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.store = store
+        self.registry = registry
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.logger = logger
+    }
+}

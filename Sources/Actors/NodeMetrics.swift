@@ -1,0 +1,69 @@
+import CoreMetrics
+import Synchronization
+
+/// The node's metrics, made from an explicit factory so that several nodes in one process
+/// (the tests) keep separate figures. Names follow Prometheus conventions.
+public final class NodeMetrics: Sendable {
+    /// Open device connections (sockets, before and after HELLO).
+    public let connections: Gauge
+    /// Messages accepted by the API and stored.
+    public let pushesAccepted: Counter
+    /// PUSH frames of stored messages written to devices.
+    public let pushesDelivered: Counter
+    /// Broadcast PUSH frames written to devices.
+    public let broadcastsDelivered: Counter
+    /// ACKs that removed a message from the store.
+    public let pushesAcknowledged: Counter
+    /// Messages removed by the expiry sweeper.
+    public let pushesExpired: Counter
+    /// Store operation latency.
+    public let storeLatency: Timer
+    private let factory: any MetricsFactory
+    private let frameErrorCounters: [UInt16: Counter]
+    private let restartCounters = Mutex<[String: Counter]>([:])
+    private let openConnections = Atomic<Int>(0)
+
+    /// Creates the metrics with `factory`.
+    public init(factory: any MetricsFactory) {
+        self.factory = factory
+        connections = Gauge(label: "herald_connections", factory: factory)
+        pushesAccepted = Counter(label: "herald_pushes_accepted_total", factory: factory)
+        pushesDelivered = Counter(label: "herald_pushes_delivered_total", factory: factory)
+        broadcastsDelivered = Counter(label: "herald_broadcasts_delivered_total", factory: factory)
+        pushesAcknowledged = Counter(label: "herald_pushes_acked_total", factory: factory)
+        pushesExpired = Counter(label: "herald_pushes_expired_total", factory: factory)
+        storeLatency = Timer(label: "herald_store_latency_seconds", dimensions: [], factory: factory)
+        var errors: [UInt16: Counter] = [:]
+        for code in [400, 401, 408, 409, 413, 429, 503] as [UInt16] {
+            errors[code] = Counter(label: "herald_frame_errors_total", dimensions: [("code", "\(code)")], factory: factory)
+        }
+        frameErrorCounters = errors
+    }
+
+    /// Counts one ERROR frame sent to a device.
+    public func frameError(_ code: UInt16) {
+        frameErrorCounters[code]?.increment()
+    }
+
+    /// Counts one restart of a supervised child.
+    public func restart(child: String) {
+        let counter = restartCounters.withLock { counters in
+            if let counter = counters[child] { return counter }
+            let counter = Counter(label: "herald_restarts_total", dimensions: [("child", child)], factory: factory)
+            counters[child] = counter
+            return counter
+        }
+        counter.increment()
+    }
+
+    /// A socket opened (+1) or closed (-1); returns the new count.
+    @discardableResult
+    public func connectionOpened(_ delta: Int) -> Int {
+        let value = openConnections.add(delta, ordering: .relaxed).newValue
+        connections.record(value)
+        return value
+    }
+
+    /// Open device sockets now.
+    public var openConnectionCount: Int { openConnections.load(ordering: .relaxed) }
+}

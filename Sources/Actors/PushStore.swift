@@ -1,0 +1,113 @@
+import NIOCore
+
+/// A message as the backend gave it, before it is stored.
+public struct NewMessage: Sendable {
+    /// The device it is for (already validated by the caller).
+    public var clientID: String
+    /// The message id, unique across the cluster (see `MessageIDGenerator`).
+    public var id: String
+    /// The payload bytes, at most `max_payload`.
+    public var payload: ByteBuffer
+    /// When the message expires, in milliseconds since the Unix epoch.
+    public var expiresAtMillis: Int64
+
+    /// Creates a message.
+    public init(clientID: String, id: String, payload: ByteBuffer, expiresAtMillis: Int64) {
+        self.clientID = clientID
+        self.id = id
+        self.payload = payload
+        self.expiresAtMillis = expiresAtMillis
+    }
+}
+
+/// A message as the store holds it for one device.
+public struct StoredMessage: Sendable, Hashable {
+    /// The device it is for.
+    public var clientID: String
+    /// The message id.
+    public var id: String
+    /// Its position in the device's queue: strictly increasing in the order the store
+    /// accepted the device's messages, never reused for that device.
+    public var sequence: UInt64
+    /// The payload bytes.
+    public var payload: ByteBuffer
+    /// When it expires, in milliseconds since the Unix epoch.
+    public var expiresAtMillis: Int64
+
+    /// Creates a stored message.
+    public init(clientID: String, id: String, sequence: UInt64, payload: ByteBuffer, expiresAtMillis: Int64) {
+        self.clientID = clientID
+        self.id = id
+        self.sequence = sequence
+        self.payload = payload
+        self.expiresAtMillis = expiresAtMillis
+    }
+}
+
+/// Why a store operation failed. Compared by code.
+public struct StoreError: Error, Hashable, CustomStringConvertible {
+    /// The kinds of failure, which the HTTP API maps to status codes.
+    public enum Code: Sendable, Hashable {
+        /// A device's pending queue would exceed its cap (HTTP 429).
+        case pendingFull
+        /// The store cannot be reached or did not answer in time (HTTP 503).
+        case unavailable
+    }
+
+    /// The kind of failure.
+    public let code: Code
+    /// Details for the log and the error message.
+    public let message: String
+
+    /// Creates a store error.
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
+    public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+    public var description: String { "\(code): \(message)" }
+}
+
+/// Where accepted messages live until their device acknowledges them (the store role of
+/// the node; `InMemoryPushStore` on a lone node, Redis in a cluster).
+///
+/// Contract, for every implementation (the conformance suite checks each point):
+/// - **Durability**: when `append` returns, the messages are in the store, and survive
+///   whatever the implementation promises to survive (the process, for Redis).
+/// - **Atomicity**: `append` stores all of its messages or none of them, even across devices.
+/// - **Ordering**: one device's messages are returned by `pending` in the order `append`
+///   accepted them (array order within one call; call order across calls), with strictly
+///   increasing `sequence`.
+/// - **At-least-once**: a message stays until `acknowledge` removes it or it expires;
+///   delivering it does not remove it.
+/// - **Isolation**: `acknowledge` removes only the named device's own message; an unknown
+///   or foreign id changes nothing.
+/// - **TTL**: an expired message is never returned by `pending` nor counted by
+///   `pendingCount`; `removeExpired` reclaims the space of expired messages.
+/// - **Cap**: `append` throws `.pendingFull` rather than hold more than the cap of
+///   unexpired messages for one device, and then stores nothing.
+/// - **Failure**: when the store cannot answer, operations throw `.unavailable` and have
+///   not half-happened.
+public protocol PushStore: Sendable {
+    /// Stores `messages` atomically, returning them with their sequence numbers in the
+    /// same order. Throws `.pendingFull` or `.unavailable`, and then stores nothing.
+    func append(_ messages: [NewMessage]) async throws(StoreError) -> [StoredMessage]
+
+    /// Up to `limit` unexpired messages of `clientID` whose sequence is above `sequence`,
+    /// in order. Idempotent; does not change what is stored.
+    func pending(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [StoredMessage]
+
+    /// Removes `clientID`'s message `messageID`. Returns whether it was there. Idempotent.
+    func acknowledge(clientID: String, messageID: String) async throws(StoreError) -> Bool
+
+    /// How many unexpired, unacknowledged messages `clientID` has.
+    func pendingCount(for clientID: String) async throws(StoreError) -> Int
+
+    /// Deletes expired messages; returns how many. Safe to call at any time, from any node.
+    func removeExpired() async throws(StoreError) -> Int
+
+    /// Answers when the store is reachable; throws `.unavailable` otherwise.
+    func ping() async throws(StoreError)
+}

@@ -1,0 +1,111 @@
+import Logging
+import NIOCore
+import PushProtocol
+
+/// A message the API accepted for one device, before it has an id.
+public struct PushRequest: Sendable {
+    /// The device (already validated).
+    public var clientID: String
+    /// The payload (already within `max_payload`).
+    public var payload: ByteBuffer
+    /// Its time to live.
+    public var ttlSeconds: Int64
+
+    /// Creates a request.
+    public init(clientID: String, payload: ByteBuffer, ttlSeconds: Int64) {
+        self.clientID = clientID
+        self.payload = payload
+        self.ttlSeconds = ttlSeconds
+    }
+}
+
+/// What the API knows of one device.
+public struct ClientStatus: Sendable, Hashable {
+    /// Connected to a node now.
+    public var online: Bool
+    /// The node it is connected to.
+    public var node: String?
+    /// Stored, unexpired, unacknowledged messages.
+    public var pending: Int
+}
+
+/// The push path of a node: store first, then hand to the device's connection.
+///
+/// A message is delivered from the store's point of view: `push` returns only after the
+/// store has the message, and the connection is only notified; if the notification is lost
+/// (no connection, connection closing), the message waits in the store for the next
+/// connection's read.
+public final class Router: Sendable {
+    private let store: any PushStore
+    private let registry: ConnectionRegistry
+    private let ids: MessageIDGenerator
+    private let metrics: NodeMetrics
+    private let nodeID: String
+    private let now: @Sendable () -> Int64
+
+    /// Creates the router of a node.
+    public init(
+        nodeID: String, store: any PushStore, registry: ConnectionRegistry, metrics: NodeMetrics,
+        ids: MessageIDGenerator = MessageIDGenerator(), now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
+    ) {
+        self.nodeID = nodeID
+        self.store = store
+        self.registry = registry
+        self.ids = ids
+        self.metrics = metrics
+        self.now = now
+    }
+
+    /// Stores `requests` atomically, then notifies the connected devices. Returns the message
+    /// ids in request order. Throws the store's error, in which case nothing was stored.
+    public func push(_ requests: [PushRequest]) async throws(StoreError) -> [String] {
+        let now = now()
+        let messages = requests.map {
+            NewMessage(clientID: $0.clientID, id: ids.next(), payload: $0.payload, expiresAtMillis: now + $0.ttlSeconds * 1000)
+        }
+        let start = ContinuousClock.now
+        let stored = try await store.append(messages)
+        let elapsed = (ContinuousClock.now - start).components
+        metrics.storeLatency.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
+        metrics.pushesAccepted.increment(by: Int64(stored.count))
+        for message in stored {
+            registry.connection(for: message.clientID)?.deliver(message)
+        }
+        return stored.map(\.id)
+    }
+
+    /// Sends `payload` as a PUSH to every device connected to this node now; never stored.
+    /// Returns the broadcast's message id and how many connections it was handed to.
+    public func broadcast(_ payload: ByteBuffer) -> (id: String, recipients: Int) {
+        let id = ids.next()
+        var encoded = ByteBuffer()
+        encoded.reserveCapacity(7 + id.utf8.count + payload.readableBytes)
+        encoded.writePushFrame(messageID: id, payload: payload)
+        // One encoding for every recipient: each write shares the same storage.
+        let frame = encoded
+        var recipients = 0
+        for (loop, connections) in registry.connectionsByEventLoop() {
+            recipients += connections.count
+            loop.execute {
+                for connection in connections {
+                    connection.assumeIsolated { $0.sendBroadcast(frame) }
+                }
+            }
+        }
+        return (id, recipients)
+    }
+
+    /// The device's status as the API reports it.
+    public func status(of clientID: String) async throws(StoreError) -> ClientStatus {
+        let pending = try await store.pendingCount(for: clientID)
+        let online = registry.connection(for: clientID) != nil
+        return ClientStatus(online: online, node: online ? nodeID : nil, pending: pending)
+    }
+
+    /// Closes the device's connection on this node, if any. Returns whether there was one.
+    public func disconnect(_ clientID: String) -> Bool {
+        guard let connection = registry.connection(for: clientID) else { return false }
+        connection.close()
+        return true
+    }
+}

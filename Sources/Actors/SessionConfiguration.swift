@@ -1,0 +1,49 @@
+import NIOCore
+
+/// The session rules' knobs (protocol.md §1), shared by every connection of a node.
+public struct SessionConfiguration: Sendable {
+    /// This node's id, sent in WELCOME.
+    public var nodeID: String
+    /// The largest accepted frame length.
+    public var maxFrame: Int
+    /// At most this many unacknowledged PUSH frames per connection.
+    public var window: Int
+    /// How long a device has to send a complete HELLO.
+    public var helloTimeout: TimeAmount
+    /// The heartbeat used when a device asks for 0.
+    public var defaultHeartbeatSeconds: UInt16
+    /// The range a requested heartbeat is clamped into.
+    public var heartbeatRange: ClosedRange<UInt16>
+    /// How long a device may leave the server's write buffer above its high-water mark
+    /// before it is closed.
+    public var stallTimeout: TimeAmount
+    /// How long after GOAWAY a device is told to wait before reconnecting.
+    public var reconnectAfterMilliseconds: UInt32
+
+    /// Creates a configuration with the protocol's defaults.
+    public init(
+        nodeID: String,
+        maxFrame: Int = 65536,
+        window: Int = 64,
+        helloTimeout: TimeAmount = .seconds(10),
+        defaultHeartbeatSeconds: UInt16 = 30,
+        heartbeatRange: ClosedRange<UInt16> = 5...600,
+        stallTimeout: TimeAmount = .seconds(60),
+        reconnectAfterMilliseconds: UInt32 = 1000
+    ) {
+        self.nodeID = nodeID
+        self.maxFrame = maxFrame
+        self.window = window
+        self.helloTimeout = helloTimeout
+        self.defaultHeartbeatSeconds = defaultHeartbeatSeconds
+        self.heartbeatRange = heartbeatRange
+        self.stallTimeout = stallTimeout
+        self.reconnectAfterMilliseconds = reconnectAfterMilliseconds
+    }
+
+    /// The heartbeat a device gets for what it asked: 0 means the default; the rest is clamped.
+    public func clampedHeartbeat(_ requested: UInt16) -> UInt16 {
+        let wanted = requested == 0 ? defaultHeartbeatSeconds : requested
+        return min(max(wanted, heartbeatRange.lowerBound), heartbeatRange.upperBound)
+    }
+}

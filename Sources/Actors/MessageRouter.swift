@@ -35,7 +35,7 @@ public struct ClientStatus: Sendable, Hashable {
 /// store has the message, and the connection is only notified; if the notification is lost
 /// (no connection, connection closing), the message waits in the store for the next
 /// connection's read.
-public final class Router: Sendable {
+public final class MessageRouter: Sendable {
     private let store: any PushStore
     private let registry: ConnectionRegistry
     private let ids: MessageIDGenerator

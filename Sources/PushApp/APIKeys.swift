@@ -1,0 +1,28 @@
+/// The configured API keys, checked in constant time.
+struct APIKeys: Sendable {
+    private let keys: [[UInt8]]
+
+    init(_ keys: [String]) {
+        self.keys = keys.map { Array($0.utf8) }
+    }
+
+    /// Whether API authentication is on.
+    var isEnabled: Bool { !keys.isEmpty }
+
+    /// Whether `candidate` equals one of the keys. Takes the same time whichever key matches,
+    /// where the strings first differ, and whether any matches: every key is compared over
+    /// the candidate's whole length, with no early exit.
+    func accepts(_ candidate: Substring) -> Bool {
+        let candidate = Array(candidate.utf8)
+        var matched: UInt8 = 0
+        for key in keys {
+            var difference: UInt8 = key.count == candidate.count ? 0 : 1
+            for index in candidate.indices {
+                let keyByte = index < key.count ? key[index] : 0
+                difference |= keyByte ^ candidate[index]
+            }
+            matched |= difference == 0 ? 1 : 0
+        }
+        return matched == 1
+    }
+}

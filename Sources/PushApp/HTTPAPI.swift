@@ -1,0 +1,244 @@
+import Actors
+import FoundationEssentials
+import Hummingbird
+import PushProtocol
+
+/// The backends' HTTP API of protocol.md §2 (and Docs/http-api.md).
+struct HTTPAPI: Sendable {
+    let node: HeraldNode
+
+    private var configuration: NodeConfiguration { node.configuration }
+    /// The most messages one batch may carry (Docs/http-api.md).
+    static let maxBatch = 1000
+
+    /// The Hummingbird router with every endpoint.
+    func router() -> Hummingbird.Router<BasicRequestContext> {
+        let router = Hummingbird.Router(context: BasicRequestContext.self)
+        router.add(middleware: APIErrorMiddleware(keys: APIKeys(configuration.apiKeys)))
+        router.post("/v1/push") { request, _ in try await push(request) }
+        router.post("/v1/push/batch") { request, _ in try await batch(request) }
+        router.post("/v1/broadcast") { request, _ in try await broadcast(request) }
+        router.get("/v1/clients/{client_id}") { _, context in try await client(context) }
+        router.delete("/v1/clients/{client_id}/connection") { _, context in try disconnect(context) }
+        router.get("/v1/stats") { _, _ in stats() }
+        router.get("/healthz") { _, _ in await health() }
+        router.get("/readyz") { _, _ in await ready() }
+        router.get("/metrics") { _, _ in metrics() }
+        if configuration.faultHooks {
+            router.post("/debug/kill/{child}") { _, context in try await kill(context) }
+        }
+        return router
+    }
+
+    // MARK: Pushing
+
+    private struct PushBody: Decodable {
+        var client_id: String?
+        var data: String?
+        var data_base64: String?
+        var ttl_s: Int64?
+    }
+
+    private struct BatchBody: Decodable {
+        var messages: [PushBody]?
+    }
+
+    private struct BroadcastBody: Decodable {
+        var data: String?
+        var data_base64: String?
+    }
+
+    private func push(_ request: Request) async throws -> Response {
+        let body = try await decode(PushBody.self, from: request, limit: bodyLimit(messages: 1))
+        let ids = try await store([try validate(body, at: nil)])
+        return JSONBody.response(status: .accepted, ["id": ids[0]])
+    }
+
+    private func batch(_ request: Request) async throws -> Response {
+        let body = try await decode(BatchBody.self, from: request, limit: bodyLimit(messages: Self.maxBatch))
+        guard let messages = body.messages else { throw APIError.badRequest("missing field messages") }
+        guard !messages.isEmpty else { throw APIError.badRequest("messages is empty") }
+        guard messages.count <= Self.maxBatch else {
+            throw APIError.badRequest("a batch carries at most \(Self.maxBatch) messages, got \(messages.count)")
+        }
+        let requests = try messages.enumerated().map { try validate($0.element, at: $0.offset) }
+        let ids = try await store(requests)
+        return JSONBody.response(status: .accepted, ["ids": ids])
+    }
+
+    private func broadcast(_ request: Request) async throws -> Response {
+        let body = try await decode(BroadcastBody.self, from: request, limit: bodyLimit(messages: 1))
+        let payload = try self.payload(data: body.data, base64: body.data_base64, at: nil)
+        guard !node.isDraining else { throw APIError.unavailable("node is draining") }
+        let (id, _) = node.router.broadcast(payload)
+        return JSONBody.response(status: .accepted, ["id": id])
+    }
+
+    private func store(_ requests: [PushRequest]) async throws -> [String] {
+        do {
+            return try await node.router.push(requests)
+        } catch {
+            switch error.code {
+            case .pendingFull: throw APIError.tooManyRequests(error.message)
+            case .unavailable: throw APIError.unavailable("store unavailable: \(error.message)")
+            }
+        }
+    }
+
+    private func validate(_ body: PushBody, at index: Int?) throws -> PushRequest {
+        let prefix = index.map { "messages[\($0)]: " } ?? ""
+        guard let clientID = body.client_id else { throw APIError.badRequest("\(prefix)missing field client_id") }
+        guard Identifiers.isValidClientID(clientID) else {
+            throw APIError.badRequest("\(prefix)client_id must be 1 to 128 characters of [A-Za-z0-9._:@-]")
+        }
+        let payload = try payload(data: body.data, base64: body.data_base64, at: index)
+        let ttl = body.ttl_s ?? configuration.defaultTTLSeconds
+        guard ttl >= 1, ttl <= configuration.maxTTLSeconds else {
+            throw APIError.badRequest("\(prefix)ttl_s must be from 1 to \(configuration.maxTTLSeconds)")
+        }
+        return PushRequest(clientID: clientID, payload: payload, ttlSeconds: ttl)
+    }
+
+    private func payload(data: String?, base64: String?, at index: Int?) throws -> ByteBuffer {
+        let prefix = index.map { "messages[\($0)]: " } ?? ""
+        let payload: ByteBuffer
+        switch (data, base64) {
+        case (let text?, nil):
+            payload = ByteBuffer(string: text)
+        case (nil, let encoded?):
+            guard let bytes = Data(base64Encoded: encoded) else {
+                throw APIError.badRequest("\(prefix)data_base64 is not standard base64 with padding")
+            }
+            payload = ByteBuffer(bytes: bytes)
+        case (nil, nil):
+            throw APIError.badRequest("\(prefix)one of data or data_base64 is required")
+        case (.some, .some):
+            throw APIError.badRequest("\(prefix)give data or data_base64, not both")
+        }
+        guard payload.readableBytes <= configuration.maxPayload else {
+            throw APIError.payloadTooLarge("\(prefix)payload is \(payload.readableBytes) bytes, above max_payload \(configuration.maxPayload)")
+        }
+        return payload
+    }
+
+    /// A JSON string can spend up to 6 bytes per payload byte (`\u0000`), base64 4/3:
+    /// the body limit leaves room for either, plus the other fields.
+    private func bodyLimit(messages: Int) -> Int {
+        messages * (configuration.maxPayload * 6 + 512) + 1024
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, from request: Request, limit: Int) async throws -> T {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: limit)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw APIError.payloadTooLarge("request body above \(limit) bytes")
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
+            let field = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            throw APIError.badRequest("wrong type for \(field.isEmpty ? "body" : String(field.dropFirst(field.hasPrefix(".") ? 1 : 0)))")
+        } catch {
+            throw APIError.badRequest("malformed JSON", code: "malformed_json")
+        }
+    }
+
+    // MARK: Devices
+
+    private struct ClientBody: Encodable {
+        var client_id: String
+        var online: Bool
+        var node: String?
+        var pending: Int
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(client_id, forKey: .client_id)
+            try container.encode(online, forKey: .online)
+            try container.encode(node, forKey: .node)  // null, not absent, when offline
+            try container.encode(pending, forKey: .pending)
+        }
+        enum CodingKeys: CodingKey { case client_id, online, node, pending }
+    }
+
+    private func clientID(_ context: BasicRequestContext) throws -> String {
+        guard let id = context.parameters.get("client_id"), Identifiers.isValidClientID(id) else {
+            throw APIError.badRequest("client_id must be 1 to 128 characters of [A-Za-z0-9._:@-]")
+        }
+        return id
+    }
+
+    private func client(_ context: BasicRequestContext) async throws -> Response {
+        let id = try clientID(context)
+        let status: ClientStatus
+        do {
+            status = try await node.router.status(of: id)
+        } catch {
+            throw APIError.unavailable("store unavailable: \(error.message)")
+        }
+        return JSONBody.response(
+            status: .ok, ClientBody(client_id: id, online: status.online, node: status.node, pending: status.pending)
+        )
+    }
+
+    private func disconnect(_ context: BasicRequestContext) throws -> Response {
+        _ = node.router.disconnect(try clientID(context))
+        return Response(status: .noContent)
+    }
+
+    // MARK: Operations
+
+    private struct StatsBody: Encodable {
+        var node: String
+        var connections: Int
+        var sockets: Int
+        var uptime_s: Int64
+        var draining: Bool
+        var store: String
+    }
+
+    private func stats() -> Response {
+        JSONBody.response(
+            status: .ok,
+            StatsBody(
+                node: configuration.nodeID, connections: node.registry.count, sockets: node.metrics.openConnectionCount,
+                uptime_s: node.uptime.components.seconds, draining: node.isDraining, store: node.storeKind
+            )
+        )
+    }
+
+    private struct ReadyBody: Encodable {
+        var ready: Bool
+        var reason: String
+    }
+
+    private func health() async -> Response {
+        let report = await node.health()
+        return JSONBody.response(status: report.healthy ? .ok : .serviceUnavailable, report)
+    }
+
+    private func ready() async -> Response {
+        let (ready, reason) = await node.readiness()
+        return JSONBody.response(status: ready ? .ok : .serviceUnavailable, ReadyBody(ready: ready, reason: reason))
+    }
+
+    private func metrics() -> Response {
+        var bytes: [UInt8] = []
+        node.prometheus.emit(into: &bytes)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
+    private func kill(_ context: BasicRequestContext) async throws -> Response {
+        guard let child = context.parameters.get("child") else { throw APIError.notFound }
+        do {
+            try await node.root.kill(childID: child)
+        } catch {
+            throw APIError(status: .notFound, code: "not_found", message: "no child \(child)")
+        }
+        return Response(status: .accepted)
+    }
+}

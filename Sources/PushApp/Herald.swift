@@ -1,0 +1,155 @@
+import ArgumentParser
+import HeraldClient
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `herald` executable.
+@main
+struct Herald: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "herald",
+        abstract: "Herald, a self-hosted push server.",
+        subcommands: [Serve.self, Device.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// `herald serve`: run a node. Every flag has an environment variable; the flag wins.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a Herald node (flags override HERALD_* variables).")
+
+    @Option(help: "HERALD_NODE_ID: this node's id (default: the host name).") var nodeID: String?
+    @Option(help: "HERALD_TCP_ADDR: device listener, host:port (default 0.0.0.0:9988).") var tcpAddr: String?
+    @Option(help: "HERALD_HTTP_ADDR: HTTP API, host:port (default 0.0.0.0:8080).") var httpAddr: String?
+    @Option(help: "HERALD_API_KEYS: comma-separated API keys (unset: no API auth).") var apiKeys: String?
+    @Option(help: "HERALD_DEVICE_JWT_SECRET: HS256 secret for device tokens (unset: no device auth).") var deviceJWTSecret: String?
+    @Option(help: "HERALD_MAX_FRAME: largest device frame in bytes (65536).") var maxFrame: String?
+    @Option(help: "HERALD_MAX_PAYLOAD: largest message payload in bytes (4096).") var maxPayload: String?
+    @Option(help: "HERALD_WINDOW: unacknowledged PUSH frames per connection (64).") var window: String?
+    @Option(help: "HERALD_HELLO_TIMEOUT_S: seconds to wait for HELLO (10).") var helloTimeoutS: String?
+    @Option(help: "HERALD_HEARTBEAT_S: default heartbeat in seconds (30).") var heartbeatS: String?
+    @Option(help: "HERALD_HEARTBEAT_MIN_S: smallest heartbeat a device may ask for (5).") var heartbeatMinS: String?
+    @Option(help: "HERALD_HEARTBEAT_MAX_S: largest heartbeat a device may ask for (600).") var heartbeatMaxS: String?
+    @Option(help: "HERALD_DEFAULT_TTL_S: message TTL when a push gives none (86400).") var defaultTTLS: String?
+    @Option(help: "HERALD_MAX_TTL_S: largest ttl_s a push may ask for (2592000).") var maxTTLS: String?
+    @Option(help: "HERALD_MAX_PENDING: stored messages per device before pushes get 429 (1000).") var maxPending: String?
+    @Option(help: "HERALD_DRAIN_TIMEOUT_S: seconds devices get to leave after GOAWAY (30).") var drainTimeoutS: String?
+    @Option(help: "HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error or critical (info).") var logLevel: String?
+
+    func run() async throws {
+        var values = ProcessEnvironment.variables.filter { $0.key.hasPrefix("HERALD_") }
+        let flags: [(String, String?)] = [
+            ("HERALD_NODE_ID", nodeID), ("HERALD_TCP_ADDR", tcpAddr), ("HERALD_HTTP_ADDR", httpAddr),
+            ("HERALD_API_KEYS", apiKeys), ("HERALD_DEVICE_JWT_SECRET", deviceJWTSecret), ("HERALD_MAX_FRAME", maxFrame),
+            ("HERALD_MAX_PAYLOAD", maxPayload), ("HERALD_WINDOW", window), ("HERALD_HELLO_TIMEOUT_S", helloTimeoutS),
+            ("HERALD_HEARTBEAT_S", heartbeatS), ("HERALD_HEARTBEAT_MIN_S", heartbeatMinS),
+            ("HERALD_HEARTBEAT_MAX_S", heartbeatMaxS), ("HERALD_DEFAULT_TTL_S", defaultTTLS), ("HERALD_MAX_TTL_S", maxTTLS),
+            ("HERALD_MAX_PENDING", maxPending), ("HERALD_DRAIN_TIMEOUT_S", drainTimeoutS), ("HERALD_LOG_LEVEL", logLevel),
+        ]
+        for (name, value) in flags { if let value { values[name] = value } }
+
+        let configuration: NodeConfiguration
+        do {
+            configuration = try NodeConfiguration.load(values, hostName: ProcessEnvironment.hostName)
+        } catch let error as ConfigurationError {
+            FileDescriptorOutput.standardError("herald: \(error.message)\n")
+            throw ExitCode(2)
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = configuration.logLevel
+            return handler
+        }
+        let logger = Logger(label: "herald")
+        let node = await HeraldNode.make(configuration: configuration, logger: logger)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: node.root, failureTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        do {
+            try await group.run()
+            logger.info("stopped")
+        } catch {
+            logger.critical("stopping after a failure of the supervision tree", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// `herald device`: a device in the terminal. Prints each PUSH, ACKs it, reconnects.
+struct Device: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Connect as a device, print each message, acknowledge it.")
+
+    @Option(help: "The device's client id.") var id: String
+    @Option(help: "The device token (a JWT when the server checks tokens).") var token: String = ""
+    @Option(help: "The server's device address, host:port.") var server: String = "127.0.0.1:9988"
+    @Option(help: "Heartbeat to ask for, in seconds (0: the server's default).") var heartbeat: UInt16 = 0
+
+    func run() async throws {
+        guard let address = SocketAddressSpec.parse(server) else {
+            throw ValidationError("--server must be host:port, got \"\(server)\"")
+        }
+        var logger = Logger(label: "herald.device")
+        logger.logLevel = .warning
+        let device = ReconnectingDevice(
+            configuration: DeviceClientConfiguration(
+                host: address.host, port: address.port, clientID: id, token: token, heartbeatSeconds: heartbeat
+            )
+        )
+        await device.run(
+            logger: logger,
+            onPush: { id, payload in
+                let text = String(decoding: payload.readableBytesView, as: UTF8.self)
+                FileDescriptorOutput.standardOutput("PUSH \(id) \(text)\n")
+            },
+            onEvent: { FileDescriptorOutput.standardError("herald device: \($0)\n") }
+        )
+    }
+}
+
+/// Unbuffered writes to the standard streams (a device prints as messages arrive).
+enum FileDescriptorOutput {
+    static func standardOutput(_ text: String) { write(1, text) }
+    static func standardError(_ text: String) { write(2, text) }
+    private static func write(_ descriptor: Int32, _ text: String) {
+        var text = text
+        text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written <= 0 { return }
+                offset += written
+            }
+        }
+    }
+}
+
+/// The process's environment and host name.
+enum ProcessEnvironment {
+    static var variables: [String: String] {
+        var result: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            pointer += 1
+        }
+        return result
+    }
+
+    static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "herald" }
+        return String(cString: buffer)
+    }
+}

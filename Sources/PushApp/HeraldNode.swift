@@ -1,0 +1,160 @@
+import Actors
+import Logging
+import NIOCore
+import NIOPosix
+import Hummingbird
+import Prometheus
+import ServiceLifecycle
+import Supervision
+import Synchronization
+
+/// One Herald node: the composition root. It builds the shared state (store, registry,
+/// metrics) once, and the supervision tree whose children use it:
+///
+/// ```
+/// herald (one-for-one)
+/// ├── store     StoreMonitor   permanent
+/// ├── sweeper   ExpirySweeper  permanent
+/// ├── api       HTTP API       permanent
+/// └── devices   DeviceListener permanent (stopped first: drains devices while the API still accepts)
+/// ```
+/// Shared state lives here, not in the children, so that a restarted child finds every
+/// message and connection its predecessor had (Docs/architecture.md explains the choices).
+final class HeraldNode: Sendable {
+    let configuration: NodeConfiguration
+    let logger: Logger
+    let group: any EventLoopGroup
+    let prometheus = PrometheusCollectorRegistry()
+    let metrics: NodeMetrics
+    let store: any PushStore
+    let storeKind: String
+    let registry = ConnectionRegistry()
+    let tracker = ConnectionTracker()
+    let router: MessageRouter
+    let services: DeviceServices
+    private let startedAt = ContinuousClock.now
+    private let draining = Atomic<Bool>(false)
+    private let state = Mutex<(root: Supervisor<ContinuousClock>?, devicePort: Int?, httpPort: Int?, storeMonitor: StoreMonitor?)>(
+        (nil, nil, nil, nil)
+    )
+
+    /// Builds a node; `run()` starts it.
+    static func make(
+        configuration: NodeConfiguration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async -> HeraldNode {
+        let authenticator: any DeviceAuthenticator
+        if let secret = configuration.deviceJWTSecret {
+            authenticator = await JWTDeviceAuthenticator(secret: secret)
+        } else {
+            logger.warning("HERALD_DEVICE_JWT_SECRET is not set: device authentication is off, any token is accepted")
+            authenticator = OpenDeviceAuthenticator()
+        }
+        if configuration.apiKeys.isEmpty {
+            logger.warning("HERALD_API_KEYS is not set: the HTTP API accepts requests without an API key")
+        }
+        return HeraldNode(configuration: configuration, logger: logger, group: group, authenticator: authenticator)
+    }
+
+    private init(configuration: NodeConfiguration, logger: Logger, group: any EventLoopGroup, authenticator: any DeviceAuthenticator) {
+        var logger = logger
+        logger[metadataKey: "herald.node"] = .string(configuration.nodeID)
+        self.configuration = configuration
+        self.logger = logger
+        self.group = group
+        let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: prometheus))
+        self.metrics = metrics
+        store = InMemoryPushStore(maxPending: configuration.maxPending)
+        storeKind = "memory"
+        router = MessageRouter(nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics)
+        services = DeviceServices(
+            configuration: configuration.session, store: store, registry: registry,
+            authenticator: authenticator, metrics: metrics, logger: logger
+        )
+        let root = Supervisor(
+            name: "herald", strategy: .oneForOne, intensity: RestartIntensity(maxRestarts: 5, period: .seconds(30)),
+            children: childSpecs(), logger: logger,
+            onEvent: { event in
+                if case .started(_, let child, true) = event { metrics.restart(child: child) }
+            }
+        )
+        state.withLock { $0.root = root }
+    }
+
+    /// The root of the supervision tree.
+    var root: Supervisor<ContinuousClock> { state.withLock { $0.root! } }
+
+    /// The device port actually bound (the configured one, or the one port 0 gave).
+    var devicePort: Int? { state.withLock { $0.devicePort } }
+    /// The HTTP port actually bound.
+    var httpPort: Int? { state.withLock { $0.httpPort } }
+    /// Whether the node is draining (GOAWAY sent, no new sessions).
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
+    /// Time since the node was built.
+    var uptime: Duration { ContinuousClock.now - startedAt }
+
+    /// Runs the tree until graceful shutdown (returns) or until the root gives up (throws).
+    func run() async throws {
+        try await root.run()
+    }
+
+    /// The tree's health: what `/healthz` answers and what the watchdog will check.
+    func health() async -> HealthReport {
+        await root.healthReport()
+    }
+
+    /// Whether the node accepts devices and can store: what `/readyz` answers.
+    func readiness() async -> (Bool, String) {
+        if isDraining { return (false, "draining") }
+        guard devicePort != nil, httpPort != nil else { return (false, "starting") }
+        do {
+            try await store.ping()
+        } catch {
+            return (false, "store unreachable")
+        }
+        return (true, "ok")
+    }
+
+    private func childSpecs() -> [ChildSpec] {
+        let drainTimeout = Duration.seconds(configuration.drainTimeoutSeconds)
+        return [
+            ChildSpec(id: "store", shutdownTimeout: .seconds(5)) { [unowned self] in
+                let monitor = StoreMonitor(store: store, interval: .seconds(5), logger: logger)
+                state.withLock { $0.storeMonitor = monitor }
+                return monitor
+            },
+            ChildSpec(id: "sweeper", shutdownTimeout: .seconds(5)) { [unowned self] in
+                ExpirySweeper(store: store, metrics: metrics, interval: .seconds(10), clock: ContinuousClock(), logger: logger)
+            },
+            ChildSpec(id: "api", shutdownTimeout: .seconds(10)) { [unowned self] in
+                makeHTTPServer()
+            },
+            // A drain may take the whole drain timeout; the supervisor waits that long and more.
+            ChildSpec(id: "devices", shutdownTimeout: drainTimeout + .seconds(5)) { [unowned self] in
+                let address = SocketAddressSpec(host: configuration.tcpAddress.host, port: devicePort ?? configuration.tcpAddress.port)
+                let listener = try await DeviceListener.bind(
+                    address, group: group, services: services, tracker: tracker,
+                    drainTimeout: drainTimeout, logger: logger, onDrain: { [unowned self] in draining.store(true, ordering: .relaxed) }
+                )
+                state.withLock { $0.devicePort = listener.port }
+                return listener
+            },
+        ]
+    }
+
+    private func makeHTTPServer() -> some Service {
+        // A restarted server binds the port its predecessor had (port 0 resolves once).
+        let port = httpPort ?? configuration.httpAddress.port
+        return Application(
+            router: HTTPAPI(node: self).router(),
+            configuration: ApplicationConfiguration(
+                address: .hostname(configuration.httpAddress.host, port: port), serverName: "herald"
+            ),
+            onServerRunning: { [unowned self] channel in
+                state.withLock { $0.httpPort = channel.localAddress?.port }
+                logger.info("HTTP API bound", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+            },
+            eventLoopGroupProvider: .shared(group),
+            logger: logger
+        )
+    }
+}

@@ -1,0 +1,180 @@
+import Actors
+import Logging
+import PushProtocol
+
+/// A configuration value that is wrong; start-up stops with `message` (one line, naming the variable).
+struct ConfigurationError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// A host and port as written in `HERALD_*_ADDR` (`host:port`, `[v6]:port`).
+struct SocketAddressSpec: Sendable, Hashable, CustomStringConvertible {
+    var host: String
+    var port: Int
+
+    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    static func parse(_ text: String) -> SocketAddressSpec? {
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = Int(portText), (0...65535).contains(port) else { return nil }
+        return SocketAddressSpec(host: String(host), port: port)
+    }
+}
+
+/// Everything `herald serve` is configured with. Each field comes from its command-line flag,
+/// else its `HERALD_*` environment variable, else the default (Docs/operations.md lists them).
+struct NodeConfiguration: Sendable {
+    var nodeID: String
+    var tcpAddress: SocketAddressSpec
+    var httpAddress: SocketAddressSpec
+    var apiKeys: [String]
+    var deviceJWTSecret: String?
+    var maxFrame: Int
+    var maxPayload: Int
+    var window: Int
+    var helloTimeoutSeconds: Int
+    var heartbeatSeconds: Int
+    var heartbeatMinSeconds: Int
+    var heartbeatMaxSeconds: Int
+    var defaultTTLSeconds: Int64
+    var maxTTLSeconds: Int64
+    var maxPending: Int
+    var drainTimeoutSeconds: Int
+    var logLevel: Logger.Level
+    /// Test-only fault hooks (`HERALD_FAULT_HOOKS=1`): lets a test kill a supervised child.
+    var faultHooks: Bool
+
+    /// The variables, in the order Docs/operations.md lists them.
+    static let variables = [
+        "HERALD_NODE_ID", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
+        "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
+        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
+    ]
+
+    /// Reads the configuration from `values` (variable name -> text; flags already merged over
+    /// the environment). Throws a `ConfigurationError` naming the first bad variable.
+    static func load(_ values: [String: String], hostName: String = "herald") throws -> NodeConfiguration {
+        let reader = Reader(values: values)
+        let defaultNodeID = String(hostName.unicodeScalars.map { Identifiers.isClientIDByte(UInt8(truncatingIfNeeded: $0.value)) && $0.isASCII ? Character($0) : "-" }.prefix(64))
+        let nodeID = try reader.string("HERALD_NODE_ID", default: defaultNodeID.isEmpty ? "herald" : defaultNodeID)
+        guard Identifiers.isValidClientID(nodeID), nodeID.utf8.count <= 64 else {
+            throw ConfigurationError(message: "HERALD_NODE_ID must be 1 to 64 characters of [A-Za-z0-9._:@-], got \"\(nodeID)\"")
+        }
+        let heartbeatMin = try reader.int("HERALD_HEARTBEAT_MIN_S", default: 5, range: 1...65535)
+        let heartbeatMax = try reader.int("HERALD_HEARTBEAT_MAX_S", default: 600, range: 1...65535)
+        guard heartbeatMin <= heartbeatMax else {
+            throw ConfigurationError(message: "HERALD_HEARTBEAT_MIN_S (\(heartbeatMin)) must not exceed HERALD_HEARTBEAT_MAX_S (\(heartbeatMax))")
+        }
+        let heartbeat = try reader.int("HERALD_HEARTBEAT_S", default: min(max(30, heartbeatMin), heartbeatMax), range: heartbeatMin...heartbeatMax)
+        let maxFrame = try reader.int("HERALD_MAX_FRAME", default: 65536, range: 64...(16 << 20))
+        let maxPayload = try reader.int("HERALD_MAX_PAYLOAD", default: 4096, range: 1...(16 << 20))
+        guard maxPayload + 1 + 2 + Identifiers.maxMessageIDLength <= maxFrame else {
+            throw ConfigurationError(message: "HERALD_MAX_PAYLOAD (\(maxPayload)) must leave room for a PUSH frame within HERALD_MAX_FRAME (\(maxFrame))")
+        }
+        let maxTTL = try reader.int("HERALD_MAX_TTL_S", default: 2_592_000, range: 1...315_360_000)
+        let logLevelText = try reader.string("HERALD_LOG_LEVEL", default: "info")
+        guard let logLevel = Logger.Level(rawValue: logLevelText.lowercased()) else {
+            throw ConfigurationError(message: "HERALD_LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, got \"\(logLevelText)\"")
+        }
+        let configuration = NodeConfiguration(
+            nodeID: nodeID,
+            tcpAddress: try reader.address("HERALD_TCP_ADDR", default: "0.0.0.0:9988"),
+            httpAddress: try reader.address("HERALD_HTTP_ADDR", default: "0.0.0.0:8080"),
+            apiKeys: try reader.list("HERALD_API_KEYS"),
+            deviceJWTSecret: try reader.optional("HERALD_DEVICE_JWT_SECRET"),
+            maxFrame: maxFrame,
+            maxPayload: maxPayload,
+            window: try reader.int("HERALD_WINDOW", default: 64, range: 1...65535),
+            helloTimeoutSeconds: try reader.int("HERALD_HELLO_TIMEOUT_S", default: 10, range: 1...3600),
+            heartbeatSeconds: heartbeat,
+            heartbeatMinSeconds: heartbeatMin,
+            heartbeatMaxSeconds: heartbeatMax,
+            defaultTTLSeconds: Int64(try reader.int("HERALD_DEFAULT_TTL_S", default: min(86_400, maxTTL), range: 1...maxTTL)),
+            maxTTLSeconds: Int64(maxTTL),
+            maxPending: try reader.int("HERALD_MAX_PENDING", default: 1000, range: 1...10_000_000),
+            drainTimeoutSeconds: try reader.int("HERALD_DRAIN_TIMEOUT_S", default: 30, range: 0...86_400),
+            logLevel: logLevel,
+            faultHooks: try reader.bool("HERALD_FAULT_HOOKS", default: false)
+        )
+        return configuration
+    }
+
+    /// The device-session settings this configuration implies.
+    var session: SessionConfiguration {
+        SessionConfiguration(
+            nodeID: nodeID,
+            maxFrame: maxFrame,
+            window: window,
+            helloTimeout: .seconds(Int64(helloTimeoutSeconds)),
+            defaultHeartbeatSeconds: UInt16(heartbeatSeconds),
+            heartbeatRange: UInt16(heartbeatMinSeconds)...UInt16(heartbeatMaxSeconds),
+            stallTimeout: .seconds(Int64(2 * heartbeatSeconds))
+        )
+    }
+
+    private struct Reader {
+        let values: [String: String]
+
+        func optional(_ name: String) throws -> String? {
+            guard let value = values[name] else { return nil }
+            let trimmed = value.trimmingWhitespace()
+            return trimmed.isEmpty ? nil : trimmed
+        }
+
+        func string(_ name: String, default fallback: String) throws -> String {
+            try optional(name) ?? fallback
+        }
+
+        func int(_ name: String, default fallback: Int, range: ClosedRange<Int>) throws -> Int {
+            guard let text = try optional(name) else { return fallback }
+            guard let value = Int(text), range.contains(value) else {
+                throw ConfigurationError(message: "\(name) must be an integer from \(range.lowerBound) to \(range.upperBound), got \"\(text)\"")
+            }
+            return value
+        }
+
+        func bool(_ name: String, default fallback: Bool) throws -> Bool {
+            guard let text = try optional(name) else { return fallback }
+            switch text.lowercased() {
+            case "1", "true", "yes", "on": return true
+            case "0", "false", "no", "off": return false
+            default: throw ConfigurationError(message: "\(name) must be true or false, got \"\(text)\"")
+            }
+        }
+
+        func address(_ name: String, default fallback: String) throws -> SocketAddressSpec {
+            let text = try string(name, default: fallback)
+            guard let address = SocketAddressSpec.parse(text) else {
+                throw ConfigurationError(message: "\(name) must be host:port (port 0 to 65535), got \"\(text)\"")
+            }
+            return address
+        }
+
+        func list(_ name: String) throws -> [String] {
+            guard let text = try optional(name) else { return [] }
+            let items = text.split(separator: ",").map { String($0).trimmingWhitespace() }.filter { !$0.isEmpty }
+            return items
+        }
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var scalars = Substring(self)
+        while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }
+        while let last = scalars.last, last.isWhitespace { scalars.removeLast() }
+        return String(scalars)
+    }
+}

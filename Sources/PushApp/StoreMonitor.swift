@@ -1,0 +1,46 @@
+import Actors
+import Logging
+import ServiceLifecycle
+import Supervision
+import Synchronization
+
+/// Watches the store: pings it every `interval` and reports what it saw. An unreachable
+/// store is a declared, degraded state (pushes answer 503, `/readyz` is 503), not a failure
+/// of the tree: the node keeps its devices connected and recovers when the store returns.
+final class StoreMonitor: Service, HealthReporting {
+    private let store: any PushStore
+    private let interval: Duration
+    private let logger: Logger
+    private let reachable = Atomic<Bool>(true)
+
+    init(store: any PushStore, interval: Duration, logger: Logger) {
+        self.store = store
+        self.interval = interval
+        self.logger = logger
+    }
+
+    var isReachable: Bool { reachable.load(ordering: .relaxed) }
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                let ok: Bool
+                do {
+                    try await self.store.ping()
+                    ok = true
+                } catch {
+                    ok = false
+                }
+                let was = self.reachable.exchange(ok, ordering: .relaxed)
+                if was != ok {
+                    if ok { self.logger.notice("store reachable again") } else { self.logger.error("store unreachable") }
+                }
+                try await Task.sleep(for: self.interval)
+            }
+        }
+    }
+
+    func healthReport() async -> HealthReport {
+        HealthReport(name: "store", healthy: true, state: isReachable ? "reachable" : "unreachable (degraded)")
+    }
+}

@@ -10,6 +10,12 @@ public struct ConnectionStateMachine: Sendable {
         public var after: UInt64
         /// At most this many.
         public var limit: Int
+
+        /// Creates a read.
+        public init(after: UInt64, limit: Int) {
+            self.after = after
+            self.limit = limit
+        }
     }
 
     /// What to do with a frame the device sent.

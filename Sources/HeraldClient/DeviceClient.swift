@@ -79,22 +79,33 @@ public final class DeviceClient: Sendable {
     public let heartbeatSeconds: UInt16
     /// The node that answered.
     public let nodeID: String
-    /// Server frames after WELCOME, then `.closed`.
-    public let events: AsyncStream<DeviceEvent>
+    private let queue: EventQueue
     private let channel: any Channel
 
-    private init(channel: any Channel, heartbeatSeconds: UInt16, nodeID: String, events: AsyncStream<DeviceEvent>) {
+    /// Server frames after WELCOME, then `.closed`. Every access reads the same queue.
+    public var events: AsyncStream<DeviceEvent> {
+        let queue = queue
+        return AsyncStream(unfolding: { await queue.next() })
+    }
+
+    /// The next event; nil once the connection is over and all was read, or if the calling
+    /// task is cancelled, which consumes nothing.
+    public func nextEvent() async -> DeviceEvent? {
+        await queue.next()
+    }
+
+    private init(channel: any Channel, heartbeatSeconds: UInt16, nodeID: String, events: EventQueue) {
         self.channel = channel
         self.heartbeatSeconds = heartbeatSeconds
         self.nodeID = nodeID
-        self.events = events
+        self.queue = events
     }
 
     /// Connects, says HELLO and waits for WELCOME. Throws `DeviceClientError` when refused.
     public static func connect(
         _ configuration: DeviceClientConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> DeviceClient {
-        let (events, continuation) = AsyncStream.makeStream(of: DeviceEvent.self)
+        let events = EventQueue()
         let welcome = group.next().makePromise(of: (UInt16, String).self)
         var bootstrap = ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -102,7 +113,7 @@ public final class DeviceClient: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        DeviceClientHandler(configuration: configuration, welcome: welcome, events: continuation)
+                        DeviceClientHandler(configuration: configuration, welcome: welcome, events: events)
                     )
                 }
             }
@@ -144,13 +155,13 @@ private final class DeviceClientHandler: ChannelInboundHandler {
 
     private let configuration: DeviceClientConfiguration
     private let welcome: EventLoopPromise<(UInt16, String)>
-    private let events: AsyncStream<DeviceEvent>.Continuation
+    private let events: EventQueue
     private let decoder: FrameDecoder
     private var received: ByteBuffer?
     private var welcomed = false
     private var pinger: RepeatedTask?
 
-    init(configuration: DeviceClientConfiguration, welcome: EventLoopPromise<(UInt16, String)>, events: AsyncStream<DeviceEvent>.Continuation) {
+    init(configuration: DeviceClientConfiguration, welcome: EventLoopPromise<(UInt16, String)>, events: EventQueue) {
         self.configuration = configuration
         self.welcome = welcome
         self.events = events
@@ -168,7 +179,7 @@ private final class DeviceClientHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         pinger?.cancel()
         welcome.fail(DeviceClientError.noWelcome)
-        events.yield(.closed)
+        events.append(.closed)
         events.finish()
         context.fireChannelInactive()
     }
@@ -201,16 +212,16 @@ private final class DeviceClientHandler: ChannelInboundHandler {
             if configuration.autoAcknowledge {
                 context.writeAndFlush(wrapOutboundOut(Frame.ack(messageID: id).encoded(allocator: context.channel.allocator)), promise: nil)
             }
-            events.yield(.push(messageID: id, payload: payload))
+            events.append(.push(messageID: id, payload: payload))
         case .ping:
             context.writeAndFlush(wrapOutboundOut(Frame.pong.encoded(allocator: context.channel.allocator)), promise: nil)
         case .pong:
-            events.yield(.pong)
+            events.append(.pong)
         case .goaway(let after, let reason):
-            events.yield(.goaway(reconnectAfterMilliseconds: after, reason: reason))
+            events.append(.goaway(reconnectAfterMilliseconds: after, reason: reason))
         case .error(let code, let reason):
             if !welcomed { welcome.fail(DeviceClientError.rejected(code: code, reason: reason)) }
-            events.yield(.error(code: code, reason: reason))
+            events.append(.error(code: code, reason: reason))
         case .hello, .ack:
             context.close(promise: nil)
         }

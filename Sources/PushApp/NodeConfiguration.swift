@@ -84,6 +84,11 @@ struct NodeConfiguration: Sendable {
             throw ConfigurationError(message: "HERALD_MAX_PAYLOAD (\(maxPayload)) must leave room for a PUSH frame within HERALD_MAX_FRAME (\(maxFrame))")
         }
         let maxTTL = try reader.int("HERALD_MAX_TTL_S", default: 2_592_000, range: 1...315_360_000)
+        let jwtSecret = try reader.optional("HERALD_DEVICE_JWT_SECRET")
+        if let jwtSecret, jwtSecret.utf8.count < 32 {
+            // HS256 keys shorter than the hash output are weak (RFC 7518 §3.2); jwt-kit refuses them.
+            throw ConfigurationError(message: "HERALD_DEVICE_JWT_SECRET must be at least 32 bytes, got \(jwtSecret.utf8.count)")
+        }
         let logLevelText = try reader.string("HERALD_LOG_LEVEL", default: "info")
         guard let logLevel = Logger.Level(rawValue: logLevelText.lowercased()) else {
             throw ConfigurationError(message: "HERALD_LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, got \"\(logLevelText)\"")
@@ -93,7 +98,7 @@ struct NodeConfiguration: Sendable {
             tcpAddress: try reader.address("HERALD_TCP_ADDR", default: "0.0.0.0:9988"),
             httpAddress: try reader.address("HERALD_HTTP_ADDR", default: "0.0.0.0:8080"),
             apiKeys: try reader.list("HERALD_API_KEYS"),
-            deviceJWTSecret: try reader.optional("HERALD_DEVICE_JWT_SECRET"),
+            deviceJWTSecret: jwtSecret,
             maxFrame: maxFrame,
             maxPayload: maxPayload,
             window: try reader.int("HERALD_WINDOW", default: 64, range: 1...65535),

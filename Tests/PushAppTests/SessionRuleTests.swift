@@ -1,0 +1,190 @@
+import FoundationEssentials
+import HeraldClient
+import HeraldTestSupport
+import JWTKit
+import NIOCore
+import PushProtocol
+import Testing
+
+@testable import PushApp
+
+private let secret = "device-secret-for-tests-0123456789abcdef"
+
+/// Signs claims with HS256 under `key`, as a backend issuing device tokens would.
+private func token(sub: String, exp: Date? = nil, key: String = secret) async throws -> String {
+    struct Claims: JWTPayload {
+        var sub: SubjectClaim
+        var exp: ExpirationClaim?
+        func verify(using algorithm: some JWTAlgorithm) async throws {}
+    }
+    let keys = JWTKeyCollection()
+    await keys.add(hmac: HMACKey(from: key), digestAlgorithm: .sha256)
+    return try await keys.sign(Claims(sub: SubjectClaim(value: sub), exp: exp.map { ExpirationClaim(value: $0) }))
+}
+
+private func base64URL(_ text: String) -> String {
+    Data(text.utf8).base64EncodedString().replacing("+", with: "-").replacing("/", with: "_").replacing("=", with: "")
+}
+
+/// Expects the server to answer with exactly one ERROR of `code` and then close.
+private func expectError(_ code: UInt16, on connection: RawConnection, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let frames = try await connection.waitForClose()
+    guard case .error(let got, _)? = frames.last else {
+        Issue.record("expected ERROR \(code), got \(frames)", sourceLocation: sourceLocation)
+        return
+    }
+    #expect(got == code, sourceLocation: sourceLocation)
+}
+
+@Suite("Session rules, end to end (protocol.md §1 rules 1-4, 9)", .timeLimit(.minutes(1)))
+struct SessionRuleTests {
+    @Test("WELCOME carries the clamped heartbeat and the node id")
+    func welcome() async throws {
+        try await TestNode.with(["HERALD_HEARTBEAT_S": "30", "HERALD_HEARTBEAT_MIN_S": "5", "HERALD_HEARTBEAT_MAX_S": "600"]) { node in
+            for (asked, got) in [(0, 30), (1, 5), (45, 45), (60000, 600)] as [(UInt16, UInt16)] {
+                let device = try await node.device("hb\(asked)", heartbeat: asked)
+                #expect(device.heartbeatSeconds == got)
+                #expect(device.nodeID == "test-node")
+                await device.close()
+            }
+        }
+    }
+
+    @Test("PING is answered with PONG")
+    func ping() async throws {
+        try await TestNode.with { node in
+            let device = try await node.device("pinger")
+            device.send(.ping)
+            #expect(try await device.next() == .pong)
+            await device.close()
+        }
+    }
+
+    @Test("no complete HELLO within the hello timeout is 408, even while bytes trickle in")
+    func helloTimeout() async throws {
+        try await TestNode.with(["HERALD_HELLO_TIMEOUT_S": "1"]) { node in
+            let silent = try await node.raw()
+            let trickling = try await node.raw()
+            try await trickling.send([0, 0, 0, 14, 1])  // the start of a HELLO, never finished
+            try await expectError(408, on: silent)
+            try await expectError(408, on: trickling)
+        }
+    }
+
+    @Test(
+        "a frame before HELLO, a bad version, a malformed client id or a second HELLO is 400",
+        arguments: ["ping first", "version 2", "bad id", "empty id", "second hello", "unknown type", "zero length", "server frame"]
+    )
+    func violations(kind: String) async throws {
+        try await TestNode.with { node in
+            let connection = try await node.raw()
+            switch kind {
+            case "ping first": try await connection.send(.ping)
+            case "version 2": try await connection.send(.hello(Hello(version: 2, clientID: "alice")))
+            case "bad id": try await connection.send(.hello(Hello(clientID: "al ice")))
+            case "empty id": try await connection.send(.hello(Hello(clientID: "")))
+            case "second hello":
+                try await connection.send(.hello(Hello(clientID: "alice")))
+                _ = try await connection.waitForFrames(1)
+                try await connection.send(.hello(Hello(clientID: "alice")))
+            case "unknown type": try await connection.send([0, 0, 0, 1, 0x42])
+            case "zero length": try await connection.send([0, 0, 0, 0])
+            case "server frame":
+                try await connection.send(.hello(Hello(clientID: "alice")))
+                try await connection.send(.welcome(heartbeatSeconds: 5, nodeID: "me"))
+            default: Issue.record("unknown case")
+            }
+            try await expectError(400, on: connection)
+        }
+    }
+
+    @Test("a length above max_frame is 413 at once, before any body is sent")
+    func oversized() async throws {
+        try await TestNode.with(["HERALD_MAX_FRAME": "1024", "HERALD_MAX_PAYLOAD": "512"]) { node in
+            let connection = try await node.raw()
+            try await connection.send([0, 0, 4, 1])  // 1025, and nothing more
+            try await expectError(413, on: connection)
+            let huge = try await node.raw()
+            try await huge.send([0xFF, 0xFF, 0xFF, 0xFF])
+            try await expectError(413, on: huge)
+        }
+    }
+
+    @Test("a frame of exactly max_frame bytes is accepted")
+    func frameAtMax() async throws {
+        try await TestNode.with(["HERALD_MAX_FRAME": "1024", "HERALD_MAX_PAYLOAD": "512"]) { node in
+            let connection = try await node.raw()
+            let token = String(repeating: "t", count: 1024 - 1 - 1 - 2 - 5 - 2 - 2)
+            var frame = Frame.hello(Hello(clientID: "alice", token: token)).encoded()
+            #expect(frame.getInteger(at: 0, as: UInt32.self) == 1024)
+            try await connection.send(frame.readBytes(length: frame.readableBytes)!)
+            let frames = try await connection.waitForFrames(1)
+            guard case .welcome = frames.first else {
+                Issue.record("expected WELCOME, got \(frames)")
+                return
+            }
+            await connection.close()
+        }
+    }
+
+    @Test("with a secret, a valid HS256 token whose sub is the client id is accepted")
+    func validToken() async throws {
+        try await TestNode.with(["HERALD_DEVICE_JWT_SECRET": secret]) { node in
+            let device = try await node.device("alice", token: try await token(sub: "alice", exp: Date().addingTimeInterval(60)))
+            await device.close()
+            let noExp = try await node.device("alice", token: try await token(sub: "alice"))
+            await noExp.close()
+        }
+    }
+
+    @Test(
+        "with a secret, a wrong sub, an expired token, another key, alg none, HS384 or garbage is 401",
+        arguments: ["wrong sub", "expired", "other key", "none", "HS384", "garbage", "empty"]
+    )
+    func refusedTokens(kind: String) async throws {
+        try await TestNode.with(["HERALD_DEVICE_JWT_SECRET": secret]) { node in
+            let bad: String
+            switch kind {
+            case "wrong sub": bad = try await token(sub: "bob")
+            case "expired": bad = try await token(sub: "alice", exp: Date().addingTimeInterval(-1))
+            case "other key": bad = try await token(sub: "alice", key: "another-secret-of-enough-length-0123456789")
+            case "none":
+                bad = base64URL(#"{"alg":"none","typ":"JWT"}"#) + "." + base64URL(#"{"sub":"alice"}"#) + "."
+            case "HS384":
+                let valid = try await token(sub: "alice")
+                let parts = valid.split(separator: ".")
+                bad = base64URL(#"{"alg":"HS384","typ":"JWT"}"#) + "." + parts[1] + "." + parts[2]
+            case "garbage": bad = "not.a.jwt"
+            default: bad = ""
+            }
+            await #expect(throws: DeviceClientError.rejected(code: 401, reason: "authentication failed")) {
+                _ = try await node.device("alice", token: bad)
+            }
+        }
+    }
+
+    @Test("a device silent for 2 x heartbeat is closed, within 2.5 x heartbeat + 2 s")
+    func silentDeviceClosed() async throws {
+        try await TestNode.with(["HERALD_HEARTBEAT_MIN_S": "1", "HERALD_HEARTBEAT_S": "1"]) { node in
+            let connection = try await node.raw()
+            try await connection.send(.hello(Hello(clientID: "quiet", heartbeatSeconds: 1)))
+            let start = ContinuousClock.now
+            _ = try await connection.waitForClose(timeout: .seconds(10))
+            let elapsed = ContinuousClock.now - start
+            #expect(elapsed >= .milliseconds(1900))
+            #expect(elapsed <= .milliseconds(4500))
+        }
+    }
+
+    @Test("a device that pings keeps its connection past 2 x heartbeat")
+    func pingingDeviceStays() async throws {
+        try await TestNode.with(["HERALD_HEARTBEAT_MIN_S": "1", "HERALD_HEARTBEAT_S": "1"]) { node in
+            let device = try await DeviceClient.connect(
+                DeviceClientConfiguration(port: node.devicePort, clientID: "chatty", heartbeatSeconds: 1, sendsPings: true)
+            )
+            for _ in 0..<4 { #expect(try await device.next(timeout: .seconds(3)) == .pong) }
+            #expect(device.isActive)
+            await device.close()
+        }
+    }
+}

@@ -120,7 +120,13 @@ public final class DeviceClient: Sendable {
         if let localHost = configuration.localHost {
             bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: localHost, port: 0))
         }
-        let channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            welcome.fail(error)
+            throw error
+        }
         do {
             let (heartbeat, nodeID) = try await welcome.futureResult.get()
             return DeviceClient(channel: channel, heartbeatSeconds: heartbeat, nodeID: nodeID, events: events)

@@ -21,7 +21,9 @@ public enum HTTPTestClient {
     ) async throws -> HTTPTestResponse {
         try await withTimeout("\(method) \(path)", timeout) {
             let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: HTTPTestResponse.self)
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            let channel: any Channel
+            do {
+                channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
@@ -29,6 +31,10 @@ public enum HTTPTestClient {
                     }
                 }
                 .connect(host: host, port: port).get()
+            } catch {
+                promise.fail(error)
+                throw error
+            }
             var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
             head.headers.add(name: "Host", value: "\(host):\(port)")
             head.headers.add(name: "Connection", value: "close")
@@ -51,8 +57,10 @@ public enum HTTPTestClient {
     }
 
     /// GET.
-    public static func get(_ path: String, port: Int, headers: [(String, String)] = []) async throws -> HTTPTestResponse {
-        try await request(.GET, path, port: port, headers: headers)
+    public static func get(
+        _ path: String, port: Int, headers: [(String, String)] = [], timeout: Duration = .seconds(10)
+    ) async throws -> HTTPTestResponse {
+        try await request(.GET, path, port: port, headers: headers, timeout: timeout)
     }
 }
 

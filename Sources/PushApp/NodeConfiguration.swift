@@ -51,6 +51,7 @@ struct NodeConfiguration: Sendable {
     var maxTTLSeconds: Int64
     var maxPending: Int
     var drainTimeoutSeconds: Int
+    var writeStallTimeoutSeconds: Int
     var logLevel: Logger.Level
     /// Test-only fault hooks (`HERALD_FAULT_HOOKS=1`): lets a test kill a supervised child.
     var faultHooks: Bool
@@ -60,7 +61,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_NODE_ID", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
-        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
+        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
     ]
 
     /// Reads the configuration from `values` (variable name -> text; flags already merged over
@@ -110,6 +111,7 @@ struct NodeConfiguration: Sendable {
             maxTTLSeconds: Int64(maxTTL),
             maxPending: try reader.int("HERALD_MAX_PENDING", default: 1000, range: 1...10_000_000),
             drainTimeoutSeconds: try reader.int("HERALD_DRAIN_TIMEOUT_S", default: 30, range: 0...86_400),
+            writeStallTimeoutSeconds: try reader.int("HERALD_WRITE_STALL_TIMEOUT_S", default: 30, range: 1...3600),
             logLevel: logLevel,
             faultHooks: try reader.bool("HERALD_FAULT_HOOKS", default: false)
         )
@@ -125,7 +127,7 @@ struct NodeConfiguration: Sendable {
             helloTimeout: .seconds(Int64(helloTimeoutSeconds)),
             defaultHeartbeatSeconds: UInt16(heartbeatSeconds),
             heartbeatRange: UInt16(heartbeatMinSeconds)...UInt16(heartbeatMaxSeconds),
-            stallTimeout: .seconds(Int64(2 * heartbeatSeconds))
+            stallTimeout: .seconds(Int64(writeStallTimeoutSeconds))
         )
     }
 

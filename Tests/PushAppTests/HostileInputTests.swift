@@ -1,0 +1,95 @@
+import Foundation
+import HeraldClient
+import HeraldTestSupport
+import NIOCore
+import PushProtocol
+import Testing
+
+@testable import PushApp
+
+@Suite("Hostile input: clear errors, nothing lost, others still served", .timeLimit(.minutes(2)))
+struct HostileInputTests {
+    @Test("garbage closes that one connection with an ERROR; a normal device is still served")
+    func garbage() async throws {
+        try await TestNode.with { node in
+            let stored = try await node.push("victim", "kept")
+            var generator = SystemRandomNumberGenerator()
+            for round in 0..<20 {
+                let connection = try await node.raw()
+                let bytes = (0..<(64 + round * 50)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                try await connection.send(bytes)
+                let frames = try await connection.waitForClose()
+                guard case .error(let code, _)? = frames.last else {
+                    Issue.record("round \(round): expected an ERROR, got \(frames)")
+                    continue
+                }
+                #expect([400, 413, 401].contains(code))
+            }
+            let victim = try await node.device("victim")
+            #expect(try await victim.pushes(1).map(\.id) == [stored])
+            await victim.close()
+        }
+    }
+
+    @Test("a thousand idle sockets that never say HELLO do not keep a device from being served")
+    func idleHalfOpenSockets() async throws {
+        try await TestNode.with { node in
+            var idle: [RawConnection] = []
+            for _ in 0..<1000 { idle.append(try await node.raw()) }
+            try await eventually("all accepted") { node.node.metrics.openConnectionCount >= 1000 }
+            let device = try await node.device("normal")
+            let id = try await node.push("normal", "through the crowd")
+            #expect(try await device.pushes(1).map(\.id) == [id])
+            await device.close()
+            for connection in idle { await connection.close() }
+            try await eventually("all closed") { node.node.metrics.openConnectionCount == 0 }
+        }
+    }
+
+    @Test("a device that never reads is not buffered without bound: the server stops writing, then closes it")
+    func deviceThatNeverReads() async throws {
+        try await TestNode.with(["HERALD_WRITE_STALL_TIMEOUT_S": "1"]) { node in
+            let stuck = try await RawConnection.connect(port: node.devicePort, readsAutomatically: false)
+            try await stuck.send(.hello(Hello(clientID: "stuck")))
+            let other = try await node.device("other")
+            try await eventually("stuck registered") { node.node.registry.count == 2 }
+            let payload = ByteBuffer(repeating: 0x61, count: 4096)
+            // Broadcast (never stored) until the stuck device's buffers are full: the server then
+            // stops writing to it, and closes it once it has stayed stalled for the stall timeout.
+            var broadcasts = 0
+            try await eventually("the stalled device is closed", timeout: .seconds(20), poll: .milliseconds(20)) {
+                if broadcasts < 20_000 {
+                    for _ in 0..<50 { _ = node.node.router.broadcast(payload) }
+                    broadcasts += 50
+                }
+                return node.node.registry.connection(for: "stuck") == nil
+            }
+            // The reading device got every broadcast, then a stored message, and is still connected.
+            let id = try await node.push("other", "still here")
+            var received = 0
+            while true {
+                let event = try await other.next()
+                guard case .push(let got, _) = event else {
+                    Issue.record("unexpected \(event)")
+                    break
+                }
+                if got == id { break }
+                received += 1
+            }
+            #expect(received == broadcasts)
+            #expect(other.isActive)
+            await other.close()
+            await stuck.close()
+        }
+    }
+
+    @Test("a HELLO claiming another device's id without its token is refused")
+    func impersonation() async throws {
+        try await TestNode.with(["HERALD_DEVICE_JWT_SECRET": String(repeating: "k", count: 32)]) { node in
+            let id = try await node.push("alice", "for alice only")
+            await #expect(throws: DeviceClientError.self) { _ = try await node.device("alice", token: "") }
+            #expect(try await node.pending("alice") == 1)
+            _ = id
+        }
+    }
+}

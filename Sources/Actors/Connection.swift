@@ -27,6 +27,9 @@ public actor Connection {
     private var helloTimer: Scheduled<Void>?
     private var heartbeatTimer: Scheduled<Void>?
     private var stallTimer: Scheduled<Void>?
+    /// Token bucket for non-ACK frames: tokens left, and when they were last counted.
+    private var frameTokens: Int32
+    private var frameTokensAt: NIODeadline
     private var draining = false
     private var sentGoAway = false
     private var closing = false
@@ -38,6 +41,8 @@ public actor Connection {
         self.services = services
         self.machine = ConnectionStateMachine(window: services.configuration.window)
         self.lastReceived = .now()
+        self.frameTokens = Int32(clamping: 2 * services.configuration.maxFramesPerSecond)
+        self.frameTokensAt = .now()
     }
 
     /// The client id, once the device is authenticated.
@@ -50,7 +55,11 @@ public actor Connection {
 
     /// The socket is open: the hello timeout starts now.
     public func activated() {
-        services.metrics.connectionOpened(1)
+        let open = services.metrics.connectionOpened(1)
+        let limit = services.configuration.maxConnections
+        if limit > 0, open > limit {
+            return fail(.tooManyRequests, "too many connections")
+        }
         lastReceived = .now()
         helloTimer = eventLoop.scheduleTask(in: services.configuration.helloTimeout) { [self] in
             assumeIsolated { $0.helloTimedOut() }
@@ -61,6 +70,9 @@ public actor Connection {
     public func received(_ frame: Frame) {
         guard !closing else { return }
         lastReceived = .now()
+        if case .ack = frame {} else if !takeFrameToken() {
+            return fail(.tooManyRequests, "frames too fast")
+        }
         let configuration = services.configuration
         perform(machine.received(frame, heartbeat: configuration.clampedHeartbeat))
     }
@@ -252,6 +264,22 @@ public actor Connection {
                 logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
             }
         }
+    }
+
+    /// Spends one token of the frame-rate bucket (refilled at `maxFramesPerSecond`, holding at
+    /// most two seconds' worth); false when it is empty.
+    private func takeFrameToken() -> Bool {
+        let rate = Int64(services.configuration.maxFramesPerSecond)
+        let now = lastReceived
+        let elapsed = (now - frameTokensAt).nanoseconds
+        let refill = elapsed * rate / 1_000_000_000
+        if refill > 0 {
+            frameTokens = Int32(clamping: min(Int64(frameTokens) + refill, 2 * rate))
+            frameTokensAt = frameTokensAt + .nanoseconds(refill * 1_000_000_000 / rate)
+        }
+        guard frameTokens > 0 else { return false }
+        frameTokens -= 1
+        return true
     }
 
     // MARK: Timers

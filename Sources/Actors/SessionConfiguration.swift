@@ -19,6 +19,11 @@ public struct SessionConfiguration: Sendable {
     public var stallTimeout: TimeAmount
     /// How long after GOAWAY a device is told to wait before reconnecting.
     public var reconnectAfterMilliseconds: UInt32
+    /// Open device sockets allowed on this node; beyond it a new one gets ERROR 429 (0: no limit).
+    public var maxConnections: Int
+    /// Frames other than ACK a device may send per second, sustained (bursts of twice as many
+    /// are allowed); beyond it ERROR 429. ACKs are not limited: their rate is the delivery rate.
+    public var maxFramesPerSecond: Int
 
     /// Creates a configuration with the protocol's defaults.
     public init(
@@ -29,7 +34,9 @@ public struct SessionConfiguration: Sendable {
         defaultHeartbeatSeconds: UInt16 = 30,
         heartbeatRange: ClosedRange<UInt16> = 5...600,
         stallTimeout: TimeAmount = .seconds(60),
-        reconnectAfterMilliseconds: UInt32 = 1000
+        reconnectAfterMilliseconds: UInt32 = 1000,
+        maxConnections: Int = 0,
+        maxFramesPerSecond: Int = 20
     ) {
         self.nodeID = nodeID
         self.maxFrame = maxFrame
@@ -39,6 +46,8 @@ public struct SessionConfiguration: Sendable {
         self.heartbeatRange = heartbeatRange
         self.stallTimeout = stallTimeout
         self.reconnectAfterMilliseconds = reconnectAfterMilliseconds
+        self.maxConnections = maxConnections
+        self.maxFramesPerSecond = maxFramesPerSecond
     }
 
     /// The heartbeat a device gets for what it asked: 0 means the default; the rest is clamped.

@@ -40,6 +40,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HERALD_MAX_PENDING: stored messages per device before pushes get 429 (1000).") var maxPending: String?
     @Option(help: "HERALD_DRAIN_TIMEOUT_S: seconds devices get to leave after GOAWAY (30).") var drainTimeoutS: String?
     @Option(help: "HERALD_WRITE_STALL_TIMEOUT_S: seconds a device that stopped reading is kept (30).") var writeStallTimeoutS: String?
+    @Option(help: "HERALD_MAX_CONNECTIONS: open device sockets before new ones get 429 (0: no limit).") var maxConnections: String?
+    @Option(help: "HERALD_MAX_FRAME_RATE: non-ACK frames per second per device before 429 (20).") var maxFrameRate: String?
     @Option(help: "HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error or critical (info).") var logLevel: String?
 
     func run() async throws {
@@ -51,7 +53,8 @@ struct Serve: AsyncParsableCommand {
             ("HERALD_HEARTBEAT_S", heartbeatS), ("HERALD_HEARTBEAT_MIN_S", heartbeatMinS),
             ("HERALD_HEARTBEAT_MAX_S", heartbeatMaxS), ("HERALD_DEFAULT_TTL_S", defaultTTLS), ("HERALD_MAX_TTL_S", maxTTLS),
             ("HERALD_MAX_PENDING", maxPending), ("HERALD_DRAIN_TIMEOUT_S", drainTimeoutS),
-            ("HERALD_WRITE_STALL_TIMEOUT_S", writeStallTimeoutS), ("HERALD_LOG_LEVEL", logLevel),
+            ("HERALD_WRITE_STALL_TIMEOUT_S", writeStallTimeoutS), ("HERALD_MAX_CONNECTIONS", maxConnections),
+            ("HERALD_MAX_FRAME_RATE", maxFrameRate), ("HERALD_LOG_LEVEL", logLevel),
         ]
         for (name, value) in flags { if let value { values[name] = value } }
 

@@ -52,6 +52,8 @@ struct NodeConfiguration: Sendable {
     var maxPending: Int
     var drainTimeoutSeconds: Int
     var writeStallTimeoutSeconds: Int
+    var maxConnections: Int
+    var maxFramesPerSecond: Int
     var logLevel: Logger.Level
     /// Test-only fault hooks (`HERALD_FAULT_HOOKS=1`): lets a test kill a supervised child.
     var faultHooks: Bool
@@ -61,7 +63,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_NODE_ID", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
-        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
+        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
     ]
 
     /// Reads the configuration from `values` (variable name -> text; flags already merged over
@@ -112,6 +114,8 @@ struct NodeConfiguration: Sendable {
             maxPending: try reader.int("HERALD_MAX_PENDING", default: 1000, range: 1...10_000_000),
             drainTimeoutSeconds: try reader.int("HERALD_DRAIN_TIMEOUT_S", default: 30, range: 0...86_400),
             writeStallTimeoutSeconds: try reader.int("HERALD_WRITE_STALL_TIMEOUT_S", default: 30, range: 1...3600),
+            maxConnections: try reader.int("HERALD_MAX_CONNECTIONS", default: 0, range: 0...100_000_000),
+            maxFramesPerSecond: try reader.int("HERALD_MAX_FRAME_RATE", default: 20, range: 1...1_000_000),
             logLevel: logLevel,
             faultHooks: try reader.bool("HERALD_FAULT_HOOKS", default: false)
         )
@@ -127,7 +131,9 @@ struct NodeConfiguration: Sendable {
             helloTimeout: .seconds(Int64(helloTimeoutSeconds)),
             defaultHeartbeatSeconds: UInt16(heartbeatSeconds),
             heartbeatRange: UInt16(heartbeatMinSeconds)...UInt16(heartbeatMaxSeconds),
-            stallTimeout: .seconds(Int64(writeStallTimeoutSeconds))
+            stallTimeout: .seconds(Int64(writeStallTimeoutSeconds)),
+            maxConnections: maxConnections,
+            maxFramesPerSecond: maxFramesPerSecond
         )
     }
 

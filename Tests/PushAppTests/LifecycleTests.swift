@@ -96,6 +96,8 @@ struct LifecycleTests {
     func drain() async throws {
         try await TestNode.with(["HERALD_DRAIN_TIMEOUT_S": "5"]) { node in
             let device = try await node.device("leaver")
+            let undecided = try await node.raw()
+            _ = try await eventually("both sockets open") { node.node.metrics.openConnectionCount == 2 }
             node.shutdown.triggerGracefulShutdown()
             guard case .goaway(let after, _) = try await device.next() else {
                 Issue.record("expected GOAWAY")
@@ -107,6 +109,11 @@ struct LifecycleTests {
             await #expect(throws: (any Error).self) {
                 _ = try await DeviceClient.connect(DeviceClientConfiguration(port: node.devicePort, clientID: "late"))
             }
+            // A socket that had not said HELLO yet gets GOAWAY too, and its HELLO is refused with 503.
+            _ = try await undecided.waitForFrames(1)
+            try await undecided.send(.hello(Hello(clientID: "too-late")))
+            let frames = try await undecided.waitForClose()
+            #expect(frames.last == .error(code: 503, reason: "server is draining"))
             await device.close()
         }
     }

@@ -187,4 +187,45 @@ struct SessionRuleTests {
             await device.close()
         }
     }
+
+    @Test("past the connection limit a new socket gets 429; past the frame rate a device gets 429")
+    func tooMany() async throws {
+        try await TestNode.with(["HERALD_MAX_CONNECTIONS": "2", "HERALD_MAX_FRAME_RATE": "5"]) { node in
+            let first = try await node.device("one")
+            let second = try await node.raw()
+            try await eventually("two sockets open") { node.node.metrics.openConnectionCount == 2 }
+            let third = try await node.raw()
+            try await expectError(429, on: third)
+            await second.close()
+            // A burst of twice the rate (HELLO included) is allowed; a flood beyond it is refused.
+            for _ in 0..<40 { first.send(.ping) }
+            var pongs = 0
+            var event = try await first.next()
+            while event == .pong {
+                pongs += 1
+                event = try await first.next()
+            }
+            #expect(event == .error(code: 429, reason: "frames too fast"))
+            #expect(pongs >= 9 && pongs < 40, "\(pongs) PONGs before the refusal")
+            #expect(try await first.next() == .closed)
+        }
+    }
+
+    @Test("a HELLO fed one byte at a time is answered when its last byte arrives")
+    func dripFedHello() async throws {
+        try await TestNode.with { node in
+            let connection = try await node.raw()
+            var bytes = Frame.hello(Hello(clientID: "slowpoke")).encoded()
+            while let byte = bytes.readInteger(as: UInt8.self) {
+                #expect(try connection.frames().isEmpty)
+                try await connection.send([byte])
+            }
+            let frames = try await connection.waitForFrames(1)
+            guard case .welcome = frames.first else {
+                Issue.record("expected WELCOME, got \(frames)")
+                return
+            }
+            await connection.close()
+        }
+    }
 }

@@ -1,4 +1,3 @@
-import Logging
 import NIOCore
 import NIOPosix
 
@@ -26,7 +25,6 @@ public struct ReconnectingDevice: Sendable {
 
     /// Runs until cancelled.
     public func run(
-        logger: Logger,
         onPush: @Sendable (String, ByteBuffer) async -> Void,
         onEvent: @Sendable (String) -> Void = { _ in }
     ) async {

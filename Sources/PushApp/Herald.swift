@@ -102,15 +102,12 @@ struct Device: AsyncParsableCommand {
         guard let address = SocketAddressSpec.parse(server) else {
             throw ValidationError("--server must be host:port, got \"\(server)\"")
         }
-        var logger = Logger(label: "herald.device")
-        logger.logLevel = .warning
         let device = ReconnectingDevice(
             configuration: DeviceClientConfiguration(
                 host: address.host, port: address.port, clientID: id, token: token, heartbeatSeconds: heartbeat
             )
         )
         await device.run(
-            logger: logger,
             onPush: { id, payload in
                 let text = String(decoding: payload.readableBytesView, as: UTF8.self)
                 FileDescriptorOutput.standardOutput("PUSH \(id) \(text)\n")

@@ -55,6 +55,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // hiredis, used only as a RESP reply parser (libhiredis-dev).
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        // The Redis implementation of PushStore: the only code that touches hiredis pointers.
+        .target(
+            name: "RedisStore",
+            dependencies: [
+                "Actors",
+                "CHiredis",
+                "Supervision",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The device client library: used by `herald device`, the tests and the load generator.
         .target(
             name: "HeraldClient",
@@ -71,6 +87,7 @@ let package = Package(
             name: "PushApp",
             dependencies: [
                 "Actors",
+                "RedisStore",
                 "Supervision",
                 "PushProtocol",
                 "HeraldClient",
@@ -109,6 +126,11 @@ let package = Package(
         .testTarget(
             name: "ActorsTests",
             dependencies: ["Actors", "HeraldTestSupport", .product(name: "NIOEmbedded", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StoreTests",
+            dependencies: ["Actors", "RedisStore", "HeraldTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,101 @@
+import Actors
+import NIOCore
+
+/// The Redis connection of one event loop: commands are encoded into one buffer per loop tick
+/// (so concurrent requests share round trips: automatic pipelining) and replies are matched
+/// to requests in order. Every request has a timeout; one that expires means the connection
+/// can no longer be trusted to match replies, so it fails every request and closes.
+final class RedisChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private struct Pending {
+        var promise: EventLoopPromise<RESPValue>
+        var timeout: Scheduled<Void>?
+    }
+
+    private let parser = RESPParser()
+    private let commandTimeout: TimeAmount
+    private var pending = CircularBuffer<Pending>()
+    private var outgoing: ByteBuffer?
+    private var context: ChannelHandlerContext?
+    private var flushScheduled = false
+
+    init(commandTimeout: TimeAmount) {
+        self.commandTimeout = commandTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        failAll("connection closed")
+        self.context = nil
+    }
+
+    /// Queues a command; on this handler's event loop only.
+    func send(_ arguments: [RedisArgument], promise: EventLoopPromise<RESPValue>) {
+        guard let context, context.channel.isActive else {
+            promise.fail(StoreError(.unavailable, "redis connection is down"))
+            return
+        }
+        if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: 256) }
+        outgoing!.writeRedisCommand(arguments)
+        // A request that outlives its timeout means the connection can no longer be trusted to
+        // match replies: closing it fails every request (channelInactive), which then answer 503.
+        let channel = context.channel
+        let timeout = context.eventLoop.scheduleTask(in: commandTimeout) { channel.close(promise: nil) }
+        pending.append(Pending(promise: promise, timeout: timeout))
+        if !flushScheduled {
+            flushScheduled = true
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute { handler.value.flushOutgoing() }
+        }
+    }
+
+    private func flushOutgoing() {
+        flushScheduled = false
+        guard let context, let buffer = outgoing else { return }
+        outgoing = nil
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let replies: [RESPValue]
+        do {
+            replies = try parser.parse(unwrapInboundIn(data))
+        } catch {
+            failAll("redis sent a malformed reply")
+            context.close(promise: nil)
+            return
+        }
+        for reply in replies {
+            guard let request = pending.popFirst() else {
+                // A reply nobody asked for: the stream is out of step.
+                failAll("unexpected reply from redis")
+                context.close(promise: nil)
+                return
+            }
+            request.timeout?.cancel()
+            request.promise.succeed(reply)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        failAll("connection closed")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        failAll("connection error: \(error)")
+        context.close(promise: nil)
+    }
+
+    private func failAll(_ reason: String) {
+        outgoing = nil
+        while let request = pending.popFirst() {
+            request.timeout?.cancel()
+            request.promise.fail(StoreError(.unavailable, reason))
+        }
+    }
+}

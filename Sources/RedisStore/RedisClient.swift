@@ -1,0 +1,190 @@
+import Actors
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Supervision
+import Synchronization
+
+/// A Lua script run with EVALSHA, falling back to EVAL when Redis does not know it (after a
+/// restart or a SCRIPT FLUSH), which also loads it again.
+public struct RedisScript: Sendable {
+    /// The Lua source.
+    public let source: String
+    /// Creates a script.
+    public init(_ source: String) { self.source = source }
+}
+
+/// Redis access for a node: one connection per event loop, kept up by `run()`.
+///
+/// Every command runs on the event loop of its connection; a caller on an event loop uses
+/// that loop's connection, so a `Connection` actor reaches Redis with no thread hop.
+/// Commands issued in one loop tick are written together (pipelining for free). While a
+/// connection is down its commands fail at once with `.unavailable`; `run()` reconnects with
+/// jittered exponential backoff and re-authenticates. Nothing here blocks a thread.
+public final class RedisClient: Service, HealthReporting {
+    private final class Slot: Sendable {
+        let loop: any EventLoop
+        let channel = Mutex<(any Channel)?>(nil)
+        init(loop: any EventLoop) { self.loop = loop }
+    }
+
+    public let configuration: RedisConfiguration
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let slots: [Slot]
+    private let next = Atomic<Int>(0)
+    private let shas = Mutex<[String: String]>([:])
+
+    /// Creates a client; connections open when `run()` starts.
+    public init(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+        slots = group.makeIterator().map { Slot(loop: $0) }
+    }
+
+    /// Whether every connection is up.
+    public var isConnected: Bool { slots.allSatisfy { $0.channel.withLock { $0 } != nil } }
+
+    // MARK: Commands
+
+    /// Sends one command and returns its reply (an `.error` reply is returned, not thrown).
+    /// Throws `.unavailable` when the connection is down or Redis does not answer in time.
+    public func send(_ arguments: [RedisArgument]) async throws(StoreError) -> RESPValue {
+        let slot = slotForCaller()
+        let promise = slot.loop.makePromise(of: RESPValue.self)
+        if slot.loop.inEventLoop {
+            Self.send(arguments, on: slot, promise: promise)
+        } else {
+            slot.loop.execute { Self.send(arguments, on: slot, promise: promise) }
+        }
+        do {
+            return try await promise.futureResult.get()
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(.unavailable, "\(error)")
+        }
+    }
+
+    /// Runs `script`, by its SHA when Redis has it.
+    public func run(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) async throws(StoreError) -> RESPValue {
+        let tail = [RedisArgument.integer(Int64(keys.count))] + keys.map { .string($0) } + arguments
+        if let sha = shas.withLock({ $0[script.source] }) {
+            let reply = try await send([.string("EVALSHA"), .string(sha)] + tail)
+            guard case .error(let message) = reply, message.hasPrefix("NOSCRIPT") else { return reply }
+        }
+        let reply = try await send([.string("EVAL"), .string(script.source)] + tail)
+        if case .error = reply { return reply }
+        // EVAL cached it; learn its SHA for next time.
+        if case .bulk(let sha) = try await send([.string("SCRIPT"), .string("LOAD"), .string(script.source)]) {
+            shas.withLock { $0[script.source] = String(buffer: sha) }
+        }
+        return reply
+    }
+
+    private func slotForCaller() -> Slot {
+        if let current = MultiThreadedEventLoopGroup.currentEventLoop,
+            let slot = slots.first(where: { $0.loop === current })
+        {
+            return slot
+        }
+        let index = next.add(1, ordering: .relaxed).newValue
+        return slots[index % slots.count]
+    }
+
+    private static func send(_ arguments: [RedisArgument], on slot: Slot, promise: EventLoopPromise<RESPValue>) {
+        guard let channel = slot.channel.withLock({ $0 }),
+            let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
+        else {
+            promise.fail(StoreError(.unavailable, "redis is not connected"))
+            return
+        }
+        handler.send(arguments, promise: promise)
+    }
+
+    // MARK: Service
+
+    /// Keeps one connection per event loop open until graceful shutdown or cancellation.
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                for slot in self.slots {
+                    group.addTask { await self.maintain(slot) }
+                }
+            }
+        }
+        for slot in slots { try? await slot.channel.withLock({ $0 })?.close() }
+    }
+
+    public func healthReport() async -> HealthReport {
+        // A Redis outage is a declared degraded state, not a failure of the tree (Docs/store.md).
+        HealthReport(name: "redis", healthy: true, state: isConnected ? "connected" : "reconnecting (degraded)")
+    }
+
+    private func maintain(_ slot: Slot) async {
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                let channel = try await connect(on: slot.loop)
+                slot.channel.withLock { $0 = channel }
+                if attempt > 0 { logger.notice("redis connection restored", metadata: ["redis": "\(configuration.host):\(configuration.port)"]) }
+                attempt = 0
+                try? await withTaskCancellationHandler {
+                    try await channel.closeFuture.get()
+                } onCancel: {
+                    channel.close(promise: nil)
+                }
+                slot.channel.withLock { $0 = nil }
+                if !Task.isCancelled { logger.warning("redis connection lost, reconnecting") }
+            } catch {
+                if attempt == 0 || attempt % 20 == 0 {
+                    logger.warning("cannot connect to redis", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                }
+            }
+            attempt += 1
+            // Full jitter over 50 ms * 2^attempt, at most 2 s: quick after a blip, gentle in an outage.
+            let ceiling = min(50 * (1 << min(attempt, 10)), 2000)
+            try? await Task.sleep(for: .milliseconds(Int.random(in: ceiling / 2...ceiling)))
+        }
+    }
+
+    private func connect(on loop: any EventLoop) async throws -> any Channel {
+        let configuration = configuration
+        let channel = try await ClientBootstrap(group: loop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: configuration.commandTimeout))
+                }
+            }
+            .connect(host: configuration.host, port: configuration.port)
+            .get()
+        do {
+            if let password = configuration.password {
+                try await expectOK(channel, [.string("AUTH"), .string(password)], "AUTH")
+            }
+            if configuration.database != 0 {
+                try await expectOK(channel, [.string("SELECT"), .integer(Int64(configuration.database))], "SELECT")
+            }
+            return channel
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+    }
+
+    private func expectOK(_ channel: any Channel, _ arguments: [RedisArgument], _ what: String) async throws {
+        let promise = channel.eventLoop.makePromise(of: RESPValue.self)
+        channel.eventLoop.execute {
+            guard let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) else {
+                return promise.fail(StoreError(.unavailable, "no handler"))
+            }
+            handler.send(arguments, promise: promise)
+        }
+        let reply = try await promise.futureResult.get()
+        guard case .simpleString("OK") = reply else { throw StoreError(.unavailable, "\(what) failed: \(reply)") }
+    }
+}

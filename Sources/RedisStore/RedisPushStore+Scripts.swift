@@ -1,0 +1,79 @@
+extension RedisPushStore {
+    /// Removes a queue's expired messages; shared by the scripts below. Lua's `unpack` takes at
+    /// most a few thousand values, so ids go in chunks.
+    private static let dropExpired = """
+        local function drop_expired(ids, exp, data, now)
+          local expired = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+          for first = 1, #expired, 500 do
+            local chunk = {}
+            for i = first, math.min(first + 499, #expired) do chunk[#chunk + 1] = expired[i] end
+            redis.call('ZREM', ids, unpack(chunk))
+            redis.call('ZREM', exp, unpack(chunk))
+            redis.call('HDEL', data, unpack(chunk))
+          end
+        end
+        """
+
+    /// KEYS: per device (1-based d) seq, ids, exp, data. ARGV: now, cap, slack, devices,
+    /// count per device, then per message: device index, id, expiry, payload.
+    /// Checks every device's cap before writing anything: all or nothing.
+    static let appendScript = RedisScript(
+        dropExpired + """
+
+            local now, cap, slack, devices = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+            for d = 1, devices do
+              drop_expired(KEYS[4*d-2], KEYS[4*d-1], KEYS[4*d], now)
+              if redis.call('ZCARD', KEYS[4*d-2]) + tonumber(ARGV[4+d]) > cap then
+                return redis.error_reply('FULL ' .. d)
+              end
+            end
+            local sequences = {}
+            local i = 5 + devices
+            while i <= #ARGV do
+              local d, id, expires = tonumber(ARGV[i]), ARGV[i+1], tonumber(ARGV[i+2])
+              local sequence = redis.call('INCR', KEYS[4*d-3])
+              redis.call('ZADD', KEYS[4*d-2], sequence, id)
+              redis.call('ZADD', KEYS[4*d-1], expires, id)
+              redis.call('HSET', KEYS[4*d], id, ARGV[i+3])
+              local ttl = expires - now + slack
+              for k = 2, 4 do
+                local key = KEYS[4*d-4+k]
+                if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+              end
+              sequences[#sequences + 1] = sequence
+              i = i + 4
+            end
+            return sequences
+            """
+    )
+
+    /// KEYS: ids, exp, data. ARGV: now, after, limit. Returns id, sequence, expiry, payload, ...
+    static let pendingScript = RedisScript(
+        dropExpired + """
+
+            drop_expired(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
+            local found = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+            local result = {}
+            for i = 1, #found, 2 do
+              local id = found[i]
+              result[#result + 1] = id
+              result[#result + 1] = found[i+1]
+              result[#result + 1] = redis.call('ZSCORE', KEYS[2], id)
+              result[#result + 1] = redis.call('HGET', KEYS[3], id)
+            end
+            return result
+            """
+    )
+
+    /// KEYS: ids, exp, data. ARGV: message id. Removes only from this device's keys.
+    static let acknowledgeScript = RedisScript(
+        """
+        if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+          redis.call('ZREM', KEYS[2], ARGV[1])
+          redis.call('HDEL', KEYS[3], ARGV[1])
+          return 1
+        end
+        return 0
+        """
+    )
+}

@@ -1,0 +1,177 @@
+import Actors
+import HeraldTestSupport
+import Logging
+import NIOCore
+import NIOPosix
+import RedisStore
+import Synchronization
+import Testing
+
+/// A wall clock a test moves by hand.
+final class TestWallClock: Sendable {
+    private let millis = Atomic<Int64>(1_000_000)
+    var now: Int64 { millis.load(ordering: .relaxed) }
+    func advance(byMillis delta: Int64) { millis.add(delta, ordering: .relaxed) }
+}
+
+/// Every `PushStore` implementation, made fresh for one test.
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case memory
+    case redis
+
+    var testDescription: String { rawValue }
+
+    /// Runs `body` with a fresh store of this kind; for Redis, a real redis-server of its own,
+    /// stopped afterwards.
+    func with(
+        maxPending: Int, clock: TestWallClock, _ body: @Sendable (any PushStore) async throws -> Void
+    ) async throws {
+        switch self {
+        case .memory:
+            try await body(InMemoryPushStore(maxPending: maxPending, now: { clock.now }))
+        case .redis:
+            try await RedisServer.with { server in
+                var logger = Logger(label: "redis-test")
+                logger.logLevel = .critical
+                let client = RedisClient(
+                    configuration: RedisConfiguration(url: server.url)!, group: MultiThreadedEventLoopGroup.singleton, logger: logger
+                )
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await client.run() }
+                    try await eventually("redis connected") { client.isConnected }
+                    try await body(RedisPushStore(client: client, maxPending: maxPending, now: { clock.now }))
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+}
+
+private func new(_ clientID: String, _ id: String, ttlMillis: Int64 = 60_000, clock: TestWallClock) -> NewMessage {
+    NewMessage(clientID: clientID, id: id, payload: ByteBuffer(string: "payload-\(id)"), expiresAtMillis: clock.now + ttlMillis)
+}
+
+/// The `PushStore` contract (its doc comment), checked against every implementation.
+@Suite("PushStore conformance", .timeLimit(.minutes(1)))
+struct PushStoreConformanceTests {
+    @Test("messages come back in the order they were accepted, with increasing sequences", arguments: StoreKind.allCases)
+    func ordering(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 100, clock: clock) { store in
+            _ = try await store.append([new("a", "1", clock: clock), new("a", "2", clock: clock)])
+            _ = try await store.append([new("a", "3", clock: clock)])
+            let pending = try await store.pending(for: "a", after: 0, limit: 10)
+            #expect(pending.map(\.id) == ["1", "2", "3"])
+            #expect(pending.map(\.sequence) == pending.map(\.sequence).sorted())
+            #expect(Set(pending.map(\.sequence)).count == 3)
+            #expect(pending[0].payload == ByteBuffer(string: "payload-1"))
+            let after = try await store.pending(for: "a", after: pending[0].sequence, limit: 1)
+            #expect(after.map(\.id) == ["2"])
+        }
+    }
+
+    @Test("delivery is not deletion: a message stays until acknowledged", arguments: StoreKind.allCases)
+    func atLeastOnce(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 100, clock: clock) { store in
+            _ = try await store.append([new("a", "1", clock: clock), new("a", "2", clock: clock)])
+            _ = try await store.pending(for: "a", after: 0, limit: 10)
+            #expect(try await store.pendingCount(for: "a") == 2)
+            #expect(try await store.acknowledge(clientID: "a", messageID: "1"))
+            #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["2"])
+            #expect(try await store.acknowledge(clientID: "a", messageID: "1") == false, "idempotent")
+        }
+    }
+
+    @Test("an ACK of a foreign or unknown id deletes nothing", arguments: StoreKind.allCases)
+    func isolation(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 100, clock: clock) { store in
+            _ = try await store.append([new("a", "1", clock: clock), new("b", "2", clock: clock)])
+            #expect(try await store.acknowledge(clientID: "a", messageID: "2") == false)
+            #expect(try await store.acknowledge(clientID: "a", messageID: "nope") == false)
+            #expect(try await store.acknowledge(clientID: "c", messageID: "1") == false)
+            #expect(try await store.pendingCount(for: "a") == 1)
+            #expect(try await store.pendingCount(for: "b") == 1)
+        }
+    }
+
+    @Test("an expired message is never returned nor counted, and the sweep removes it", arguments: StoreKind.allCases)
+    func ttl(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 100, clock: clock) { store in
+            _ = try await store.append([new("a", "short", ttlMillis: 1000, clock: clock), new("a", "long", ttlMillis: 10_000, clock: clock)])
+            clock.advance(byMillis: 1000)
+            #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["long"])
+            #expect(try await store.pendingCount(for: "a") == 1)
+            #expect(try await store.removeExpired() <= 1)
+            clock.advance(byMillis: 9000)
+            #expect(try await store.pending(for: "a", after: 0, limit: 10).isEmpty)
+            _ = try await store.removeExpired()
+            #expect(try await store.pendingCount(for: "a") == 0)
+        }
+    }
+
+    @Test("past the cap, append refuses and stores nothing; expired messages do not count", arguments: StoreKind.allCases)
+    func cap(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 2, clock: clock) { store in
+            _ = try await store.append([new("a", "1", ttlMillis: 500, clock: clock), new("a", "2", clock: clock)])
+            await #expect(throws: StoreError(.pendingFull, "")) { try await store.append([new("a", "3", clock: clock)]) }
+            #expect(try await store.pendingCount(for: "a") == 2)
+            clock.advance(byMillis: 500)
+            _ = try await store.append([new("a", "3", clock: clock)])
+            #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["2", "3"])
+        }
+    }
+
+    @Test("a batch is all or nothing, across devices", arguments: StoreKind.allCases)
+    func batchAtomicity(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 2, clock: clock) { store in
+            _ = try await store.append([new("b", "b1", clock: clock), new("b", "b2", clock: clock)])
+            await #expect(throws: StoreError(.pendingFull, "")) {
+                try await store.append([new("a", "a1", clock: clock), new("b", "b3", clock: clock)])
+            }
+            #expect(try await store.pendingCount(for: "a") == 0, "a's message of the refused batch was not stored")
+            let stored = try await store.append([new("a", "a1", clock: clock), new("c", "c1", clock: clock), new("a", "a2", clock: clock)])
+            #expect(stored.map(\.id) == ["a1", "c1", "a2"])
+        }
+    }
+
+    @Test("concurrent writers to one device: every message stored once, sequences unique", arguments: StoreKind.allCases)
+    func concurrentWriters(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 10_000, clock: clock) { store in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for writer in 0..<8 {
+                    group.addTask {
+                        for index in 0..<50 {
+                            _ = try await store.append([new("a", "w\(writer)-\(index)", clock: clock)])
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let pending = try await store.pending(for: "a", after: 0, limit: 1000)
+            #expect(pending.count == 400)
+            #expect(Set(pending.map(\.id)).count == 400)
+            #expect(pending.map(\.sequence) == pending.map(\.sequence).sorted())
+            // Each writer's own messages keep their order.
+            for writer in 0..<8 {
+                let mine = pending.filter { $0.id.hasPrefix("w\(writer)-") }.map(\.id)
+                #expect(mine == (0..<50).map { "w\(writer)-\($0)" })
+            }
+        }
+    }
+
+    @Test("an unknown device has nothing pending", arguments: StoreKind.allCases)
+    func unknownDevice(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 10, clock: clock) { store in
+            #expect(try await store.pendingCount(for: "nobody") == 0)
+            #expect(try await store.pending(for: "nobody", after: 0, limit: 10).isEmpty)
+            try await store.ping()
+        }
+    }
+}

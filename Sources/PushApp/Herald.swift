@@ -24,6 +24,7 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a Herald node (flags override HERALD_* variables).")
 
     @Option(help: "HERALD_NODE_ID: this node's id (default: the host name).") var nodeID: String?
+    @Option(help: "HERALD_REDIS_URL: redis://[:password@]host:port[/db] (unset: messages in memory).") var redisURL: String?
     @Option(help: "HERALD_TCP_ADDR: device listener, host:port (default 0.0.0.0:9988).") var tcpAddr: String?
     @Option(help: "HERALD_HTTP_ADDR: HTTP API, host:port (default 0.0.0.0:8080).") var httpAddr: String?
     @Option(help: "HERALD_API_KEYS: comma-separated API keys (unset: no API auth).") var apiKeys: String?
@@ -47,7 +48,7 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         var values = ProcessEnvironment.variables.filter { $0.key.hasPrefix("HERALD_") }
         let flags: [(String, String?)] = [
-            ("HERALD_NODE_ID", nodeID), ("HERALD_TCP_ADDR", tcpAddr), ("HERALD_HTTP_ADDR", httpAddr),
+            ("HERALD_NODE_ID", nodeID), ("HERALD_REDIS_URL", redisURL), ("HERALD_TCP_ADDR", tcpAddr), ("HERALD_HTTP_ADDR", httpAddr),
             ("HERALD_API_KEYS", apiKeys), ("HERALD_DEVICE_JWT_SECRET", deviceJWTSecret), ("HERALD_MAX_FRAME", maxFrame),
             ("HERALD_MAX_PAYLOAD", maxPayload), ("HERALD_WINDOW", window), ("HERALD_HELLO_TIMEOUT_S", helloTimeoutS),
             ("HERALD_HEARTBEAT_S", heartbeatS), ("HERALD_HEARTBEAT_MIN_S", heartbeatMinS),

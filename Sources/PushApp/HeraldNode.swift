@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import Hummingbird
 import Prometheus
+import RedisStore
 import ServiceLifecycle
 import Supervision
 import Synchronization
@@ -13,6 +14,7 @@ import Synchronization
 ///
 /// ```
 /// herald (one-for-one)
+/// ├── redis     RedisClient    permanent (only with HERALD_REDIS_URL)
 /// ├── store     StoreMonitor   permanent
 /// ├── sweeper   ExpirySweeper  permanent
 /// ├── api       HTTP API       permanent
@@ -28,6 +30,7 @@ final class HeraldNode: Sendable {
     let metrics: NodeMetrics
     let store: any PushStore
     let storeKind: String
+    let redis: RedisClient?
     let registry = ConnectionRegistry()
     let tracker = ConnectionTracker()
     let router: MessageRouter
@@ -63,8 +66,16 @@ final class HeraldNode: Sendable {
         self.group = group
         let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: prometheus))
         self.metrics = metrics
-        store = InMemoryPushStore(maxPending: configuration.maxPending)
-        storeKind = "memory"
+        if let redisConfiguration = configuration.redis {
+            let client = RedisClient(configuration: redisConfiguration, group: group, logger: logger)
+            redis = client
+            store = RedisPushStore(client: client, maxPending: configuration.maxPending)
+            storeKind = "redis"
+        } else {
+            redis = nil
+            store = InMemoryPushStore(maxPending: configuration.maxPending)
+            storeKind = "memory"
+        }
         router = MessageRouter(nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics)
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,
@@ -116,7 +127,12 @@ final class HeraldNode: Sendable {
 
     private func childSpecs() -> [ChildSpec] {
         let drainTimeout = Duration.seconds(configuration.drainTimeoutSeconds)
-        return [
+        // The Redis client object outlives restarts of its child: a restart only re-runs its
+        // connection loops, and every store user keeps the same reference.
+        let redisChild: [ChildSpec] = redis.map { client in
+            [ChildSpec.service(id: "redis", shutdownTimeout: .seconds(5)) { client }]
+        } ?? []
+        return redisChild + [
             ChildSpec(id: "store", shutdownTimeout: .seconds(5)) { [unowned self] in
                 let monitor = StoreMonitor(store: store, interval: .seconds(5), logger: logger)
                 state.withLock { $0.storeMonitor = monitor }

@@ -1,6 +1,7 @@
 import Actors
 import Logging
 import PushProtocol
+import RedisStore
 
 /// A configuration value that is wrong; start-up stops with `message` (one line, naming the variable).
 struct ConfigurationError: Error, CustomStringConvertible {
@@ -53,6 +54,7 @@ struct NodeConfiguration: Sendable {
     var drainTimeoutSeconds: Int
     var writeStallTimeoutSeconds: Int
     var maxConnections: Int
+    var redis: RedisConfiguration?
     var maxFramesPerSecond: Int
     var logLevel: Logger.Level
     /// Test-only fault hooks (`HERALD_FAULT_HOOKS=1`): lets a test kill a supervised child.
@@ -60,7 +62,7 @@ struct NodeConfiguration: Sendable {
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
-        "HERALD_NODE_ID", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
@@ -92,6 +94,13 @@ struct NodeConfiguration: Sendable {
             // HS256 keys shorter than the hash output are weak (RFC 7518 §3.2); jwt-kit refuses them.
             throw ConfigurationError(message: "HERALD_DEVICE_JWT_SECRET must be at least 32 bytes, got \(jwtSecret.utf8.count)")
         }
+        var redis: RedisConfiguration?
+        if let url = try reader.optional("HERALD_REDIS_URL") {
+            guard let parsed = RedisConfiguration(url: url) else {
+                throw ConfigurationError(message: "HERALD_REDIS_URL must be redis://[:password@]host:port[/db], got \"\(url)\"")
+            }
+            redis = parsed
+        }
         let logLevelText = try reader.string("HERALD_LOG_LEVEL", default: "info")
         guard let logLevel = Logger.Level(rawValue: logLevelText.lowercased()) else {
             throw ConfigurationError(message: "HERALD_LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, got \"\(logLevelText)\"")
@@ -115,6 +124,7 @@ struct NodeConfiguration: Sendable {
             drainTimeoutSeconds: try reader.int("HERALD_DRAIN_TIMEOUT_S", default: 30, range: 0...86_400),
             writeStallTimeoutSeconds: try reader.int("HERALD_WRITE_STALL_TIMEOUT_S", default: 30, range: 1...3600),
             maxConnections: try reader.int("HERALD_MAX_CONNECTIONS", default: 0, range: 0...100_000_000),
+            redis: redis,
             maxFramesPerSecond: try reader.int("HERALD_MAX_FRAME_RATE", default: 20, range: 1...1_000_000),
             logLevel: logLevel,
             faultHooks: try reader.bool("HERALD_FAULT_HOOKS", default: false)

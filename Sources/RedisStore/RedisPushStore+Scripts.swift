@@ -15,20 +15,25 @@ extension RedisPushStore {
         """
 
     /// KEYS: per device (1-based d) seq, ids, exp, data. ARGV: now, cap, slack, devices,
-    /// count per device, then per message: device index, id, expiry, payload.
-    /// Checks every device's cap before writing anything: all or nothing.
+    /// deadline, count per device, then per message: device index, id, expiry, payload.
+    /// Refuses to run past the deadline (LATE); checks every device's cap before writing
+    /// anything: all or nothing.
     static let appendScript = RedisScript(
         dropExpired + """
 
             local now, cap, slack, devices = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+            local clock = redis.call('TIME')
+            if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[5]) then
+              return redis.error_reply('LATE')
+            end
             for d = 1, devices do
               drop_expired(KEYS[4*d-2], KEYS[4*d-1], KEYS[4*d], now)
-              if redis.call('ZCARD', KEYS[4*d-2]) + tonumber(ARGV[4+d]) > cap then
+              if redis.call('ZCARD', KEYS[4*d-2]) + tonumber(ARGV[5+d]) > cap then
                 return redis.error_reply('FULL ' .. d)
               end
             end
             local sequences = {}
-            local i = 5 + devices
+            local i = 6 + devices
             while i <= #ARGV do
               local d, id, expires = tonumber(ARGV[i]), ARGV[i+1], tonumber(ARGV[i+2])
               local sequence = redis.call('INCR', KEYS[4*d-3])

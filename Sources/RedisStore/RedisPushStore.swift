@@ -45,8 +45,14 @@ public final class RedisPushStore: PushStore {
             counts.append(0)
         }
         for message in messages { counts[index[message.clientID]! - 1] += 1 }
+        // A request that times out is answered 503, but its bytes may still reach a paused Redis
+        // and run later. The script refuses to run after this deadline (by Redis's clock), and
+        // the deadline is half the command timeout, so a 503 never turns into a stored message
+        // as long as the node's and Redis's clocks agree within that half (Docs/store.md).
+        let deadline = WallClock.millisecondsSinceEpoch() + client.configuration.commandTimeout.nanoseconds / 2_000_000
         var arguments: [RedisArgument] = [
             .integer(now()), .integer(Int64(maxPending)), .integer(Self.expirySlackMillis), .integer(Int64(devices.count)),
+            .integer(deadline),
         ]
         arguments += counts.map { .integer(Int64($0)) }
         for message in messages {
@@ -64,6 +70,8 @@ public final class RedisPushStore: PushStore {
                     payload: message.payload, expiresAtMillis: message.expiresAtMillis
                 )
             }
+        case .error(let text) where text.hasPrefix("LATE"):
+            throw StoreError(.unavailable, "redis ran the append after its deadline; nothing was stored")
         case .error(let text) where text.hasPrefix("FULL"):
             let position = Int(text.split(separator: " ").last ?? "") ?? 1
             let device = devices.indices.contains(position - 1) ? devices[position - 1] : "?"

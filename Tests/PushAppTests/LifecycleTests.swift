@@ -7,12 +7,12 @@ import Testing
 @testable import PushApp
 
 /// The `herald` executable built next to this test bundle.
-private var heraldBinary: URL {
+var heraldBinary: URL {
     URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("herald")
 }
 
 /// A `herald` child process whose standard error is collected.
-private final class HeraldProcess: @unchecked Sendable {
+final class HeraldTestProcess: @unchecked Sendable {
     let process = Process()
     private let errorPipe = Pipe()
     private let lock = NSLock()
@@ -120,7 +120,7 @@ struct LifecycleTests {
 
     @Test("SIGTERM drains the devices and exits 0")
     func sigterm() async throws {
-        let herald = try HeraldProcess(environment: [
+        let herald = try HeraldTestProcess(environment: [
             "HERALD_TCP_ADDR": "127.0.0.1:0", "HERALD_HTTP_ADDR": "127.0.0.1:0", "HERALD_DRAIN_TIMEOUT_S": "10",
         ])
         let devicePort = try await herald.boundPort("device listener bound")
@@ -143,13 +143,13 @@ struct LifecycleTests {
     @Test("a bad configuration value stops start-up with one line naming the variable")
     func badConfiguration() async throws {
         for (variable, value) in [("HERALD_WINDOW", "many"), ("HERALD_TCP_ADDR", "nowhere"), ("HERALD_DEVICE_JWT_SECRET", "short")] {
-            let herald = try HeraldProcess(environment: [variable: value])
+            let herald = try HeraldTestProcess(environment: [variable: value])
             #expect(try await herald.waitForExit() == 2)
             let lines = herald.stderr.split(separator: "\n")
             #expect(lines.count == 1, "\(herald.stderr)")
             #expect(herald.stderr.contains(variable))
         }
-        let flag = try HeraldProcess(arguments: ["serve", "--max-pending", "0"], environment: [:])
+        let flag = try HeraldTestProcess(arguments: ["serve", "--max-pending", "0"], environment: [:])
         #expect(try await flag.waitForExit() == 2)
         #expect(flag.stderr.contains("HERALD_MAX_PENDING"))
     }

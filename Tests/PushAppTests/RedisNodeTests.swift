@@ -1,0 +1,134 @@
+import Foundation
+import HeraldClient
+import HeraldTestSupport
+import PushProtocol
+import Testing
+
+@testable import PushApp
+
+@Suite("A node on Redis", .timeLimit(.minutes(2)))
+struct RedisNodeTests {
+    @Test("pushes are stored in Redis and delivered in order; ACKs delete them")
+    func storeAndDeliver() async throws {
+        try await RedisServer.with { redis in
+            try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
+                try await eventually("redis connected") { node.node.redis?.isConnected == true }
+                var ids: [String] = []
+                for index in 0..<30 { ids.append(try await node.push("rita", "m\(index)")) }
+                #expect(try await node.pending("rita") == 30)
+                let device = try await node.device("rita", autoAcknowledge: true)
+                #expect(try await device.pushes(30).map(\.id) == ids)
+                try await eventually("all acknowledged") { try await node.pending("rita") == 0 }
+                let stats = try JSONFields(try await HTTPTestClient.get("/v1/stats", port: node.httpPort).body)
+                #expect(try stats.string("store") == "redis")
+                await device.close()
+            }
+        }
+    }
+
+    @Test("while Redis is down: push 503, readyz 503, devices stay connected; when it returns, service resumes")
+    func redisKilledAndRestarted() async throws {
+        try await RedisServer.with { redis in
+            try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
+                try await eventually("redis connected") { node.node.redis?.isConnected == true }
+                let device = try await node.device("steady")
+                redis.kill(signal: SIGKILL)
+                try await eventually("pushes refused with 503") {
+                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "steady", "data": "x"}"#)
+                    return response.status == 503
+                }
+                let refused = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "steady", "data": "x"}"#)
+                #expect(refused.status == 503)
+                #expect(refused.body.contains("unavailable"))
+                #expect(try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 503)
+                #expect(try await HTTPTestClient.get("/healthz", port: node.httpPort).status == 200, "a declared degraded state")
+                #expect(device.isActive)
+                try await redis.stop()
+                try await redis.start()
+                try await eventually("pushes accepted again", timeout: .seconds(15)) {
+                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "steady", "data": "back"}"#)
+                    return response.status == 202
+                }
+                #expect(try await device.pushes(1)[0].text == "back")
+                #expect(try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 200)
+                await device.close()
+            }
+        }
+    }
+
+    @Test("a paused Redis (SIGSTOP) makes pushes answer 503 within the command timeout, and SIGCONT heals it")
+    func redisPaused() async throws {
+        try await RedisServer.with { redis in
+            try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
+                try await eventually("redis connected") { node.node.redis?.isConnected == true }
+                let stored = try await node.push("paula", "before")
+                redis.kill(signal: SIGSTOP)
+                let start = ContinuousClock.now
+                let refused = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "paula", "data": "x"}"#)
+                #expect(refused.status == 503)
+                #expect(ContinuousClock.now - start < .seconds(5))
+                redis.kill(signal: SIGCONT)
+                try await eventually("pushes accepted again", timeout: .seconds(15)) {
+                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "paula", "data": "after"}"#)
+                    return response.status == 202
+                }
+                let device = try await node.device("paula")
+                let texts = try await device.pushes(2).map(\.text)
+                #expect(texts == ["before", "after"], "the 503 stored nothing; \(stored) is still first")
+                await device.close()
+            }
+        }
+    }
+
+    @Test("pipelining: 1,000 concurrent pushes are all stored, each device's in order")
+    func concurrentPushes() async throws {
+        try await RedisServer.with { redis in
+            try await TestNode.with(["HERALD_REDIS_URL": redis.url, "HERALD_MAX_PENDING": "10000"]) { node in
+                try await eventually("redis connected") { node.node.redis?.isConnected == true }
+                let router = node.node.router
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in 0..<1000 {
+                        group.addTask {
+                            _ = try await router.push([.init(clientID: "pipe\(index % 10)", payload: .init(string: "\(index)"), ttlSeconds: 60)])
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                for device in 0..<10 { #expect(try await node.pending("pipe\(device)") == 100) }
+            }
+        }
+    }
+
+    @Test("kill -9 of a node with pending messages: a fresh node delivers every one, in order")
+    func killNineLosesNothing() async throws {
+        try await RedisServer.with { redis in
+            let environment = [
+                "HERALD_REDIS_URL": redis.url, "HERALD_TCP_ADDR": "127.0.0.1:0", "HERALD_HTTP_ADDR": "127.0.0.1:0",
+            ]
+            let first = try HeraldTestProcess(environment: environment)
+            let firstHTTP = try await first.boundPort("HTTP API bound")
+            var ids: [String] = []
+            for index in 0..<50 {
+                let response = try await HTTPTestClient.post(
+                    "/v1/push", port: firstHTTP, json: #"{"client_id": "survivor", "data": "m\#(index)"}"#
+                )
+                try #require(response.status == 202)
+                ids.append(try JSONFields(response.body).string("id"))
+            }
+            kill(first.process.processIdentifier, SIGKILL)
+            _ = try await first.waitForExit()
+
+            let second = try HeraldTestProcess(environment: environment)
+            let devicePort = try await second.boundPort("device listener bound")
+            let device = try await DeviceClient.connect(
+                DeviceClientConfiguration(port: devicePort, clientID: "survivor", autoAcknowledge: true, sendsPings: false)
+            )
+            let pushes = try await device.pushes(50)
+            #expect(pushes.map(\.id) == ids)
+            #expect(pushes.map(\.text) == (0..<50).map { "m\($0)" })
+            await device.close()
+            kill(second.process.processIdentifier, SIGTERM)
+            #expect(try await second.waitForExit() == 0)
+        }
+    }
+}

@@ -26,6 +26,22 @@ struct RedisNodeTests {
         }
     }
 
+    @Test("a password in the URL is sent with AUTH; a wrong one keeps the node unready")
+    func auth() async throws {
+        try await RedisServer.with(arguments: ["--requirepass", "s3cret"]) { redis in
+            try await TestNode.with(["HERALD_REDIS_URL": "redis://:s3cret@127.0.0.1:\(redis.port)"]) { node in
+                try await eventually("redis connected") { node.node.redis?.isConnected == true }
+                try await node.push("authed", "ok")
+                #expect(try await node.pending("authed") == 1)
+            }
+            try await TestNode.with(["HERALD_REDIS_URL": "redis://:wrong@127.0.0.1:\(redis.port)"]) { node in
+                let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "a", "data": "x"}"#)
+                #expect(response.status == 503)
+                #expect(try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 503)
+            }
+        }
+    }
+
     @Test("while Redis is down: push 503, readyz 503, devices stay connected; when it returns, service resumes")
     func redisKilledAndRestarted() async throws {
         try await RedisServer.with { redis in

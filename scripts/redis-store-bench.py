@@ -20,9 +20,16 @@ def cpu_seconds(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-def redis_commands(port):
+def redis_stat(port, name):
     out = subprocess.check_output(["redis-cli", "-p", str(port), "INFO", "stats"], text=True)
-    return int(next(l.split(":")[1] for l in out.splitlines() if l.startswith("total_commands_processed")))
+    return int(next(l.split(":")[1] for l in out.splitlines() if l.startswith(name + ":")))
+
+def redis_commands(port):
+    return redis_stat(port, "total_commands_processed")
+
+def redis_reads(port):
+    # Read events Redis processed: each is one batch of commands received, i.e. one round trip.
+    return redis_stat(port, "total_reads_processed")
 
 def frame(kind, body):
     return struct.pack(">IB", len(body) + 1, kind) + body
@@ -97,6 +104,7 @@ def main():
         devices.start()
         time.sleep(1)
         cpu_h, cpu_r, commands = cpu_seconds(herald.pid), cpu_seconds(redis.pid), redis_commands(redis_port)
+        reads = redis_reads(redis_port)
         payload = "x" * 64
         per_sender = args.messages // args.senders
         accepted = [0] * args.senders
@@ -128,6 +136,7 @@ def main():
         end_time = time.time() - start
         d_h, d_r = cpu_seconds(herald.pid) - cpu_h, cpu_seconds(redis.pid) - cpu_r
         d_commands = redis_commands(redis_port) - commands
+        d_reads = redis_reads(redis_port) - reads
         devices.stop = True
         devices.join()
         for s in devices.socks: s.close()
@@ -136,6 +145,7 @@ def main():
             "accepted_per_s": round(total / accept_time), "end_to_end_per_s": round(total / end_time),
             "herald_cpu_s_per_10k": round(d_h / total * 10000, 3), "redis_cpu_s_per_10k": round(d_r / total * 10000, 3),
             "us_per_message_total": round((d_h + d_r) / total * 1e6, 1), "redis_commands_per_message": round(d_commands / total, 2),
+            "redis_round_trips_per_message": round(d_reads / total, 3),
         }
         print(json.dumps(result, indent=1))
     finally:

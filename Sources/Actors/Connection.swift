@@ -246,8 +246,21 @@ public actor Connection {
         }
     }
 
+    /// ACKs received in this loop tick, recorded together in one store call at its end.
+    private var acknowledged: [String] = []
+
     private func acknowledge(_ messageID: String) {
-        guard let clientID = machine.clientID else { return }
+        acknowledged.append(messageID)
+        guard acknowledged.count == 1 else { return }
+        // Runs after the rest of this read burst, so a device ACKing a window of messages
+        // costs one store round trip, not one per message.
+        eventLoop.execute { [self] in assumeIsolated { $0.recordAcknowledged() } }
+    }
+
+    private func recordAcknowledged() {
+        let messageIDs = acknowledged
+        acknowledged = []
+        guard let clientID = machine.clientID, !messageIDs.isEmpty else { return }
         let store = services.store
         let metrics = services.metrics
         let logger = services.logger
@@ -256,11 +269,10 @@ public actor Connection {
         Task { [self] in
             _ = self
             do {
-                if try await store.acknowledge(clientID: clientID, messageID: messageID) {
-                    metrics.pushesAcknowledged.increment()
-                }
+                let removed = try await store.acknowledge(clientID: clientID, messageIDs: messageIDs)
+                metrics.pushesAcknowledged.increment(by: Int64(removed))
             } catch {
-                // The message stays stored and is sent again on the next connection.
+                // The messages stay stored and are sent again on the next connection.
                 logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
             }
         }

@@ -70,11 +70,15 @@ public final class InMemoryPushStore: PushStore {
         }
     }
 
-    public func acknowledge(clientID: String, messageID: String) -> Bool {
+    public func acknowledge(clientID: String, messageIDs: [String]) -> Int {
         queues.withLock { queues in
-            guard let index = queues[clientID]?.messages.firstIndex(where: { $0.id == messageID }) else { return false }
-            queues[clientID]!.messages.remove(at: index)
-            return true
+            var removed = 0
+            for messageID in messageIDs {
+                guard let index = queues[clientID]?.messages.firstIndex(where: { $0.id == messageID }) else { continue }
+                queues[clientID]!.messages.remove(at: index)
+                removed += 1
+            }
+            return removed
         }
     }
 

@@ -99,8 +99,9 @@ public protocol PushStore: Sendable {
     /// in order. Idempotent; does not change what is stored.
     func pending(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [StoredMessage]
 
-    /// Removes `clientID`'s message `messageID`. Returns whether it was there. Idempotent.
-    func acknowledge(clientID: String, messageID: String) async throws(StoreError) -> Bool
+    /// Removes those of `messageIDs` that are `clientID`'s own messages, in one step.
+    /// Returns how many were there. Idempotent.
+    func acknowledge(clientID: String, messageIDs: [String]) async throws(StoreError) -> Int
 
     /// How many unexpired, unacknowledged messages `clientID` has.
     func pendingCount(for clientID: String) async throws(StoreError) -> Int
@@ -110,4 +111,11 @@ public protocol PushStore: Sendable {
 
     /// Answers when the store is reachable; throws `.unavailable` otherwise.
     func ping() async throws(StoreError)
+}
+
+extension PushStore {
+    /// Removes `clientID`'s message `messageID`. Returns whether it was there. Idempotent.
+    public func acknowledge(clientID: String, messageID: String) async throws(StoreError) -> Bool {
+        try await acknowledge(clientID: clientID, messageIDs: [messageID]) == 1
+    }
 }

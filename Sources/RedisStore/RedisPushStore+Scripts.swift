@@ -32,7 +32,7 @@ extension RedisPushStore {
                 return redis.error_reply('FULL ' .. d)
               end
             end
-            local sequences = {}
+            local sequences, ttls = {}, {}
             local i = 6 + devices
             while i <= #ARGV do
               local d, id, expires = tonumber(ARGV[i]), ARGV[i+1], tonumber(ARGV[i+2])
@@ -40,13 +40,15 @@ extension RedisPushStore {
               redis.call('ZADD', KEYS[4*d-2], sequence, id)
               redis.call('ZADD', KEYS[4*d-1], expires, id)
               redis.call('HSET', KEYS[4*d], id, ARGV[i+3])
-              local ttl = expires - now + slack
-              for k = 2, 4 do
-                local key = KEYS[4*d-4+k]
-                if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
-              end
+              ttls[d] = math.max(ttls[d] or 0, expires - now + slack)
               sequences[#sequences + 1] = sequence
               i = i + 4
+            end
+            -- The three queue keys always share one TTL: check one, extend all.
+            for d, ttl in pairs(ttls) do
+              if redis.call('PTTL', KEYS[4*d-2]) < ttl then
+                for k = 2, 4 do redis.call('PEXPIRE', KEYS[4*d-4+k], ttl) end
+              end
             end
             return sequences
             """
@@ -70,15 +72,19 @@ extension RedisPushStore {
             """
     )
 
-    /// KEYS: ids, exp, data. ARGV: message id. Removes only from this device's keys.
+    /// KEYS: ids, exp, data. ARGV: message ids. The keys are this device's own, so a foreign or
+    /// unknown id removes nothing; returns how many were there. Ids go in chunks (`unpack`).
     static let acknowledgeScript = RedisScript(
         """
-        if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-          redis.call('ZREM', KEYS[2], ARGV[1])
-          redis.call('HDEL', KEYS[3], ARGV[1])
-          return 1
+        local removed = 0
+        for first = 1, #ARGV, 500 do
+          local chunk = {}
+          for i = first, math.min(first + 499, #ARGV) do chunk[#chunk + 1] = ARGV[i] end
+          removed = removed + redis.call('ZREM', KEYS[1], unpack(chunk))
+          redis.call('ZREM', KEYS[2], unpack(chunk))
+          redis.call('HDEL', KEYS[3], unpack(chunk))
         end
-        return 0
+        return removed
         """
     )
 }

@@ -105,10 +105,13 @@ public final class RedisPushStore: PushStore {
         return result
     }
 
-    public func acknowledge(clientID: String, messageID: String) async throws(StoreError) -> Bool {
-        let reply = try await client.run(Self.acknowledgeScript, keys: Array(keys(clientID).dropFirst()), arguments: [.string(messageID)])
+    public func acknowledge(clientID: String, messageIDs: [String]) async throws(StoreError) -> Int {
+        guard !messageIDs.isEmpty else { return 0 }
+        let reply = try await client.run(
+            Self.acknowledgeScript, keys: Array(keys(clientID).dropFirst()), arguments: messageIDs.map { .string($0) }
+        )
         guard let removed = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ack: \(reply)") }
-        return removed == 1
+        return Int(removed)
     }
 
     public func pendingCount(for clientID: String) async throws(StoreError) -> Int {

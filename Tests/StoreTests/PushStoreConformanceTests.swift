@@ -96,6 +96,20 @@ struct PushStoreConformanceTests {
         }
     }
 
+    @Test("one ACK of several ids removes exactly the device's own, and counts them", arguments: StoreKind.allCases)
+    func batchAcknowledge(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 2000, clock: clock) { store in
+            let own = (0..<1200).map { new("a", "a\($0)", clock: clock) }
+            _ = try await store.append(own + [new("b", "b0", clock: clock)])
+            let ids = own.dropLast().map(\.id) + ["b0", "nope", "a0"]
+            #expect(try await store.acknowledge(clientID: "a", messageIDs: ids) == 1199, "duplicates and foreign ids don't count")
+            #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["a1199"])
+            #expect(try await store.pendingCount(for: "b") == 1)
+            #expect(try await store.acknowledge(clientID: "a", messageIDs: []) == 0)
+        }
+    }
+
     @Test("an expired message is never returned nor counted, and the sweep removes it", arguments: StoreKind.allCases)
     func ttl(kind: StoreKind) async throws {
         let clock = TestWallClock()

@@ -25,6 +25,8 @@ let package = Package(
         // ConfigurationSupport (swift-configuration) is not used: Herald reads HERALD_* itself.
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
+        // Already built for jwt-kit; Herald uses its HMAC for the relay links' token.
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
     ],
     targets: [
         // The frames of protocol.md and a sans-IO codec. NIOCore only.
@@ -71,6 +73,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The cluster: membership and route table in Redis, relay links between nodes.
+        .target(
+            name: "Cluster",
+            dependencies: [
+                "Actors",
+                "PushProtocol",
+                "RedisStore",
+                "Supervision",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The device client library: used by `herald device`, the tests and the load generator.
         .target(
             name: "HeraldClient",
@@ -87,6 +105,7 @@ let package = Package(
             name: "PushApp",
             dependencies: [
                 "Actors",
+                "Cluster",
                 "RedisStore",
                 "Supervision",
                 "PushProtocol",
@@ -100,6 +119,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

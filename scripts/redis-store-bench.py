@@ -91,7 +91,7 @@ def main():
     try:
         time.sleep(0.5)
         env = dict(os.environ, HERALD_REDIS_URL=f"redis://127.0.0.1:{redis_port}", HERALD_TCP_ADDR=f"127.0.0.1:{tcp_port}",
-                   HERALD_HTTP_ADDR=f"127.0.0.1:{http_port}", HERALD_MAX_PENDING="1000000", HERALD_LOG_LEVEL="error",
+                   HERALD_HTTP_ADDR=f"127.0.0.1:{http_port}", HERALD_RELAY_ADDR="127.0.0.1:0", HERALD_MAX_PENDING="1000000", HERALD_LOG_LEVEL="error",
                    HERALD_MAX_FRAME_RATE="1000000")
         herald = subprocess.Popen([binary, "serve"], env=env)
         for _ in range(200):

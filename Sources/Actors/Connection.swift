@@ -15,6 +15,8 @@ public actor Connection {
     public nonisolated let channel: any Channel
     /// The loop the socket and this actor run on.
     public nonisolated let eventLoop: any EventLoop
+    /// This connection's number, unique within the process (the route table names it).
+    public nonisolated let session: UInt64
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         eventLoop.executor.asUnownedSerialExecutor()
@@ -39,6 +41,7 @@ public actor Connection {
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.services = services
+        self.session = services.nextSession()
         self.machine = ConnectionStateMachine(window: services.configuration.window)
         self.lastReceived = .now()
         self.frameTokens = Int32(clamping: 2 * services.configuration.maxFramesPerSecond)
@@ -92,7 +95,9 @@ public actor Connection {
         stallTimer?.cancel()
         services.metrics.connectionOpened(-1)
         if let clientID = registeredClientID {
-            services.registry.unregister(clientID, self)
+            if services.registry.unregister(clientID, self) {
+                services.cluster.disconnected(clientID: clientID, session: session)
+            }
             registeredClientID = nil
         }
     }
@@ -115,6 +120,15 @@ public actor Connection {
     /// A message was stored for this device. Callable from any thread.
     public nonisolated func deliver(_ message: StoredMessage) {
         onLoop { $0.stored(message) }
+    }
+
+    /// The store may hold messages for this device that it was not told of (a relay link
+    /// was down): read them. Callable from any thread.
+    public nonisolated func nudge() {
+        onLoop { connection in
+            guard !connection.closing, let fetch = connection.machine.nudged() else { return }
+            connection.startFetch(fetch)
+        }
     }
 
     /// A broadcast frame (an encoded PUSH). Call on this connection's loop.
@@ -204,7 +218,14 @@ public actor Connection {
             promise: nil
         )
         scheduleHeartbeatCheck()
-        if let fetch { startFetch(fetch) }
+        // The first read waits for the route table to name this connection: a message stored
+        // before the route write is found by this read, one stored after it is routed here.
+        let cluster = services.cluster
+        let session = session
+        Task { [self] in
+            await cluster.connected(clientID: clientID, session: session)
+            if let fetch { startFetch(fetch) }
+        }
     }
 
     private func stored(_ message: StoredMessage) {

@@ -1,4 +1,5 @@
 import NIOCore
+import PushProtocol
 import Synchronization
 
 /// Client id -> live connection on this node, in lock-protected shards.
@@ -68,5 +69,40 @@ public final class ConnectionRegistry: Sendable {
             }
         }
         return Array(groups.values)
+    }
+
+    /// The registered connections that `include` picks, with their client ids (the route
+    /// upkeep takes one slice of them at a time).
+    public func entries(where include: (Connection) -> Bool) -> [(clientID: String, connection: Connection)] {
+        var result: [(clientID: String, connection: Connection)] = []
+        for shard in shards {
+            shard.connections.withLock { connections in
+                for (clientID, connection) in connections where include(connection) {
+                    result.append((clientID, connection))
+                }
+            }
+        }
+        return result
+    }
+
+    /// Sends `payload` as a PUSH with id `messageID` to every registered connection; never
+    /// stored. Encoded once: every write shares the same storage, and the fan-out makes one
+    /// hop per event loop. Returns how many connections it was handed to.
+    @discardableResult
+    public func broadcast(messageID: String, payload: ByteBuffer) -> Int {
+        var encoded = ByteBuffer()
+        encoded.reserveCapacity(7 + messageID.utf8.count + payload.readableBytes)
+        encoded.writePushFrame(messageID: messageID, payload: payload)
+        let frame = encoded
+        var recipients = 0
+        for (loop, connections) in connectionsByEventLoop() {
+            recipients += connections.count
+            loop.execute {
+                for connection in connections {
+                    connection.assumeIsolated { $0.sendBroadcast(frame) }
+                }
+            }
+        }
+        return recipients
     }
 }

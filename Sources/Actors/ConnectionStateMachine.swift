@@ -191,6 +191,15 @@ public struct ConnectionStateMachine: Sendable {
         return Delivery(send: send, fetch: nextFetch(&session))
     }
 
+    /// The store may hold messages this connection was not told of: the read to make, if
+    /// one is not already under way.
+    public mutating func nudged() -> Fetch? {
+        guard case .active(var session) = state else { return nil }
+        defer { state = .active(session) }
+        session.mayHaveMore = true
+        return nextFetch(&session)
+    }
+
     /// A read failed; it is retried when `retry` is called.
     public mutating func fetchFailed() {
         guard case .active(var session) = state else { return }

@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 
 /// What every connection of a node shares: passed to each `Connection` as one reference.
 public final class DeviceServices: Sendable {
@@ -14,17 +15,27 @@ public final class DeviceServices: Sendable {
     public let metrics: NodeMetrics
     /// The node's logger (`herald.node` set).
     public let logger: Logger
+    /// The route table and relays (`LoneNode` without a cluster).
+    public let cluster: any ClusterLink
+    private let sessions = Atomic<UInt64>(0)
 
     /// Creates the shared services.
     public init(
         configuration: SessionConfiguration, store: any PushStore, registry: ConnectionRegistry,
-        authenticator: any DeviceAuthenticator, metrics: NodeMetrics, logger: Logger
+        authenticator: any DeviceAuthenticator, metrics: NodeMetrics, logger: Logger, cluster: any ClusterLink = LoneNode()
     ) {
+        self.cluster = cluster
         self.configuration = configuration
         self.store = store
         self.registry = registry
         self.authenticator = authenticator
         self.metrics = metrics
         self.logger = logger
+    }
+
+    /// A number for a new connection, unique within this process (the route table tells
+    /// connections of one device apart by it).
+    func nextSession() -> UInt64 {
+        sessions.add(1, ordering: .relaxed).newValue
     }
 }

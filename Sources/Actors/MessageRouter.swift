@@ -41,14 +41,17 @@ public final class MessageRouter: Sendable {
     private let ids: MessageIDGenerator
     private let metrics: NodeMetrics
     private let nodeID: String
+    private let cluster: any ClusterLink
     private let now: @Sendable () -> Int64
 
     /// Creates the router of a node.
     public init(
         nodeID: String, store: any PushStore, registry: ConnectionRegistry, metrics: NodeMetrics,
-        ids: MessageIDGenerator = MessageIDGenerator(), now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
+        cluster: any ClusterLink = LoneNode(), ids: MessageIDGenerator = MessageIDGenerator(),
+        now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
         self.nodeID = nodeID
+        self.cluster = cluster
         self.store = store
         self.registry = registry
         self.ids = ids
@@ -68,44 +71,50 @@ public final class MessageRouter: Sendable {
         let elapsed = (ContinuousClock.now - start).components
         metrics.storeLatency.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
         metrics.pushesAccepted.increment(by: Int64(stored.count))
+        var elsewhere: [StoredMessage] = []
         for message in stored {
-            registry.connection(for: message.clientID)?.deliver(message)
+            if let connection = registry.connection(for: message.clientID) {
+                connection.deliver(message)
+            } else {
+                elsewhere.append(message)
+            }
         }
+        if !elsewhere.isEmpty { cluster.forward(elsewhere) }
         return stored.map(\.id)
     }
 
-    /// Sends `payload` as a PUSH to every device connected to this node now; never stored.
-    /// Returns the broadcast's message id and how many connections it was handed to.
+    /// Sends `payload` as a PUSH to every device connected to any live node now; never
+    /// stored. Returns the broadcast's message id and how many connections of this node it
+    /// was handed to.
     public func broadcast(_ payload: ByteBuffer) -> (id: String, recipients: Int) {
         let id = ids.next()
-        var encoded = ByteBuffer()
-        encoded.reserveCapacity(7 + id.utf8.count + payload.readableBytes)
-        encoded.writePushFrame(messageID: id, payload: payload)
-        // One encoding for every recipient: each write shares the same storage.
-        let frame = encoded
-        var recipients = 0
-        for (loop, connections) in registry.connectionsByEventLoop() {
-            recipients += connections.count
-            loop.execute {
-                for connection in connections {
-                    connection.assumeIsolated { $0.sendBroadcast(frame) }
-                }
-            }
-        }
+        let recipients = broadcastLocally(messageID: id, payload: payload)
+        cluster.broadcast(messageID: id, payload: payload)
         return (id, recipients)
+    }
+
+    /// Sends a broadcast to this node's own devices; returns how many it was handed to.
+    @discardableResult
+    public func broadcastLocally(messageID id: String, payload: ByteBuffer) -> Int {
+        registry.broadcast(messageID: id, payload: payload)
     }
 
     /// The device's status as the API reports it.
     public func status(of clientID: String) async throws(StoreError) -> ClientStatus {
         let pending = try await store.pendingCount(for: clientID)
-        let online = registry.connection(for: clientID) != nil
-        return ClientStatus(online: online, node: online ? nodeID : nil, pending: pending)
+        if registry.connection(for: clientID) != nil {
+            return ClientStatus(online: true, node: nodeID, pending: pending)
+        }
+        let location = try await cluster.locate(clientID)
+        return ClientStatus(online: location != nil, node: location?.nodeID, pending: pending)
     }
 
-    /// Closes the device's connection on this node, if any. Returns whether there was one.
-    public func disconnect(_ clientID: String) -> Bool {
-        guard let connection = registry.connection(for: clientID) else { return false }
-        connection.close()
-        return true
+    /// Closes the device's connection on whichever node holds it. Returns whether one did.
+    public func disconnect(_ clientID: String) async throws(StoreError) -> Bool {
+        if let connection = registry.connection(for: clientID) {
+            connection.close()
+            return true
+        }
+        return try await cluster.disconnect(clientID)
     }
 }

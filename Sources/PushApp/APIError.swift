@@ -1,4 +1,5 @@
 import Hummingbird
+import PushProtocol
 
 /// An API failure as protocol.md §2 spells it: a status and
 /// `{"error": {"code": "<word>", "message": "<text>"}}`.
@@ -48,7 +49,7 @@ struct APIError: HTTPResponseError {
 
 /// Turns every error into the API's JSON error body, and checks the API key on `/v1/`.
 struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
-    let keys: APIKeys
+    let keys: SecretSet
 
     @concurrent
     func handle(

@@ -1,4 +1,5 @@
 import Actors
+import Cluster
 import FoundationEssentials
 import Hummingbird
 import PushProtocol
@@ -14,12 +15,12 @@ struct HTTPAPI: Sendable {
     /// The Hummingbird router with every endpoint.
     func router() -> Hummingbird.Router<BasicRequestContext> {
         let router = Hummingbird.Router(context: BasicRequestContext.self)
-        router.add(middleware: APIErrorMiddleware(keys: APIKeys(configuration.apiKeys)))
+        router.add(middleware: APIErrorMiddleware(keys: SecretSet(configuration.apiKeys)))
         router.post("/v1/push") { request, _ in try await push(request) }
         router.post("/v1/push/batch") { request, _ in try await batch(request) }
         router.post("/v1/broadcast") { request, _ in try await broadcast(request) }
         router.get("/v1/clients/{client_id}") { _, context in try await client(context) }
-        router.delete("/v1/clients/{client_id}/connection") { _, context in try disconnect(context) }
+        router.delete("/v1/clients/{client_id}/connection") { _, context in try await disconnect(context) }
         router.get("/v1/stats") { _, _ in stats() }
         router.get("/healthz") { _, _ in await health() }
         router.get("/readyz") { _, _ in await ready() }
@@ -182,8 +183,13 @@ struct HTTPAPI: Sendable {
         )
     }
 
-    private func disconnect(_ context: BasicRequestContext) throws -> Response {
-        _ = node.router.disconnect(try clientID(context))
+    private func disconnect(_ context: BasicRequestContext) async throws -> Response {
+        let id = try clientID(context)
+        do {
+            _ = try await node.router.disconnect(id)
+        } catch {
+            throw APIError.unavailable("store unavailable: \(error.message)")
+        }
         return Response(status: .noContent)
     }
 
@@ -196,14 +202,35 @@ struct HTTPAPI: Sendable {
         var uptime_s: Int64
         var draining: Bool
         var store: String
+        var cluster: ClusterBody?
+    }
+
+    /// The cluster as of the last lease renewal (at most a refresh interval old).
+    private struct ClusterBody: Encodable {
+        var live_nodes: Int
+        var connections: Int
+        var nodes: [NodeBody]
+    }
+
+    private struct NodeBody: Encodable {
+        var node: String
+        var connections: Int
+        var relay: String
     }
 
     private func stats() -> Response {
-        JSONBody.response(
+        let cluster = node.cluster.map { cluster in
+            let members = cluster.view.members
+            return ClusterBody(
+                live_nodes: members.count, connections: members.reduce(0) { $0 + $1.connections },
+                nodes: members.map { NodeBody(node: $0.nodeID, connections: $0.connections, relay: $0.relayAddress) }
+            )
+        }
+        return JSONBody.response(
             status: .ok,
             StatsBody(
                 node: configuration.nodeID, connections: node.registry.count, sockets: node.metrics.openConnectionCount,
-                uptime_s: node.uptime.components.seconds, draining: node.isDraining, store: node.storeKind
+                uptime_s: node.uptime.components.seconds, draining: node.isDraining, store: node.storeKind, cluster: cluster
             )
         )
     }

@@ -1,4 +1,6 @@
 import Actors
+import Cluster
+import Crypto
 import Logging
 import NIOCore
 import NIOPosix
@@ -31,6 +33,8 @@ final class HeraldNode: Sendable {
     let store: any PushStore
     let storeKind: String
     let redis: RedisClient?
+    /// The cluster part (with Redis); nil on a lone node.
+    let cluster: ClusterRouter?
     let registry = ConnectionRegistry()
     let tracker = ConnectionTracker()
     let router: MessageRouter
@@ -71,15 +75,31 @@ final class HeraldNode: Sendable {
             redis = client
             store = RedisPushStore(client: client, maxPending: configuration.maxPending)
             storeKind = "redis"
+            let secret = configuration.clusterSecret ?? configuration.deviceJWTSecret
+            if secret == nil {
+                logger.warning("neither HERALD_CLUSTER_SECRET nor HERALD_DEVICE_JWT_SECRET is set: relay links are not authenticated")
+            }
+            var clusterConfiguration = ClusterConfiguration(
+                nodeID: configuration.nodeID, incarnation: UInt64.random(in: 1...UInt64.max),
+                token: secret.map(Self.relayToken) ?? "", relayMaxFrame: configuration.maxFrame + 512
+            )
+            clusterConfiguration.relayPingInterval = .seconds(configuration.relayPingSeconds)
+            cluster = ClusterRouter(
+                configuration: clusterConfiguration,
+                client: client, registry: registry, metrics: RelayMetrics(factory: PrometheusMetricsFactory(registry: prometheus)),
+                group: group, logger: logger
+            )
         } else {
             redis = nil
+            cluster = nil
             store = InMemoryPushStore(maxPending: configuration.maxPending)
             storeKind = "memory"
         }
-        router = MessageRouter(nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics)
+        let link: any ClusterLink = cluster ?? LoneNode()
+        router = MessageRouter(nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link)
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,
-            authenticator: authenticator, metrics: metrics, logger: logger
+            authenticator: authenticator, metrics: metrics, logger: logger, cluster: link
         )
         let root = Supervisor(
             name: "herald", strategy: .oneForOne, intensity: RestartIntensity(maxRestarts: 5, period: .seconds(30)),
@@ -89,6 +109,12 @@ final class HeraldNode: Sendable {
             }
         )
         state.withLock { $0.root = root }
+    }
+
+    /// The relay links' token: an HMAC of the secret, so the secret itself never crosses the wire.
+    static func relayToken(secret: String) -> String {
+        let code = HMAC<SHA256>.authenticationCode(for: Array("herald relay v1".utf8), using: SymmetricKey(data: Array(secret.utf8)))
+        return code.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
     }
 
     /// The root of the supervision tree.
@@ -132,6 +158,11 @@ final class HeraldNode: Sendable {
         let redisChild: [ChildSpec] = redis.map { client in
             [ChildSpec.service(id: "redis", shutdownTimeout: .seconds(5)) { client }]
         } ?? []
+        let clusterChildren = cluster?.children(
+            bindHost: configuration.relayAddress.host, bindPort: configuration.relayAddress.port,
+            advertise: { [configuration] port in configuration.advertisedRelayAddress(boundPort: port) },
+            connections: { [registry] in registry.count }
+        ) ?? []
         return redisChild + [
             ChildSpec(id: "store", shutdownTimeout: .seconds(5)) { [unowned self] in
                 let monitor = StoreMonitor(store: store, interval: .seconds(5), logger: logger)
@@ -141,6 +172,7 @@ final class HeraldNode: Sendable {
             ChildSpec(id: "sweeper", shutdownTimeout: .seconds(5)) { [unowned self] in
                 ExpirySweeper(store: store, metrics: metrics, interval: .seconds(10), clock: ContinuousClock(), logger: logger)
             },
+        ] + clusterChildren + [
             ChildSpec(id: "api", shutdownTimeout: .seconds(10)) { [unowned self] in
                 makeHTTPServer()
             },

@@ -55,6 +55,16 @@ struct NodeConfiguration: Sendable {
     var writeStallTimeoutSeconds: Int
     var maxConnections: Int
     var redis: RedisConfiguration?
+    /// Where the relay listener binds (cluster only).
+    var relayAddress: SocketAddressSpec
+    /// The relay address peers dial; nil: the bound one, with an unspecified host replaced
+    /// by this machine's host name.
+    var relayAdvertiseAddress: SocketAddressSpec?
+    /// Authenticates relay links; falls back to the device JWT secret.
+    var clusterSecret: String?
+    /// Relay links PING this often; a link silent for three intervals is closed.
+    var relayPingSeconds: Int
+    var hostName: String
     var maxFramesPerSecond: Int
     var logLevel: Logger.Level
     /// Test-only fault hooks (`HERALD_FAULT_HOOKS=1`): lets a test kill a supervised child.
@@ -62,7 +72,7 @@ struct NodeConfiguration: Sendable {
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
-        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
@@ -101,6 +111,17 @@ struct NodeConfiguration: Sendable {
             }
             redis = parsed
         }
+        let clusterSecret = try reader.optional("HERALD_CLUSTER_SECRET")
+        if let clusterSecret, clusterSecret.utf8.count < 32 {
+            throw ConfigurationError(message: "HERALD_CLUSTER_SECRET must be at least 32 bytes, got \(clusterSecret.utf8.count)")
+        }
+        var advertise: SocketAddressSpec?
+        if try reader.optional("HERALD_RELAY_ADVERTISE_ADDR") != nil {
+            advertise = try reader.address("HERALD_RELAY_ADVERTISE_ADDR", default: "")
+            if advertise?.port == 0 || ["0.0.0.0", "::"].contains(advertise?.host ?? "") {
+                throw ConfigurationError(message: "HERALD_RELAY_ADVERTISE_ADDR must be an address peers can dial, got \"\(advertise!)\"")
+            }
+        }
         let logLevelText = try reader.string("HERALD_LOG_LEVEL", default: "info")
         guard let logLevel = Logger.Level(rawValue: logLevelText.lowercased()) else {
             throw ConfigurationError(message: "HERALD_LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, got \"\(logLevelText)\"")
@@ -125,11 +146,23 @@ struct NodeConfiguration: Sendable {
             writeStallTimeoutSeconds: try reader.int("HERALD_WRITE_STALL_TIMEOUT_S", default: 30, range: 1...3600),
             maxConnections: try reader.int("HERALD_MAX_CONNECTIONS", default: 0, range: 0...100_000_000),
             redis: redis,
+            relayAddress: try reader.address("HERALD_RELAY_ADDR", default: "0.0.0.0:9990"),
+            relayAdvertiseAddress: advertise,
+            clusterSecret: clusterSecret,
+            relayPingSeconds: try reader.int("HERALD_RELAY_PING_S", default: 5, range: 1...60),
+            hostName: hostName,
             maxFramesPerSecond: try reader.int("HERALD_MAX_FRAME_RATE", default: 20, range: 1...1_000_000),
             logLevel: logLevel,
             faultHooks: try reader.bool("HERALD_FAULT_HOOKS", default: false)
         )
         return configuration
+    }
+
+    /// The address peers dial for this node's relay listener bound on `port`.
+    func advertisedRelayAddress(boundPort port: Int) -> String {
+        if let relayAdvertiseAddress { return relayAdvertiseAddress.description }
+        let host = ["0.0.0.0", "::", ""].contains(relayAddress.host) ? hostName : relayAddress.host
+        return SocketAddressSpec(host: host, port: port).description
     }
 
     /// The device-session settings this configuration implies.

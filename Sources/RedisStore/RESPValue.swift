@@ -30,7 +30,7 @@ public enum RESPValue: Sendable, Hashable {
     }
 
     /// The value as an integer, if it is one (or a bulk string of digits).
-    var int64: Int64? {
+    public var int64: Int64? {
         switch self {
         case .integer(let value): value
         case .bulk(let buffer): Int64(String(buffer: buffer))
@@ -39,7 +39,7 @@ public enum RESPValue: Sendable, Hashable {
     }
 
     /// The value as text, if it is a string.
-    var string: String? {
+    public var string: String? {
         switch self {
         case .bulk(let buffer): String(buffer: buffer)
         case .simpleString(let text): text

@@ -68,6 +68,29 @@ public final class RedisClient: Service, HealthReporting {
         }
     }
 
+    /// Sends several commands in one write and returns their replies in order.
+    public func sendAll(_ commands: [[RedisArgument]]) async throws(StoreError) -> [RESPValue] {
+        guard !commands.isEmpty else { return [] }
+        let slot = slotForCaller()
+        let promises = commands.map { _ in slot.loop.makePromise(of: RESPValue.self) }
+        let write: @Sendable () -> Void = {
+            for (command, promise) in zip(commands, promises) { Self.send(command, on: slot, promise: promise) }
+        }
+        if slot.loop.inEventLoop { write() } else { slot.loop.execute(write) }
+        var replies: [RESPValue] = []
+        replies.reserveCapacity(commands.count)
+        for promise in promises {
+            do {
+                replies.append(try await promise.futureResult.get())
+            } catch let error as StoreError {
+                throw error
+            } catch {
+                throw StoreError(.unavailable, "\(error)")
+            }
+        }
+        return replies
+    }
+
     /// Runs `script`, by its SHA when Redis has it.
     public func run(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) async throws(StoreError) -> RESPValue {
         let tail = [RedisArgument.integer(Int64(keys.count))] + keys.map { .string($0) } + arguments

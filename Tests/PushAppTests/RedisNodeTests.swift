@@ -120,6 +120,7 @@ struct RedisNodeTests {
         try await RedisServer.with { redis in
             let environment = [
                 "HERALD_REDIS_URL": redis.url, "HERALD_TCP_ADDR": "127.0.0.1:0", "HERALD_HTTP_ADDR": "127.0.0.1:0",
+                "HERALD_RELAY_ADDR": "127.0.0.1:0",
             ]
             let first = try HeraldTestProcess(environment: environment)
             let firstHTTP = try await first.boundPort("HTTP API bound")

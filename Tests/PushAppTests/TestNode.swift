@@ -24,6 +24,7 @@ struct TestNode: Sendable {
     ) async throws {
         var values = [
             "HERALD_NODE_ID": "test-node", "HERALD_TCP_ADDR": "127.0.0.1:0", "HERALD_HTTP_ADDR": "127.0.0.1:0",
+            "HERALD_RELAY_ADDR": "127.0.0.1:0",
             "HERALD_DRAIN_TIMEOUT_S": "2",
         ]
         values.merge(environment) { $1 }

@@ -1,18 +1,19 @@
-/// The configured API keys, checked in constant time.
-struct APIKeys: Sendable {
+/// Secrets checked in constant time: the API keys, the relay token.
+public struct SecretSet: Sendable {
     private let keys: [[UInt8]]
 
-    init(_ keys: [String]) {
+    /// Creates the set.
+    public init(_ keys: [String]) {
         self.keys = keys.map { Array($0.utf8) }
     }
 
-    /// Whether API authentication is on.
-    var isEnabled: Bool { !keys.isEmpty }
+    /// Whether there is any secret (authentication is on).
+    public var isEnabled: Bool { !keys.isEmpty }
 
     /// Whether `candidate` equals one of the keys. Takes the same time whichever key matches,
     /// where the strings first differ, and whether any matches: every key is compared over
     /// the candidate's whole length, with no early exit.
-    func accepts(_ candidate: Substring) -> Bool {
+    public func accepts(_ candidate: Substring) -> Bool {
         let candidate = Array(candidate.utf8)
         var matched: UInt8 = 0
         for key in keys {

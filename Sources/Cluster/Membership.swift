@@ -1,0 +1,174 @@
+import Actors
+import Logging
+import RedisStore
+import ServiceLifecycle
+import Synchronization
+
+/// One live node, as its lease in Redis describes it.
+public struct Member: Sendable, Hashable {
+    /// Its node id.
+    public var nodeID: String
+    /// Its process's incarnation.
+    public var incarnation: UInt64
+    /// Where its relay listener is reached (`host:port`).
+    public var relayAddress: String
+    /// Its devices past HELLO, as of its last lease renewal.
+    public var connections: Int
+
+    /// Creates a member.
+    public init(nodeID: String, incarnation: UInt64, relayAddress: String, connections: Int) {
+        self.nodeID = nodeID
+        self.incarnation = incarnation
+        self.relayAddress = relayAddress
+        self.connections = connections
+    }
+
+    /// The value stored in the members hash.
+    var info: String { "\(String(incarnation, radix: 16)) \(relayAddress) \(connections)" }
+
+    init?(nodeID: String, info: String) {
+        let parts = info.split(separator: " ")
+        guard parts.count == 3, let incarnation = UInt64(parts[0], radix: 16), let connections = Int(parts[2]) else { return nil }
+        self.init(nodeID: nodeID, incarnation: incarnation, relayAddress: String(parts[1]), connections: connections)
+    }
+}
+
+/// The live members as of the last lease renewal (this node included).
+public final class ClusterView: Sendable {
+    private let state = Mutex<(members: [String: Member], known: Bool)>(([:], false))
+
+    /// Creates an empty view.
+    public init() {}
+
+    /// Every live member, this node included, by node id.
+    public var members: [Member] { state.withLock { Array($0.members.values) }.sorted { $0.nodeID < $1.nodeID } }
+
+    /// Whether the member list has been read at least once.
+    public var isKnown: Bool { state.withLock { $0.known } }
+
+    /// The live member `nodeID` if it is still the process `incarnation`.
+    public func member(_ nodeID: String, incarnation: UInt64) -> Member? {
+        state.withLock { $0.members[nodeID] }.flatMap { $0.incarnation == incarnation ? $0 : nil }
+    }
+
+    func update(_ members: [Member]) {
+        state.withLock { $0 = (Dictionary(members.map { ($0.nodeID, $0) }, uniquingKeysWith: { $1 }), true) }
+    }
+}
+
+/// Keeps this node's lease in Redis, reads the member list, and tells the cluster router
+/// about it every `refreshInterval`. Deregisters on graceful shutdown.
+///
+/// Keys (Docs/cluster.md): `<prefix>:{cluster}:nodes` (sorted set, node id -> lease expiry by
+/// Redis's clock) and `<prefix>:{cluster}:members` (hash, node id -> incarnation, relay
+/// address, connections). Both under one hash tag, so one script keeps them in step.
+final class Membership: Service {
+    private let configuration: ClusterConfiguration
+    private let client: RedisClient
+    private let relayAddress: @Sendable () -> String?
+    private let connections: @Sendable () -> Int
+    private let onRefresh: @Sendable ([Member]?, UInt64) async -> Void
+    private let logger: Logger
+
+    init(
+        configuration: ClusterConfiguration, client: RedisClient, relayAddress: @escaping @Sendable () -> String?,
+        connections: @escaping @Sendable () -> Int, logger: Logger, onRefresh: @escaping @Sendable ([Member]?, UInt64) async -> Void
+    ) {
+        self.configuration = configuration
+        self.client = client
+        self.relayAddress = relayAddress
+        self.connections = connections
+        self.logger = logger
+        self.onRefresh = onRefresh
+    }
+
+    private var keys: [String] { ["\(configuration.prefix):{cluster}:nodes", "\(configuration.prefix):{cluster}:members"] }
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            var tick: UInt64 = 0
+            var failing = false
+            while !Task.isCancelled {
+                var members: [Member]?
+                do {
+                    members = try await self.renew()
+                    if failing { self.logger.info("cluster membership renewed again") }
+                    failing = false
+                } catch {
+                    if !failing { self.logger.warning("cluster membership renewal failed", metadata: ["error": "\(error)"]) }
+                    failing = true
+                }
+                await self.onRefresh(members, tick)
+                tick &+= 1
+                try? await Task.sleep(for: self.configuration.refreshInterval)
+            }
+        }
+        do {
+            _ = try await client.run(
+                Self.leaveScript, keys: keys,
+                arguments: [.string(configuration.nodeID), .string(String(configuration.incarnation, radix: 16))]
+            )
+            logger.info("left the cluster")
+        } catch {
+            logger.warning("could not deregister; the lease will expire", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Renews this node's lease (once its relay listener is bound) and returns the live members.
+    func renew() async throws(StoreError) -> [Member] {
+        var arguments: [RedisArgument] = [.string(""), .string(""), .integer(configuration.lease.components.seconds * 1000)]
+        if let address = relayAddress() {
+            let me = Member(nodeID: configuration.nodeID, incarnation: configuration.incarnation, relayAddress: address, connections: connections())
+            arguments[0] = .string(me.nodeID)
+            arguments[1] = .string(me.info)
+        }
+        let reply = try await client.run(Self.renewScript, keys: keys, arguments: arguments)
+        guard case .array(let fields) = reply, fields.count % 2 == 0 else {
+            throw StoreError(.unavailable, "unexpected reply to the lease renewal: \(reply)")
+        }
+        var members: [Member] = []
+        for index in stride(from: 0, to: fields.count, by: 2) {
+            guard let id = fields[index].string, let info = fields[index + 1].string, let member = Member(nodeID: id, info: info) else { continue }
+            members.append(member)
+        }
+        return members
+    }
+
+    /// KEYS: nodes, members. ARGV: node id ('' to only read), info, lease ms.
+    /// Drops expired leases, renews this one, returns id, info pairs of the live ones.
+    static let renewScript = RedisScript(
+        """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+        for _, id in ipairs(dead) do
+          redis.call('ZREM', KEYS[1], id)
+          redis.call('HDEL', KEYS[2], id)
+        end
+        if ARGV[1] ~= '' then
+          redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+          redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+        end
+        local out = {}
+        for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+          out[#out + 1] = id
+          out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
+        end
+        return out
+        """
+    )
+
+    /// KEYS: nodes, members. ARGV: node id, incarnation hex. Leaves only if the entry is
+    /// still this process's (a restarted node with the same id keeps its own).
+    static let leaveScript = RedisScript(
+        """
+        local info = redis.call('HGET', KEYS[2], ARGV[1])
+        if info and string.sub(info, 1, #ARGV[2] + 1) == ARGV[2] .. ' ' then
+          redis.call('ZREM', KEYS[1], ARGV[1])
+          redis.call('HDEL', KEYS[2], ARGV[1])
+          return 1
+        end
+        return 0
+        """
+    )
+}

@@ -1,0 +1,234 @@
+import Foundation
+import HeraldClient
+import HeraldTestSupport
+import NIOCore
+import Testing
+
+/// One `herald serve` process of a test cluster.
+struct ClusterMember: Sendable {
+    let id: String
+    let process: HeraldTestProcess
+    let devicePort: Int
+    let httpPort: Int
+    let relayPort: Int
+    /// The fault proxy peers dial instead of the relay port, when the test asked for one.
+    let proxy: FaultProxy?
+}
+
+/// A real redis-server and several Herald processes on loopback, each with its own ports
+/// (Docs/testing.md). Nodes are `node-0`, `node-1`, ...; relay links PING every second.
+struct TestCluster: Sendable {
+    let redis: RedisServer
+    let nodes: [ClusterMember]
+
+    /// Starts Redis and `count` nodes (those in `proxied` behind a fault proxy), waits until
+    /// every node sees every other and every relay link is up, runs `body`, stops them all.
+    static func with(
+        count: Int = 3, proxied: Set<Int> = [], _ body: @Sendable (TestCluster) async throws -> Void
+    ) async throws {
+        try await RedisServer.with { redis in
+            var nodes: [ClusterMember] = []
+            defer { for node in nodes { if node.process.process.isRunning { node.process.process.terminate() } } }
+            for index in 0..<count {
+                let proxy = proxied.contains(index) ? try await FaultProxy.start() : nil
+                var environment = [
+                    "HERALD_NODE_ID": "node-\(index)", "HERALD_REDIS_URL": redis.url, "HERALD_TCP_ADDR": "127.0.0.1:0",
+                    "HERALD_HTTP_ADDR": "127.0.0.1:0", "HERALD_RELAY_ADDR": "127.0.0.1:0", "HERALD_RELAY_PING_S": "1",
+                    "HERALD_DRAIN_TIMEOUT_S": "1", "HERALD_CLUSTER_SECRET": "a cluster secret of at least 32 bytes",
+                ]
+                if let proxy { environment["HERALD_RELAY_ADVERTISE_ADDR"] = "127.0.0.1:\(proxy.port)" }
+                let process = try HeraldTestProcess(environment: environment)
+                let relayPort = try await process.boundPort("relay listener bound")
+                proxy?.setUpstream(port: relayPort)
+                nodes.append(
+                    ClusterMember(
+                        id: "node-\(index)", process: process, devicePort: try await process.boundPort("device listener bound"),
+                        httpPort: try await process.boundPort("HTTP API bound"), relayPort: relayPort, proxy: proxy
+                    )
+                )
+            }
+            let cluster = TestCluster(redis: redis, nodes: nodes)
+            try await cluster.waitUntilFormed()
+            try await body(cluster)
+            for node in nodes { await node.proxy?.close() }
+        }
+    }
+
+    /// Every node lists every node as live, and has a relay link up to each peer.
+    func waitUntilFormed() async throws {
+        try await eventually("the cluster formed", timeout: .seconds(20), poll: .milliseconds(100)) {
+            for node in nodes where node.process.process.isRunning {
+                let stats = try await HTTPTestClient.get("/v1/stats", port: node.httpPort)
+                guard stats.body.contains("\"live_nodes\":\(nodes.count)") else { return false }
+                let metrics = try await HTTPTestClient.get("/metrics", port: node.httpPort).body
+                guard metric("herald_relay_links_up_total", in: metrics) >= nodes.count - 1 else { return false }
+            }
+            return true
+        }
+    }
+
+    func device(_ clientID: String, on node: Int, autoAcknowledge: Bool = true) async throws -> DeviceClient {
+        try await DeviceClient.connect(
+            DeviceClientConfiguration(
+                port: nodes[node].devicePort, clientID: clientID, autoAcknowledge: autoAcknowledge, sendsPings: false
+            )
+        )
+    }
+
+    @discardableResult
+    func push(_ clientID: String, _ data: String, via node: Int) async throws -> String {
+        let response = try await HTTPTestClient.post(
+            "/v1/push", port: nodes[node].httpPort, json: #"{"client_id": "\#(clientID)", "data": "\#(data)"}"#
+        )
+        try #require(response.status == 202, "push via node-\(node) answered \(response.status) \(response.body)")
+        return try JSONFields(response.body).string("id")
+    }
+
+    func client(_ clientID: String, via node: Int) async throws -> JSONFields {
+        try JSONFields(try await HTTPTestClient.get("/v1/clients/\(clientID)", port: nodes[node].httpPort).body)
+    }
+}
+
+/// The value of an unlabelled counter in Prometheus text, 0 when absent.
+func metric(_ name: String, in text: String) -> Int {
+    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+        return Int(Double(line.split(separator: " ").last ?? "") ?? 0)
+    }
+    return 0
+}
+
+@Suite("Cluster: three processes on one Redis (issue: cluster)", .serialized, .timeLimit(.minutes(2)))
+struct ClusterTests {
+    @Test("a push through any node reaches a device on any node, in order, and any node knows where it is")
+    func pushAnywhere() async throws {
+        try await TestCluster.with { cluster in
+            let devices = try await (0..<3).asyncMap { try await cluster.device("d\($0)", on: $0) }
+            var sent: [[String]] = [[], [], []]
+            for via in 0..<3 {
+                for target in 0..<3 {
+                    sent[target].append(try await cluster.push("d\(target)", "from \(via) to \(target)", via: via))
+                }
+            }
+            for target in 0..<3 {
+                let pushes = try await devices[target].pushes(3)
+                #expect(pushes.map(\.id) == sent[target])
+                #expect(pushes.map(\.text) == (0..<3).map { "from \($0) to \(target)" })
+            }
+            for via in 0..<3 {
+                let status = try await cluster.client("d2", via: via)
+                #expect(try status.bool("online"))
+                #expect(try status.string("node") == "node-2")
+            }
+            let stats = try JSONFields(try await HTTPTestClient.get("/v1/stats", port: cluster.nodes[0].httpPort).body)
+            let view = try #require(stats.object["cluster"] as? [String: Any])
+            #expect(view["live_nodes"] as? Int == 3)
+            // DELETE through another node closes the device's connection where it is.
+            let response = try await HTTPTestClient.request(.DELETE, "/v1/clients/d1/connection", port: cluster.nodes[0].httpPort)
+            #expect(response.status == 204)
+            #expect(try await devices[1].next() == .closed)
+            try await eventually("d1 offline everywhere") { try await !cluster.client("d1", via: 2).bool("online") }
+            for device in devices { await device.close() }
+        }
+    }
+
+    @Test("HELLO on another node takes over: the old connection gets ERROR 409, the new one the unacknowledged messages in order")
+    func takeoverAcrossNodes() async throws {
+        try await TestCluster.with { cluster in
+            let old = try await cluster.device("roamer", on: 0, autoAcknowledge: false)
+            let ids = try await (0..<3).asyncMap { try await cluster.push("roamer", "m\($0)", via: 2) }
+            #expect(try await old.pushes(3).map(\.id) == ids)
+            let new = try await cluster.device("roamer", on: 1, autoAcknowledge: false)
+            guard case .error(409, _) = try await old.next() else {
+                Issue.record("the old connection was not replaced with ERROR 409")
+                return
+            }
+            #expect(try await new.pushes(3).map(\.id) == ids)
+            let later = try await cluster.push("roamer", "after", via: 0)
+            #expect(try await new.pushes(1).map(\.id) == [later])
+            #expect(try await cluster.client("roamer", via: 2).string("node") == "node-1")
+            await new.close()
+            await old.close()
+        }
+    }
+
+    @Test("a broadcast through one node reaches the devices of every node")
+    func broadcastEverywhere() async throws {
+        try await TestCluster.with { cluster in
+            let devices = try await (0..<3).asyncMap { try await cluster.device("b\($0)", on: $0) }
+            let response = try await HTTPTestClient.post("/v1/broadcast", port: cluster.nodes[1].httpPort, json: #"{"data": "to all"}"#)
+            #expect(response.status == 202)
+            let id = try JSONFields(response.body).string("id")
+            for device in devices {
+                let pushes = try await device.pushes(1)
+                #expect(pushes.map(\.id) == [id])
+                #expect(pushes.map(\.text) == ["to all"])
+                await device.close()
+            }
+        }
+    }
+
+    @Test("kill -9 of the owning node with messages in flight: on another node the device gets every unacknowledged one, in order")
+    func killOwningNode() async throws {
+        try await TestCluster.with { cluster in
+            let device = try await cluster.device("mover", on: 0, autoAcknowledge: false)
+            var ids: [String] = []
+            for index in 0..<20 { ids.append(try await cluster.push("mover", "m\(index)", via: 1)) }
+            let first = try await device.pushes(20)
+            #expect(first.map(\.id) == ids)
+            for push in first.prefix(10) { device.acknowledge(push.id) }
+            try await eventually("10 acknowledged") { try await cluster.client("mover", via: 2).int("pending") == 10 }
+            // More messages while the owning node dies: each is stored (202) before the kill.
+            for index in 20..<40 { ids.append(try await cluster.push("mover", "m\(index)", via: 2)) }
+            kill(cluster.nodes[0].process.process.processIdentifier, SIGKILL)
+            _ = try await cluster.nodes[0].process.waitForExit()
+            await device.close()
+            let moved = try await cluster.device("mover", on: 1, autoAcknowledge: true)
+            let pushes = try await moved.pushes(30)
+            #expect(pushes.map(\.id) == Array(ids[10...]), "every unacknowledged message, in order, nothing lost")
+            try await eventually("all acknowledged") { try await cluster.client("mover", via: 2).int("pending") == 0 }
+            await moved.close()
+        }
+    }
+
+    @Test("a cut relay link loses nothing: the messages wait in Redis and arrive when the link heals")
+    func cutRelayLink() async throws {
+        try await TestCluster.with(proxied: [1]) { cluster in
+            let proxy = try #require(cluster.nodes[1].proxy)
+            let device = try await cluster.device("far", on: 1)
+            let before = try await cluster.push("far", "before", via: 0)
+            #expect(try await device.pushes(1).map(\.id) == [before])
+            proxy.set(.cut)
+            var ids: [String] = []
+            for index in 0..<10 { ids.append(try await cluster.push("far", "cut \(index)", via: 0)) }
+            proxy.set(.pass)
+            #expect(try await device.pushes(10, timeout: .seconds(20)).map(\.id) == ids)
+            await device.close()
+        }
+    }
+
+    @Test("a black-holed relay link (no RST, nothing answers) is noticed by its PINGs; nothing is lost")
+    func blackholedRelayLink() async throws {
+        try await TestCluster.with(count: 2, proxied: [1]) { cluster in
+            let proxy = try #require(cluster.nodes[1].proxy)
+            let device = try await cluster.device("dark", on: 1)
+            proxy.set(.blackhole)
+            var ids: [String] = []
+            for index in 0..<10 { ids.append(try await cluster.push("dark", "dark \(index)", via: 0)) }
+            // The link looks up; what went into it is only known lost once PINGs go unanswered.
+            let downs = { metric("herald_relay_links_down_total", in: try await HTTPTestClient.get("/metrics", port: cluster.nodes[0].httpPort).body) }
+            try await eventually("node-0 gives the silent link up", timeout: .seconds(15), poll: .milliseconds(200)) { try await downs() >= 1 }
+            proxy.set(.pass)
+            #expect(try await device.pushes(10, timeout: .seconds(20)).map(\.id) == ids)
+            await device.close()
+        }
+    }
+}
+
+extension Sequence {
+    /// `map` with an async transform, in order.
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var result: [T] = []
+        for element in self { result.append(try await transform(element)) }
+        return result
+    }
+}

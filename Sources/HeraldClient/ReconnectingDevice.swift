@@ -4,6 +4,9 @@ import NIOPosix
 /// A device that stays connected: it reconnects after a close, a refusal or a GOAWAY, with
 /// jittered exponential backoff (so that devices of a dead node do not all come back at the
 /// same instant), and hands every PUSH to `onPush`, acknowledging it after `onPush` returns.
+///
+/// It stops for good after ERROR 409: another connection with the same client id took over
+/// (protocol.md rule 5), and reconnecting would only take it back, back and forth.
 public struct ReconnectingDevice: Sendable {
     /// The connection settings (auto-acknowledge is managed here).
     public var configuration: DeviceClientConfiguration
@@ -23,7 +26,7 @@ public struct ReconnectingDevice: Sendable {
         return ceiling * random
     }
 
-    /// Runs until cancelled.
+    /// Runs until cancelled, or until another connection of the same client id replaces it.
     public func run(
         onPush: @Sendable (String, ByteBuffer) async -> Void,
         onEvent: @Sendable (String) -> Void = { _ in }
@@ -31,7 +34,8 @@ public struct ReconnectingDevice: Sendable {
         var attempt = 0
         var configuration = configuration
         configuration.autoAcknowledge = false
-        while !Task.isCancelled {
+        var replaced = false
+        while !Task.isCancelled, !replaced {
             var delay = Self.backoff(attempt: attempt, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0.5...1))
             do {
                 let client = try await DeviceClient.connect(configuration)
@@ -49,6 +53,7 @@ public struct ReconnectingDevice: Sendable {
                         await client.close()
                     case .error(let code, let reason):
                         onEvent("server error \(code): \(reason)")
+                        if code == 409 { replaced = true }
                     case .pong:
                         break
                     case .closed:
@@ -59,7 +64,11 @@ public struct ReconnectingDevice: Sendable {
                 attempt += 1
                 onEvent("connect failed: \(error); retrying in \(delay)")
             }
-            try? await Task.sleep(for: delay)
+            if replaced {
+                onEvent("replaced by another connection of this client id; not reconnecting")
+            } else {
+                try? await Task.sleep(for: delay)
+            }
         }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import HeraldClient
 import HeraldTestSupport
 import NIOCore
+import PushProtocol
 import Testing
 
 /// One `herald serve` process of a test cluster.
@@ -220,6 +221,29 @@ struct ClusterTests {
             proxy.set(.pass)
             #expect(try await device.pushes(10, timeout: .seconds(20)).map(\.id) == ids)
             await device.close()
+        }
+    }
+
+    @Test("a stranger on the relay port (wrong token, or no RELAY_HELLO) is closed and delivers nothing")
+    func strangerOnRelayPort() async throws {
+        try await TestCluster.with(count: 2) { cluster in
+            let victim = try await cluster.device("victim", on: 1)
+            let forged = RelayFrame.deliver(
+                RelayedMessage(clientID: "victim", messageID: "forged", sequence: 1, expiresAtMillis: Int64.max, payload: ByteBuffer(string: "x"))
+            )
+            for opening in [RelayFrame.hello(version: 1, nodeID: "node-0", incarnation: 1, token: "not the token"), forged] {
+                let stranger = try await RawConnection.connect(port: cluster.nodes[1].relayPort)
+                var bytes = ByteBuffer()
+                bytes.writeRelayFrame(opening)
+                bytes.writeRelayFrame(forged)
+                try await stranger.send(Array(buffer: bytes))
+                _ = try await stranger.waitForClose()
+            }
+            let metrics = try await HTTPTestClient.get("/metrics", port: cluster.nodes[1].httpPort).body
+            #expect(metric("herald_relay_links_refused_total", in: metrics) == 2)
+            let real = try await cluster.push("victim", "real", via: 0)
+            #expect(try await victim.pushes(1).map(\.id) == [real], "the forged DELIVER never reached the device")
+            await victim.close()
         }
     }
 }

@@ -40,4 +40,24 @@ struct ReconnectingDeviceTests {
             }
         }
     }
+
+    @Test("replaced by another connection of its client id (ERROR 409), it stops instead of taking the id back")
+    func stopsWhenReplaced() async throws {
+        try await TestNode.with { node in
+            let log = EventLog()
+            var configured = ReconnectingDevice(configuration: DeviceClientConfiguration(port: node.devicePort, clientID: "twin"))
+            configured.initialBackoff = .milliseconds(10)
+            let device = configured
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await device.run(onPush: { _, _ in }, onEvent: { log.append($0) }) }
+                try await log.wait(until: "connected to 127.0.0.1:\(node.devicePort) (node test-node, heartbeat 30 s)")
+                let newer = try await node.device("twin")
+                try await log.wait(until: "replaced by another connection of this client id; not reconnecting")
+                try await group.next()  // run returned by itself (the suite's time limit bounds this)
+                let id = try await node.push("twin", "for the newer one")
+                #expect(try await newer.pushes(1).map(\.id) == [id])
+                await newer.close()
+            }
+        }
+    }
 }

@@ -23,6 +23,9 @@ final class StoreMonitor: Service, HealthReporting {
 
     func run() async throws {
         try await cancelWhenGracefulShutdown {
+            // At start the store's connections may still be opening: a failed probe within the
+            // first interval is retried quickly rather than reported.
+            var grace: ContinuousClock.Instant? = .now + self.interval
             while !Task.isCancelled {
                 let ok: Bool
                 do {
@@ -31,6 +34,11 @@ final class StoreMonitor: Service, HealthReporting {
                 } catch {
                     ok = false
                 }
+                if !ok, let until = grace, ContinuousClock.now < until {
+                    try await Task.sleep(for: .milliseconds(50))
+                    continue
+                }
+                grace = nil
                 let was = self.reachable.exchange(ok, ordering: .relaxed)
                 if was != ok {
                     if ok { self.logger.notice("store reachable again") } else { self.logger.error("store unreachable") }

@@ -144,9 +144,14 @@ struct ClusterTests {
                 return
             }
             #expect(try await new.pushes(3).map(\.id) == ids)
+            // The old connection's close must not delete the route the new one wrote.
+            #expect(try await old.next() == .closed)
+            try await eventually("node-0 let the old connection go") {
+                try JSONFields(try await HTTPTestClient.get("/v1/stats", port: cluster.nodes[0].httpPort).body).int("connections") == 0
+            }
+            #expect(try await cluster.client("roamer", via: 2).string("node") == "node-1")
             let later = try await cluster.push("roamer", "after", via: 0)
             #expect(try await new.pushes(1).map(\.id) == [later])
-            #expect(try await cluster.client("roamer", via: 2).string("node") == "node-1")
             await new.close()
             await old.close()
         }
@@ -221,6 +226,30 @@ struct ClusterTests {
             proxy.set(.pass)
             #expect(try await device.pushes(10, timeout: .seconds(20)).map(\.id) == ids)
             await device.close()
+        }
+    }
+
+    @Test("a node that stops leaves the member list at once, one that dies when its lease runs out; their relays stop")
+    func membership() async throws {
+        try await TestCluster.with { cluster in
+            func view(from node: Int) async throws -> (live: Int, health: String) {
+                let stats = try JSONFields(try await HTTPTestClient.get("/v1/stats", port: cluster.nodes[node].httpPort).body)
+                let live = (stats.object["cluster"] as? [String: Any])?["live_nodes"] as? Int ?? -1
+                return (live, try await HTTPTestClient.get("/healthz", port: cluster.nodes[node].httpPort).body)
+            }
+            #expect(try await view(from: 0).health.contains("relay:node-2"))
+            kill(cluster.nodes[1].process.process.processIdentifier, SIGTERM)
+            #expect(try await cluster.nodes[1].process.waitForExit() == 0)
+            try await eventually("node-1 deregistered", timeout: .seconds(5), poll: .milliseconds(100)) {
+                let (live, health) = try await view(from: 0)
+                return live == 2 && !health.contains("relay:node-1")
+            }
+            kill(cluster.nodes[2].process.process.processIdentifier, SIGKILL)
+            _ = try await cluster.nodes[2].process.waitForExit()
+            try await eventually("node-2's lease ran out", timeout: .seconds(20), poll: .milliseconds(200)) {
+                let (live, health) = try await view(from: 0)
+                return live == 1 && !health.contains("relay:node-2")
+            }
         }
     }
 

@@ -89,6 +89,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libsystemd's sd_notify (libsystemd-dev).
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // READY / STATUS / WATCHDOG / STOPPING for systemd; a no-op without NOTIFY_SOCKET.
+        .target(
+            name: "SystemdNotify",
+            dependencies: [
+                "CSystemd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The device client library: used by `herald device`, the tests and the load generator.
         .target(
             name: "HeraldClient",
@@ -106,6 +118,7 @@ let package = Package(
             dependencies: [
                 "Actors",
                 "Cluster",
+                "SystemdNotify",
                 "RedisStore",
                 "Supervision",
                 "PushProtocol",

@@ -2,6 +2,9 @@ import Actors
 import Cluster
 import FoundationEssentials
 import Hummingbird
+#if canImport(Glibc)
+import Glibc
+#endif
 import PushProtocol
 
 /// The backends' HTTP API of protocol.md §2 (and Docs/http-api.md).
@@ -27,6 +30,7 @@ struct HTTPAPI: Sendable {
         router.get("/metrics") { _, _ in metrics() }
         if configuration.faultHooks {
             router.post("/debug/kill/{child}") { _, context in try await kill(context) }
+            router.post("/debug/wedge-event-loop") { _, _ in wedgeEventLoop() }
         }
         return router
     }
@@ -265,6 +269,18 @@ struct HTTPAPI: Sendable {
             try await node.root.kill(childID: child)
         } catch {
             throw APIError(status: .notFound, code: "not_found", message: "no child \(child)")
+        }
+        return Response(status: .accepted)
+    }
+
+    /// Fault hook: blocks one event loop's thread for good (a hung loop, as a deadlock or a
+    /// runaway computation would leave it), after answering. Only the watchdog gets the
+    /// process out of this: systemd restarts it.
+    private func wedgeEventLoop() -> Response {
+        let loop = node.group.next()
+        loop.scheduleTask(in: .milliseconds(100)) {
+            node.logger.critical("fault hook: wedging an event loop")
+            while true { usleep(1_000_000) }
         }
         return Response(status: .accepted)
     }

@@ -75,7 +75,12 @@ struct Serve: AsyncParsableCommand {
         let node = await HeraldNode.make(configuration: configuration, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: node.root, failureTerminationBehavior: .gracefullyShutdownGroup)],
+                // The watchdog runs beside the tree and stops after it (the group stops services in
+                // reverse order), so it keeps judging the tree while the tree drains.
+                services: [
+                    .init(service: node.watchdog, successTerminationBehavior: .ignore),
+                    .init(service: node.root, failureTerminationBehavior: .gracefullyShutdownGroup),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

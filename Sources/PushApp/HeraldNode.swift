@@ -10,6 +10,7 @@ import RedisStore
 import ServiceLifecycle
 import Supervision
 import Synchronization
+import SystemdNotify
 
 /// One Herald node: the composition root. It builds the shared state (store, registry,
 /// metrics) once, and the supervision tree whose children use it:
@@ -41,9 +42,14 @@ final class HeraldNode: Sendable {
     let services: DeviceServices
     private let startedAt = ContinuousClock.now
     private let draining = Atomic<Bool>(false)
-    private let state = Mutex<(root: Supervisor<ContinuousClock>?, devicePort: Int?, httpPort: Int?, storeMonitor: StoreMonitor?)>(
-        (nil, nil, nil, nil)
-    )
+    private struct State {
+        var root: Supervisor<ContinuousClock>?
+        var watchdog: WatchdogService?
+        var devicePort: Int?
+        var httpPort: Int?
+        var storeMonitor: StoreMonitor?
+    }
+    private let state = Mutex(State())
 
     /// Builds a node; `run()` starts it.
     static func make(
@@ -108,8 +114,20 @@ final class HeraldNode: Sendable {
                 if case .started(_, let child, true) = event { metrics.restart(child: child) }
             }
         )
-        state.withLock { $0.root = root }
+        let watchdog = WatchdogService(
+            notifier: SystemdNotifier(), logger: logger,
+            ready: { [unowned self] in await readiness().0 },
+            check: { [unowned self] budget in await verdict(probeTimeout: budget) }
+        )
+        state.withLock {
+            $0.root = root
+            $0.watchdog = watchdog
+        }
     }
+
+    /// READY / STATUS / WATCHDOG / STOPPING for systemd; runs beside the tree (a no-op
+    /// without NOTIFY_SOCKET).
+    var watchdog: WatchdogService { state.withLock { $0.watchdog! } }
 
     /// The relay links' token: an HMAC of the secret, so the secret itself never crosses the wire.
     static func relayToken(secret: String) -> String {
@@ -134,9 +152,55 @@ final class HeraldNode: Sendable {
         try await root.run()
     }
 
-    /// The tree's health: what `/healthz` answers and what the watchdog will check.
-    func health() async -> HealthReport {
-        await root.healthReport()
+    /// The node's health: what `/healthz` answers and what the watchdog pings on
+    /// (Docs/supervision.md, "What healthy means"). The tree's own report (every permanent
+    /// child running and healthy, recursively; Redis reconnecting is a declared degraded
+    /// state, not a failure) plus two probes the tree cannot see: every event loop runs a
+    /// task, and the registry's locks can be taken, within `probeTimeout`. All probes run at
+    /// once, so the answer comes within `probeTimeout` whatever is stuck.
+    func health(probeTimeout: Duration = .milliseconds(500)) async -> HealthReport {
+        let loops = Array(group.makeIterator())
+        async let tree = withDeadline(probeTimeout) { [root] in await root.healthReport() }
+        async let registryAnswers = withDeadline(probeTimeout) { [registry] in registry.connection(for: "-") == nil } != nil
+        let answered = await withTaskGroup(of: (Int, Bool).self) { group in
+            for (index, loop) in loops.enumerated() {
+                group.addTask { (index, await Self.answers(loop, within: probeTimeout)) }
+            }
+            var answered = [Bool](repeating: false, count: loops.count)
+            for await (index, ok) in group { answered[index] = ok }
+            return answered
+        }
+        var report = await tree ?? HealthReport(name: "herald", healthy: false, state: "not answering")
+        let loopReports = answered.enumerated().map { index, ok in
+            HealthReport(name: "loop-\(index)", healthy: ok, state: ok ? "answering" : "blocked")
+        }
+        let registryOK = await registryAnswers
+        report.children += [
+            HealthReport(name: "event-loops", healthy: answered.allSatisfy { $0 }, state: "probed", children: loopReports),
+            HealthReport(name: "registry", healthy: registryOK, state: registryOK ? "answering" : "blocked"),
+        ]
+        report.healthy = report.healthy && report.children.allSatisfy(\.healthy)
+        return report
+    }
+
+    /// Whether `loop` runs a task within `timeout` (a wedged loop never does).
+    private static func answers(_ loop: any EventLoop, within timeout: Duration) async -> Bool {
+        await withDeadline(timeout) {
+            await withCheckedContinuation { continuation in loop.execute { continuation.resume() } }
+            return true
+        } ?? false
+    }
+
+    /// What the watchdog judges by: healthy as `health()` says; a blocked event loop cannot
+    /// recover (NIO cannot replace its thread), so it asks systemd for a restart at once.
+    func verdict(probeTimeout: Duration) async -> HealthVerdict {
+        let report = await health(probeTimeout: probeTimeout)
+        let loopsBlocked = report.children.first { $0.name == "event-loops" }?.healthy == false
+        let store = state.withLock { $0.storeMonitor }.map { $0.isReachable ? "store ok" : "store unreachable (degraded)" } ?? "store starting"
+        var status = "\(registry.count) devices, \(store)"
+        if let cluster { status += ", cluster of \(cluster.view.members.count)" }
+        if let problem = report.firstProblem { status = "\(problem); " + status }
+        return HealthVerdict(healthy: report.healthy, status: status, unrecoverable: loopsBlocked)
     }
 
     /// Whether the node accepts devices and can store: what `/readyz` answers.
@@ -181,7 +245,10 @@ final class HeraldNode: Sendable {
                 let address = SocketAddressSpec(host: configuration.tcpAddress.host, port: devicePort ?? configuration.tcpAddress.port)
                 let listener = try await DeviceListener.bind(
                     address, group: group, services: services, tracker: tracker,
-                    drainTimeout: drainTimeout, logger: logger, onDrain: { [unowned self] in draining.store(true, ordering: .relaxed) }
+                    drainTimeout: drainTimeout, logger: logger, onDrain: { [unowned self] in
+                        draining.store(true, ordering: .relaxed)
+                        watchdog.stopping(drainDeadline: .now + drainTimeout)
+                    }
                 )
                 state.withLock { $0.devicePort = listener.port }
                 return listener

@@ -108,7 +108,7 @@ public final class DeviceClient: Sendable {
         let events = EventQueue()
         let welcome = group.next().makePromise(of: (UInt16, String).self)
         var bootstrap = ClientBootstrap(group: group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -177,7 +177,7 @@ public final class RedisClient: Service, HealthReporting {
         let configuration = configuration
         let channel = try await ClientBootstrap(group: loop)
             .connectTimeout(configuration.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: configuration.commandTimeout))

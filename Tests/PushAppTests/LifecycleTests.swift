@@ -53,8 +53,9 @@ final class HeraldTestProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
+    /// A test that fails half-way must not leave its process behind (a wedged one ignores SIGTERM).
     deinit {
-        if process.isRunning { process.terminate() }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 }
 

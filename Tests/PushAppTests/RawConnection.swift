@@ -5,32 +5,30 @@ import PushProtocol
 import Synchronization
 
 /// A device socket driven byte by byte, for the hostile and exact-protocol tests.
+///
+/// What arrives is recorded from the first byte on, even before `connect` returns (a server
+/// may answer and close at once, as with ERROR 429).
 final class RawConnection: Sendable {
-    private struct State {
-        var received = ByteBuffer()
-        var closed = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
-    private let state = Mutex(State())
+    private let inbox: Inbox
     let channel: any Channel
 
-    private init(channel: any Channel) { self.channel = channel }
+    private init(channel: any Channel, inbox: Inbox) {
+        self.channel = channel
+        self.inbox = inbox
+    }
 
     static func connect(port: Int, readsAutomatically: Bool = true) async throws -> RawConnection {
-        let box = Box()
+        let inbox = Inbox()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.autoRead, value: readsAutomatically)
             .channelOption(.socketOption(.so_rcvbuf), value: readsAutomatically ? 65536 : 4096)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Collector(box: box))
+                    try channel.pipeline.syncOperations.addHandler(Collector(inbox: inbox))
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
-        let connection = RawConnection(channel: channel)
-        box.connection.withLock { $0 = connection }
-        try await channel.eventLoop.submit {}.get()  // the collector now sees the connection
-        return connection
+        return RawConnection(channel: channel, inbox: inbox)
     }
 
     func send(_ bytes: [UInt8]) async throws {
@@ -43,26 +41,17 @@ final class RawConnection: Sendable {
 
     /// The frames received so far (the tail that is not a whole frame stays).
     func frames() throws -> [Frame] {
-        var buffer = state.withLock { $0.received }
+        var buffer = inbox.state.withLock { $0.received }
         var frames: [Frame] = []
         while let frame = try FrameDecoder().decode(&buffer) { frames.append(frame) }
         return frames
     }
 
-    var isClosed: Bool { state.withLock { $0.closed } }
+    var isClosed: Bool { inbox.state.withLock { $0.closed } }
 
     /// Waits until the server closed the connection; returns every frame received.
     func waitForClose(timeout: Duration = .seconds(10)) async throws -> [Frame] {
-        try await withTimeout("server closes the connection", timeout) {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let closed = self.state.withLock { state -> Bool in
-                    if state.closed { return true }
-                    state.waiters.append(continuation)
-                    return false
-                }
-                if closed { continuation.resume() }
-            }
-        }
+        try await eventually("server closes the connection", timeout: timeout) { self.isClosed }
         return try frames()
     }
 
@@ -74,35 +63,25 @@ final class RawConnection: Sendable {
 
     func close() async { try? await channel.close() }
 
-    fileprivate func received(_ buffer: ByteBuffer) {
-        state.withLock { state in
-            var buffer = buffer
-            state.received.writeBuffer(&buffer)
+    /// What the socket received, and whether it closed; written by the collector on the loop.
+    private final class Inbox: Sendable {
+        struct State {
+            var received = ByteBuffer()
+            var closed = false
         }
-    }
-
-    fileprivate func closed() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.closed = true
-            defer { state.waiters.removeAll() }
-            return state.waiters
-        }
-        waiters.forEach { $0.resume() }
-    }
-
-    private final class Box: Sendable {
-        let connection = Mutex<RawConnection?>(nil)
+        let state = Mutex(State())
     }
 
     private final class Collector: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
-        let box: Box
-        init(box: Box) { self.box = box }
+        let inbox: Inbox
+        init(inbox: Inbox) { self.inbox = inbox }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            box.connection.withLock { $0 }?.received(unwrapInboundIn(data))
+            var buffer = unwrapInboundIn(data)
+            inbox.state.withLock { $0.received.writeBuffer(&buffer) }
         }
         func channelInactive(context: ChannelHandlerContext) {
-            box.connection.withLock { $0 }?.closed()
+            inbox.state.withLock { $0.closed = true }
         }
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             context.close(promise: nil)

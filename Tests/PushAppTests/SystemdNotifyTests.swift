@@ -17,7 +17,9 @@ struct SystemdNotifyTests {
     @Test("READY=1 only once both listeners are bound; STATUS= says how it is; WATCHDOG=1 within every interval; STOPPING=1 with a longer stop timeout on SIGTERM")
     func lifecycle() async throws {
         let socket = try FakeNotifySocket.start()
+        defer { socket.close() }
         let herald = try HeraldTestProcess(environment: Self.environment(socket))
+        defer { if herald.process.isRunning { kill(herald.process.processIdentifier, SIGKILL) } }
         try await socket.log.wait(until: "READY=1")
         // Both listeners were bound (and logged so) before READY=1 was sent.
         #expect(herald.stderr.contains("device listener bound") && herald.stderr.contains("HTTP API bound"))
@@ -34,13 +36,14 @@ struct SystemdNotifyTests {
         #expect(try await device.next() == .goaway(reconnectAfterMilliseconds: 1000, reason: "server draining"))
         await device.close()
         #expect(try await herald.waitForExit() == 0)
-        socket.close()
     }
 
     @Test("a wedged event loop stops the pings and asks for a restart (WATCHDOG=trigger)")
     func wedgedEventLoop() async throws {
         let socket = try FakeNotifySocket.start()
+        defer { socket.close() }
         let herald = try HeraldTestProcess(environment: Self.environment(socket))
+        defer { if herald.process.isRunning { kill(herald.process.processIdentifier, SIGKILL) } }
         try await socket.log.wait(until: "WATCHDOG=1")
         let httpPort = try await herald.boundPort("HTTP API bound")
         let response = try await HTTPTestClient.post("/debug/wedge-event-loop", port: httpPort, json: "{}")
@@ -51,6 +54,5 @@ struct SystemdNotifyTests {
         #expect(entries[..<trigger].last { $0.hasPrefix("STATUS=") }?.contains("blocked") == true, "\(entries)")
         kill(herald.process.processIdentifier, SIGKILL)
         _ = try await herald.waitForExit()
-        socket.close()
     }
 }

@@ -107,7 +107,7 @@ struct NodeConfiguration: Sendable {
         var redis: RedisConfiguration?
         if let url = try reader.optional("HERALD_REDIS_URL") {
             guard let parsed = RedisConfiguration(url: url) else {
-                throw ConfigurationError(message: "HERALD_REDIS_URL must be redis://[:password@]host:port[/db], got \"\(url)\"")
+                throw ConfigurationError(message: "HERALD_REDIS_URL must be redis://[:password@]host:port[/db] or redis+sentinel://[:password@]host:port[,host:port...]/master[/db], got \"\(url)\"")
             }
             redis = parsed
         }

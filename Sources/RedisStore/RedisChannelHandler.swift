@@ -77,6 +77,14 @@ final class RedisChannelHandler: ChannelInboundHandler {
                 return
             }
             request.timeout?.cancel()
+            if case .error(let message) = reply, message.hasPrefix("READONLY") {
+                // A master demoted to replica by a failover: this connection is useless for writes.
+                // Closing it makes the client reconnect and ask the sentinels for the new master.
+                request.promise.fail(StoreError(.unavailable, "redis is a read-only replica now (failover)"))
+                failAll("redis is a read-only replica now (failover)")
+                context.close(promise: nil)
+                return
+            }
             request.promise.succeed(reply)
         }
     }

@@ -35,6 +35,9 @@ public final class RedisClient: Service, HealthReporting {
     private let slots: [Slot]
     private let next = Atomic<Int>(0)
     private let shas = Mutex<[String: String]>([:])
+    /// With Sentinel: the master last connected to, and the sentinel that last answered.
+    private let currentMaster = Mutex<RedisConfiguration.Endpoint?>(nil)
+    private let preferredSentinel = Mutex(0)
 
     /// Creates a client; connections open when `run()` starts.
     public init(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) {
@@ -174,6 +177,52 @@ public final class RedisClient: Service, HealthReporting {
     }
 
     private func connect(on loop: any EventLoop) async throws -> any Channel {
+        guard let masterName = configuration.masterName else {
+            return try await open(configuration.host, configuration.port, on: loop, authenticate: true)
+        }
+        let master = try await resolveMaster(named: masterName, on: loop)
+        let channel = try await open(master.host, master.port, on: loop, authenticate: true)
+        // A sentinel may still name a master that has just been demoted: ask the server itself.
+        let role = try? await command(channel, [.string("ROLE")])
+        guard case .array(let fields)? = role, fields.first?.string == "master" else {
+            try? await channel.close()
+            throw StoreError(.unavailable, "\(master) is not a master (ROLE \(role.map { "\($0)" } ?? "no answer"))")
+        }
+        let previous = currentMaster.withLock { current in
+            defer { current = master }
+            return current
+        }
+        if previous != master {
+            logger.notice("redis master found through sentinel", metadata: ["master": "\(master)", "name": "\(masterName)"])
+        }
+        return channel
+    }
+
+    /// Asks the sentinels, in turn (the last one that answered first), where the master is.
+    private func resolveMaster(named name: String, on loop: any EventLoop) async throws -> RedisConfiguration.Endpoint {
+        let sentinels = configuration.sentinels
+        let first = preferredSentinel.withLock { $0 }
+        var lastError: any Error = StoreError(.unavailable, "no sentinel configured")
+        for offset in sentinels.indices {
+            let index = (first + offset) % sentinels.count
+            let sentinel = sentinels[index]
+            do {
+                let channel = try await open(sentinel.host, sentinel.port, on: loop, authenticate: false)
+                defer { channel.close(promise: nil) }
+                let reply = try await command(channel, [.string("SENTINEL"), .string("get-master-addr-by-name"), .string(name)])
+                guard case .array(let fields) = reply, fields.count == 2, let host = fields[0].string,
+                    let port = fields[1].string.flatMap({ Int($0) })
+                else { throw StoreError(.unavailable, "sentinel \(sentinel) does not know master \(name): \(reply)") }
+                preferredSentinel.withLock { $0 = index }
+                return RedisConfiguration.Endpoint(host: host, port: port)
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError
+    }
+
+    private func open(_ host: String, _ port: Int, on loop: any EventLoop, authenticate: Bool) async throws -> any Channel {
         let configuration = configuration
         let channel = try await ClientBootstrap(group: loop)
             .connectTimeout(configuration.connectTimeout)
@@ -183,8 +232,9 @@ public final class RedisClient: Service, HealthReporting {
                     try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: configuration.commandTimeout))
                 }
             }
-            .connect(host: configuration.host, port: configuration.port)
+            .connect(host: host, port: port)
             .get()
+        guard authenticate else { return channel }
         do {
             if let password = configuration.password {
                 try await expectOK(channel, [.string("AUTH"), .string(password)], "AUTH")
@@ -200,6 +250,12 @@ public final class RedisClient: Service, HealthReporting {
     }
 
     private func expectOK(_ channel: any Channel, _ arguments: [RedisArgument], _ what: String) async throws {
+        let reply = try await command(channel, arguments)
+        guard case .simpleString("OK") = reply else { throw StoreError(.unavailable, "\(what) failed: \(reply)") }
+    }
+
+    /// One command on a connection that is not (yet) in a slot.
+    private func command(_ channel: any Channel, _ arguments: [RedisArgument]) async throws -> RESPValue {
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
         channel.eventLoop.execute {
             guard let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) else {
@@ -207,7 +263,6 @@ public final class RedisClient: Service, HealthReporting {
             }
             handler.send(arguments, promise: promise)
         }
-        let reply = try await promise.futureResult.get()
-        guard case .simpleString("OK") = reply else { throw StoreError(.unavailable, "\(what) failed: \(reply)") }
+        return try await promise.futureResult.get()
     }
 }

@@ -1,0 +1,46 @@
+import Foundation
+import HeraldClient
+import HeraldTestSupport
+import Testing
+
+@Suite("Redis Sentinel: the node follows a failover", .timeLimit(.minutes(2)))
+struct SentinelTests {
+    @Test("kill -9 of the master: the node finds the promoted replica through the sentinels, and every replicated message is delivered in order")
+    func failover() async throws {
+        let redis = try await RedisSentinelSet.start()
+        do {
+            try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
+                var ids: [String] = []
+                for index in 0..<10 { ids.append(try await node.push("failover", "before \(index)")) }
+                // What this test does not cover is asynchronous replication's own window
+                // (Docs/store.md): the replica has these ten before the master dies.
+                #expect(try await redis.master.cli(["WAIT", "1", "5000"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+                redis.master.kill(signal: SIGKILL)
+                try await eventually("the sentinels promoted the replica", timeout: .seconds(30), poll: .milliseconds(100)) {
+                    try await redis.currentMasterPort() == redis.replica.port
+                }
+                // Pushes fail (503) until the node has reconnected to the new master, then succeed.
+                for index in 0..<10 {
+                    var id: String?
+                    try await eventually("push after the failover", timeout: .seconds(30), poll: .milliseconds(100)) {
+                        let response = try await HTTPTestClient.post(
+                            "/v1/push", port: node.httpPort, json: #"{"client_id": "failover", "data": "after \#(index)"}"#
+                        )
+                        #expect(response.status == 202 || response.status == 503, "\(response.status) \(response.body)")
+                        if response.status == 202 { id = try JSONFields(response.body).string("id") }
+                        return id != nil
+                    }
+                    ids.append(id!)
+                }
+                let device = try await node.device("failover", autoAcknowledge: true)
+                let pushes = try await device.pushes(20)
+                #expect(pushes.map(\.id) == ids)
+                await device.close()
+            }
+        } catch {
+            await redis.stop()
+            throw error
+        }
+        await redis.stop()
+    }
+}

@@ -14,6 +14,8 @@ let package = Package(
     products: [
         .executable(name: "herald", targets: ["PushApp"]),
         .library(name: "HeraldClient", targets: ["HeraldClient"]),
+        // The wire codec alone, for the fuzz targets in Fuzz/.
+        .library(name: "PushProtocol", targets: ["PushProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

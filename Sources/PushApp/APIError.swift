@@ -7,6 +7,15 @@ struct APIError: HTTPResponseError {
     let status: HTTPResponse.Status
     let code: String
     let message: String
+    /// For 405: the methods the path does accept (the `Allow` header).
+    var allow: [HTTPRequest.Method] = []
+
+    init(status: HTTPResponse.Status, code: String, message: String, allow: [HTTPRequest.Method] = []) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.allow = allow
+    }
 
     static func badRequest(_ message: String, code: String = "bad_request") -> APIError {
         APIError(status: .badRequest, code: code, message: message)
@@ -24,7 +33,9 @@ struct APIError: HTTPResponseError {
     }
 
     func response(from request: Request, context: some RequestContext) throws -> Response {
-        JSONBody.response(status: status, ["error": ["code": code, "message": message]])
+        var response = JSONBody.response(status: status, ["error": ["code": code, "message": message]])
+        if !allow.isEmpty { response.headers[.allow] = allow.map(\.rawValue).joined(separator: ", ") }
+        return response
     }
 
     /// The API's form of any error a handler, Hummingbird or the store threw.
@@ -47,9 +58,12 @@ struct APIError: HTTPResponseError {
     }
 }
 
-/// Turns every error into the API's JSON error body, and checks the API key on `/v1/`.
+/// Turns every error into the API's JSON error body, and checks the API key on `/v1/`. A known
+/// path asked with a method it does not take is 405 with `Allow`, not 404.
 struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let keys: SecretSet
+    /// Every route: method and path pattern (`{name}` matches one segment).
+    let routes: [(method: HTTPRequest.Method, path: String)]
 
     @concurrent
     func handle(
@@ -63,7 +77,25 @@ struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             }
             return try await next(request, context)
         } catch {
-            return try APIError.from(error).response(from: request, context: context)
+            var failure = APIError.from(error)
+            if failure.status == .notFound {
+                let allowed = routes.filter { Self.matches($0.path, request.uri.path) }.map(\.method)
+                if !allowed.isEmpty {
+                    failure = APIError(
+                        status: .methodNotAllowed, code: "method_not_allowed",
+                        message: "\(request.method) is not allowed here; use \(allowed.map(\.rawValue).joined(separator: " or "))",
+                        allow: allowed
+                    )
+                }
+            }
+            return try failure.response(from: request, context: context)
         }
+    }
+
+    static func matches(_ pattern: String, _ path: String) -> Bool {
+        let expected = pattern.split(separator: "/", omittingEmptySubsequences: false)
+        let actual = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard expected.count == actual.count else { return false }
+        return zip(expected, actual).allSatisfy { want, got in want.hasPrefix("{") ? !got.isEmpty : want == got }
     }
 }

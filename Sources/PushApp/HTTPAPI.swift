@@ -18,7 +18,13 @@ struct HTTPAPI: Sendable {
     /// The Hummingbird router with every endpoint.
     func router() -> Hummingbird.Router<BasicRequestContext> {
         let router = Hummingbird.Router(context: BasicRequestContext.self)
-        router.add(middleware: APIErrorMiddleware(keys: SecretSet(configuration.apiKeys)))
+        var routes: [(method: HTTPRequest.Method, path: String)] = [
+            (.post, "/v1/push"), (.post, "/v1/push/batch"), (.post, "/v1/broadcast"), (.get, "/v1/clients/{client_id}"),
+            (.delete, "/v1/clients/{client_id}/connection"), (.get, "/v1/stats"), (.get, "/healthz"), (.get, "/readyz"),
+            (.get, "/metrics"),
+        ]
+        if configuration.faultHooks { routes += [(.post, "/debug/kill/{child}"), (.post, "/debug/wedge-event-loop")] }
+        router.add(middleware: APIErrorMiddleware(keys: SecretSet(configuration.apiKeys), routes: routes))
         router.post("/v1/push") { request, _ in try await push(request) }
         router.post("/v1/push/batch") { request, _ in try await batch(request) }
         router.post("/v1/broadcast") { request, _ in try await broadcast(request) }
@@ -37,20 +43,46 @@ struct HTTPAPI: Sendable {
 
     // MARK: Pushing
 
+    // Optional fields may be absent, not null: `"ttl_s": null` is a wrong type (400), so that
+    // "exactly one of data and data_base64" has one meaning (Docs/http-api.md).
     private struct PushBody: Decodable {
         var client_id: String?
         var data: String?
         var data_base64: String?
         var ttl_s: Int64?
+
+        enum CodingKeys: String, CodingKey { case client_id, data, data_base64, ttl_s }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            client_id = try container.decodeUnlessAbsent(String.self, forKey: .client_id)
+            data = try container.decodeUnlessAbsent(String.self, forKey: .data)
+            data_base64 = try container.decodeUnlessAbsent(String.self, forKey: .data_base64)
+            ttl_s = try container.decodeUnlessAbsent(Int64.self, forKey: .ttl_s)
+        }
     }
 
     private struct BatchBody: Decodable {
         var messages: [PushBody]?
+
+        enum CodingKeys: String, CodingKey { case messages }
+
+        init(from decoder: any Decoder) throws {
+            messages = try decoder.container(keyedBy: CodingKeys.self).decodeUnlessAbsent([PushBody].self, forKey: .messages)
+        }
     }
 
     private struct BroadcastBody: Decodable {
         var data: String?
         var data_base64: String?
+
+        enum CodingKeys: String, CodingKey { case data, data_base64 }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            data = try container.decodeUnlessAbsent(String.self, forKey: .data)
+            data_base64 = try container.decodeUnlessAbsent(String.self, forKey: .data_base64)
+        }
     }
 
     private func push(_ request: Request) async throws -> Response {
@@ -168,7 +200,8 @@ struct HTTPAPI: Sendable {
     }
 
     private func clientID(_ context: BasicRequestContext) throws -> String {
-        guard let id = context.parameters.get("client_id"), Identifiers.isValidClientID(id) else {
+        // Ids are legal in paths as they are, but a client may still percent-encode them (`%3A`).
+        guard let raw = context.parameters.get("client_id"), let id = Self.percentDecoded(raw), Identifiers.isValidClientID(id) else {
             throw APIError.badRequest("client_id must be 1 to 128 characters of [A-Za-z0-9._:@-]")
         }
         return id
@@ -283,5 +316,37 @@ struct HTTPAPI: Sendable {
             while true { usleep(1_000_000) }
         }
         return Response(status: .accepted)
+    }
+
+    /// `raw` with `%XX` escapes decoded; nil for a malformed escape or bytes that are not UTF-8.
+    static func percentDecoded(_ raw: String) -> String? {
+        guard raw.contains("%") else { return raw }
+        var bytes: [UInt8] = []
+        var utf8 = raw.utf8.makeIterator()
+        while let byte = utf8.next() {
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                continue
+            }
+            guard let high = utf8.next().flatMap(Self.hexValue), let low = utf8.next().flatMap(Self.hexValue) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// The value, or nil when the key is absent; a present `null` is a type error.
+    func decodeUnlessAbsent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        contains(key) ? try decode(type, forKey: key) : nil
     }
 }

@@ -161,6 +161,30 @@ struct HTTPAPITests {
         }
     }
 
+    @Test("a known path with another method is 405 with Allow; a percent-encoded client id is the same id")
+    func methodsAndEscapes() async throws {
+        try await TestNode.with { node in
+            let trace = try await HTTPTestClient.request(.RAW(value: "TRACE"), "/v1/stats", port: node.httpPort)
+            #expect(trace.status == 405)
+            #expect(trace.header("Allow") == "GET")
+            #expect(try errorCode(trace) == "method_not_allowed")
+            let put = try await HTTPTestClient.request(.PUT, "/v1/clients/alice", port: node.httpPort)
+            #expect(put.status == 405 && put.header("Allow") == "GET")
+            try await node.push("a:b", "escaped")
+            let status = try JSONFields(try await HTTPTestClient.get("/v1/clients/a%3Ab", port: node.httpPort).body)
+            #expect(try status.string("client_id") == "a:b")
+            #expect(try status.int("pending") == 1)
+            let broken = try await HTTPTestClient.get("/v1/clients/a%3", port: node.httpPort)
+            #expect(broken.status == 400)
+            // An optional field is absent or of its type, never null; a refused push stores nothing.
+            for body in [#"{"client_id": "n", "data": "x", "ttl_s": null}"#, #"{"client_id": "n", "data": "x", "data_base64": null}"#] {
+                let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: body)
+                #expect(response.status == 400, "\(body)")
+            }
+            #expect(try await node.pending("n") == 0)
+        }
+    }
+
     @Test("an unknown path is 404 with a JSON error; stats, health and metrics answer")
     func operations() async throws {
         try await TestNode.with { node in

@@ -261,6 +261,8 @@ final class HeraldNode: Sendable {
         let port = httpPort ?? configuration.httpAddress.port
         return Application(
             router: HTTPAPI(node: self).router(),
+            // A connection with no request for HERALD_HTTP_IDLE_TIMEOUT_S is closed: idle sockets do not pile up.
+            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(configuration.httpIdleTimeoutSeconds)))),
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.httpAddress.host, port: port), serverName: "herald"
             ),

@@ -64,6 +64,8 @@ struct NodeConfiguration: Sendable {
     var clusterSecret: String?
     /// Relay links PING this often; a link silent for three intervals is closed.
     var relayPingSeconds: Int
+    /// An HTTP connection with no request for this long is closed.
+    var httpIdleTimeoutSeconds: Int
     var hostName: String
     var maxFramesPerSecond: Int
     var logLevel: Logger.Level
@@ -72,7 +74,7 @@ struct NodeConfiguration: Sendable {
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
-        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
@@ -150,6 +152,7 @@ struct NodeConfiguration: Sendable {
             relayAdvertiseAddress: advertise,
             clusterSecret: clusterSecret,
             relayPingSeconds: try reader.int("HERALD_RELAY_PING_S", default: 5, range: 1...60),
+            httpIdleTimeoutSeconds: try reader.int("HERALD_HTTP_IDLE_TIMEOUT_S", default: 30, range: 1...3600),
             hostName: hostName,
             maxFramesPerSecond: try reader.int("HERALD_MAX_FRAME_RATE", default: 20, range: 1...1_000_000),
             logLevel: logLevel,

@@ -92,4 +92,13 @@ struct HostileInputTests {
             _ = id
         }
     }
+
+    @Test("an HTTP connection that sends nothing is closed after the idle timeout")
+    func idleHTTPConnection() async throws {
+        try await TestNode.with(["HERALD_HTTP_IDLE_TIMEOUT_S": "1"]) { node in
+            let idle = try await RawConnection.connect(port: node.httpPort)
+            _ = try await idle.waitForClose(timeout: .seconds(10))
+            #expect(idle.isClosed)
+        }
+    }
 }

@@ -169,6 +169,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ClusterUnitTests",
+            dependencies: [
+                "Cluster",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "PushAppTests",
             dependencies: ["PushApp", "HeraldClient", "HeraldTestSupport"],
             swiftSettings: swiftSettings

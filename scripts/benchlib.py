@@ -17,9 +17,9 @@ def redis_stat(port, name):
 def herald_binary():
     return subprocess.check_output(["swift", "build", "-c", "release", "--show-bin-path"], text=True).strip() + "/herald"
 
-def start_redis(workdir, port):
+def start_redis(workdir, port, *extra):
     return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
-                             "--save", "", "--appendonly", "no", "--logfile", os.path.join(workdir, "redis.log")])
+                             "--save", "", "--appendonly", "no", "--logfile", os.path.join(workdir, "redis.log"), *extra])
 
 def start_herald(binary, http_port, **variables):
     """Starts `herald serve` with HERALD_<name>=value for each keyword and waits for /readyz."""

@@ -9,8 +9,9 @@ pushed-and-acked messages for herald and for redis-server (from /proc), and Redi
 per message (INFO stats).
 
     scripts/redis-store-bench.py --devices 100 --messages 50000 --batch 100
+    scripts/redis-store-bench.py ... --replica [--wait-replicas 1]   # with a replica; WAIT before each 202
 """
-import argparse, http.client, json, os, shutil, signal, sys, tempfile, threading, time
+import argparse, http.client, json, os, shutil, signal, subprocess, sys, tempfile, threading, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import Devices, cpu_seconds, free_port, herald_binary, metric, redis_stat, start_herald, start_redis
 
@@ -20,20 +21,30 @@ def main():
     parser.add_argument("--messages", type=int, default=50000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--replica", action="store_true", help="start a replica of the Redis (its CPU is counted too)")
+    parser.add_argument("--wait-replicas", type=int, default=0, help="HERALD_REDIS_WAIT_REPLICAS")
     args = parser.parse_args()
     binary = herald_binary()
     workdir = tempfile.mkdtemp(prefix="herald-bench-")
     redis_port, tcp_port, http_port = free_port(), free_port(), free_port()
     redis = start_redis(workdir, redis_port)
+    replica = None
     herald = None
     try:
         time.sleep(0.5)
+        if args.replica:
+            replica_dir = os.path.join(workdir, "replica"); os.makedirs(replica_dir)
+            replica = start_redis(replica_dir, free_port(), "--replicaof", "127.0.0.1", str(redis_port))
+            for _ in range(100):
+                if subprocess.run(["redis-cli", "-p", str(redis_port), "WAIT", "1", "100"], capture_output=True, text=True).stdout.strip() == "1": break
+                time.sleep(0.1)
         herald = start_herald(binary, http_port, redis_url=f"redis://127.0.0.1:{redis_port}", tcp_addr=f"127.0.0.1:{tcp_port}",
-                              relay_addr="127.0.0.1:0")
+                              relay_addr="127.0.0.1:0", redis_wait_replicas=args.wait_replicas)
         devices = Devices(tcp_port, args.devices)
         devices.start()
         time.sleep(1)
         cpu_h, cpu_r, commands = cpu_seconds(herald.pid), cpu_seconds(redis.pid), redis_stat(redis_port, "total_commands_processed")
+        cpu_replica = cpu_seconds(replica.pid) if replica else 0
         reads = redis_stat(redis_port, "total_reads_processed")
         payload = "x" * 64
         per_sender = args.messages // args.senders
@@ -63,6 +74,7 @@ def main():
             time.sleep(0.05)
         end_time = time.time() - start
         d_h, d_r = cpu_seconds(herald.pid) - cpu_h, cpu_seconds(redis.pid) - cpu_r
+        d_replica = (cpu_seconds(replica.pid) - cpu_replica) if replica else 0
         d_commands = redis_stat(redis_port, "total_commands_processed") - commands
         d_reads = redis_stat(redis_port, "total_reads_processed") - reads
         devices.close()
@@ -70,12 +82,15 @@ def main():
             "messages": total, "devices": args.devices, "batch": args.batch, "delivered": devices.received, "acked": acked,
             "accepted_per_s": round(total / accept_time), "end_to_end_per_s": round(total / end_time),
             "herald_cpu_s_per_10k": round(d_h / total * 10000, 3), "redis_cpu_s_per_10k": round(d_r / total * 10000, 3),
-            "us_per_message_total": round((d_h + d_r) / total * 1e6, 1), "redis_commands_per_message": round(d_commands / total, 2),
+            "us_per_message_total": round((d_h + d_r) / total * 1e6, 1),
+            "replica": args.replica, "wait_replicas": args.wait_replicas,
+            "replica_cpu_s_per_10k": round(d_replica / total * 10000, 3), "redis_commands_per_message": round(d_commands / total, 2),
             "redis_round_trips_per_message": round(d_reads / total, 3),
         }
         print(json.dumps(result, indent=1))
     finally:
         if herald: herald.send_signal(signal.SIGTERM); herald.wait(timeout=30)
+        if replica: replica.kill(); replica.wait()
         redis.kill(); redis.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 

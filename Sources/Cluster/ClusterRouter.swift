@@ -28,7 +28,7 @@ public final class ClusterRouter: ClusterLink {
     private let registry: ConnectionRegistry
     private let group: any EventLoopGroup
     private let logger: Logger
-    private let directory = RelayDirectory()
+    private let directory: RelayDirectory
     private let token: SecretSet
     private struct State {
         var relays: Supervisor<ContinuousClock>?
@@ -36,6 +36,10 @@ public final class ClusterRouter: ClusterLink {
         var startedPeers: [String: Member] = [:]
         /// Route writes that failed (Redis down): client id -> session, retried each tick.
         var unclaimed: [String: UInt64] = [:]
+        /// Devices with messages stored but not routed (the route lookup failed), retried each
+        /// tick; past `maxMissed`, every live node's devices re-read their queues instead.
+        var unrouted: Set<String> = []
+        var resyncEveryone = false
         var warnedDuplicateID = false
     }
     private let state = Mutex(State())
@@ -53,6 +57,7 @@ public final class ClusterRouter: ClusterLink {
         self.group = group
         self.logger = logger
         self.token = SecretSet(configuration.token.isEmpty ? [] : [configuration.token])
+        self.directory = RelayDirectory(maxWaiting: configuration.maxMissed)
     }
 
     private var myRoute: (UInt64) -> Route {
@@ -110,8 +115,10 @@ public final class ClusterRouter: ClusterLink {
                 logger.error("another live process uses this node id; give every node its own HERALD_NODE_ID", metadata: ["other": "\(twin.relayAddress)"])
             }
             await reconcileRelays(members)
+            directory.memberListRead(live: Set(members.map { RelayDirectory.Peer(nodeID: $0.nodeID, incarnation: $0.incarnation) }))
         }
         await upkeepRoutes(tick: tick)
+        await retryUnrouted()
     }
 
     /// Starts a relay for each live peer and stops those of peers that left or restarted.
@@ -143,6 +150,63 @@ public final class ClusterRouter: ClusterLink {
             logger.info("peer left the cluster; stopping its relay", metadata: ["herald.peer": "\(nodeID)"])
             try? await supervisor.terminateChild(id: "relay:\(nodeID)")
             _ = state.withLock { $0.startedPeers.removeValue(forKey: nodeID) }
+        }
+        // A peer process that is gone (left, died, or restarted as a new incarnation) may have
+        // stored messages for devices here and died before relaying them: every device here
+        // re-reads its queue once (one store read each; rare, and it closes that window).
+        let incarnations = Dictionary(peers.map { ($0.nodeID, $0.incarnation) }, uniquingKeysWith: { first, _ in first })
+        if started.values.contains(where: { incarnations[$0.nodeID] != $0.incarnation }) {
+            nudgeEveryDevice()
+        }
+    }
+
+    private func nudgeEveryDevice() {
+        for (_, connections) in registry.connectionsByEventLoop() {
+            for connection in connections { connection.nudge() }
+        }
+    }
+
+    /// Routes again the devices whose route lookup failed: a NUDGE to where they are.
+    private func retryUnrouted() async {
+        let (clientIDs, resync) = state.withLock { state in
+            defer {
+                state.unrouted = []
+                state.resyncEveryone = false
+            }
+            return (Array(state.unrouted), state.resyncEveryone)
+        }
+        if resync {
+            nudgeEveryDevice()
+            for relay in directory.all { relay.resync() }
+            return
+        }
+        guard !clientIDs.isEmpty else { return }
+        guard let found = try? await routes.lookup(clientIDs) else {
+            keepUnrouted(clientIDs)
+            return
+        }
+        var byPeer: [RelayDirectory.Peer: [String]] = [:]
+        for (clientID, route) in zip(clientIDs, found) {
+            guard let route else { continue }  // not connected: its next connection reads
+            if route.nodeID == configuration.nodeID {
+                registry.connection(for: clientID)?.nudge()
+            } else {
+                byPeer[RelayDirectory.Peer(nodeID: route.nodeID, incarnation: route.incarnation), default: []].append(clientID)
+            }
+        }
+        for (peer, clientIDs) in byPeer {
+            directory.relay(to: peer.nodeID, incarnation: peer.incarnation, orKeep: clientIDs)?.nudge(clientIDs)
+        }
+    }
+
+    private func keepUnrouted(_ clientIDs: some Sequence<String>) {
+        state.withLock { state in
+            guard !state.resyncEveryone else { return }
+            state.unrouted.formUnion(clientIDs)
+            if state.unrouted.count > configuration.maxMissed {
+                state.unrouted = []
+                state.resyncEveryone = true
+            }
         }
     }
 
@@ -209,14 +273,24 @@ public final class ClusterRouter: ClusterLink {
     }
 
     public func forward(_ messages: [StoredMessage]) {
+        guard relaying.load(ordering: .relaxed) else { return }
         Task { await self.route(messages) }
     }
+
+    /// Fault hook (`HERALD_FAULT_HOOKS`): false makes this node store messages and relay none of
+    /// them, as a process would that died right after each append.
+    public let relaying = Atomic<Bool>(true)
 
     private func route(_ messages: [StoredMessage]) async {
         var clientIDs: [String] = []
         var seen: Set<String> = []
         for message in messages where seen.insert(message.clientID).inserted { clientIDs.append(message.clientID) }
-        guard let found = try? await routes.lookup(clientIDs) else { return }  // stays stored: read on the next connection
+        guard let found = try? await routes.lookup(clientIDs) else {
+            // Stored but routed nowhere: retried on the next tick, so that a device connected
+            // elsewhere does not wait for its next connection.
+            keepUnrouted(clientIDs)
+            return
+        }
         var byClient: [String: Route] = [:]
         for (clientID, route) in zip(clientIDs, found) { byClient[clientID] = route }
         var byRelay: [ObjectIdentifier: (Relay, [StoredMessage])] = [:]
@@ -225,7 +299,8 @@ public final class ClusterRouter: ClusterLink {
             if route.nodeID == configuration.nodeID {
                 // Connected here since the push looked: deliver directly.
                 registry.connection(for: message.clientID)?.deliver(message)
-            } else if let relay = directory.relay(to: route.nodeID, incarnation: route.incarnation) {
+            } else if let relay = directory.relay(to: route.nodeID, incarnation: route.incarnation, orKeep: CollectionOfOne(message.clientID)) {
+                // (Without a relay to that process yet, the client id waits for it: NUDGEd on its first link.)
                 byRelay[ObjectIdentifier(relay), default: (relay, [])].1.append(message)
             }
         }

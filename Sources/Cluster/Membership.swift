@@ -87,20 +87,23 @@ final class Membership: Service {
     func run() async throws {
         await cancelWhenGracefulShutdown {
             var tick: UInt64 = 0
-            var failing = false
+            var failures = 0
             while !Task.isCancelled {
                 var members: [Member]?
                 do {
                     members = try await self.renew()
-                    if failing { self.logger.info("cluster membership renewed again") }
-                    failing = false
+                    if failures > 0 { self.logger.info("cluster membership renewed again") }
+                    failures = 0
                 } catch {
-                    if !failing { self.logger.warning("cluster membership renewal failed", metadata: ["error": "\(error)"]) }
-                    failing = true
+                    if failures == 0 { self.logger.warning("cluster membership renewal failed", metadata: ["error": "\(error)"]) }
+                    failures += 1
                 }
                 await self.onRefresh(members, tick)
                 tick &+= 1
-                try? await Task.sleep(for: self.configuration.refreshInterval)
+                // After a failure (typically the first try, while the Redis connections are
+                // still opening) try again soon: 50 ms, doubling up to the refresh interval.
+                let retry = Duration.milliseconds(50) * (1 << min(failures, 10))
+                try? await Task.sleep(for: failures == 0 ? self.configuration.refreshInterval : min(retry, self.configuration.refreshInterval))
             }
         }
         do {

@@ -23,7 +23,9 @@ struct HTTPAPI: Sendable {
             (.delete, "/v1/clients/{client_id}/connection"), (.get, "/v1/stats"), (.get, "/healthz"), (.get, "/readyz"),
             (.get, "/metrics"),
         ]
-        if configuration.faultHooks { routes += [(.post, "/debug/kill/{child}"), (.post, "/debug/wedge-event-loop")] }
+        if configuration.faultHooks {
+            routes += [(.post, "/debug/kill/{child}"), (.post, "/debug/wedge-event-loop"), (.post, "/debug/stop-relaying")]
+        }
         router.add(middleware: APIErrorMiddleware(keys: SecretSet(configuration.apiKeys), routes: routes))
         router.post("/v1/push") { request, _ in try await push(request) }
         router.post("/v1/push/batch") { request, _ in try await batch(request) }
@@ -37,6 +39,7 @@ struct HTTPAPI: Sendable {
         if configuration.faultHooks {
             router.post("/debug/kill/{child}") { _, context in try await kill(context) }
             router.post("/debug/wedge-event-loop") { _, _ in wedgeEventLoop() }
+            router.post("/debug/stop-relaying") { _, _ in stopRelaying() }
         }
         return router
     }
@@ -316,6 +319,13 @@ struct HTTPAPI: Sendable {
             while true { usleep(1_000_000) }
         }
         return Response(status: .accepted)
+    }
+
+    /// Fault hook: from now on this node stores pushes and relays none of them to its peers,
+    /// as if it died right after each append (the peers must still get them delivered).
+    private func stopRelaying() -> Response {
+        node.cluster?.relaying.store(false, ordering: .relaxed)
+        return Response(status: node.cluster == nil ? .notFound : .accepted)
     }
 
     /// `raw` with `%XX` escapes decoded; nil for a malformed escape or bytes that are not UTF-8.

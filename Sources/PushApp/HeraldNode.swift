@@ -79,7 +79,10 @@ final class HeraldNode: Sendable {
         if let redisConfiguration = configuration.redis {
             let client = RedisClient(configuration: redisConfiguration, group: group, logger: logger)
             redis = client
-            store = RedisPushStore(client: client, maxPending: configuration.maxPending)
+            store = RedisPushStore(
+                client: client, maxPending: configuration.maxPending, replicas: configuration.redisWaitReplicas,
+                waitTimeoutMillis: Int64(configuration.redisWaitTimeoutMillis)
+            )
             storeKind = "redis"
             let secret = configuration.clusterSecret ?? configuration.deviceJWTSecret
             if secret == nil {
@@ -207,6 +210,9 @@ final class HeraldNode: Sendable {
     func readiness() async -> (Bool, String) {
         if isDraining { return (false, "draining") }
         guard devicePort != nil, httpPort != nil else { return (false, "starting") }
+        // Until the member list has been read, no relay runs: pushes for devices on other
+        // nodes would wait for their next read (Docs/cluster.md).
+        if let cluster, !cluster.view.isKnown { return (false, "joining the cluster") }
         do {
             try await store.ping()
         } catch {

@@ -74,6 +74,7 @@ public final class RedisClient: Service, HealthReporting {
     /// Sends several commands in one write and returns their replies in order.
     public func sendAll(_ commands: [[RedisArgument]]) async throws(StoreError) -> [RESPValue] {
         guard !commands.isEmpty else { return [] }
+        if commands.count == 1 { return [try await send(commands[0])] }
         let slot = slotForCaller()
         let promises = commands.map { _ in slot.loop.makePromise(of: RESPValue.self) }
         let write: @Sendable () -> Void = {
@@ -96,18 +97,27 @@ public final class RedisClient: Service, HealthReporting {
 
     /// Runs `script`, by its SHA when Redis has it.
     public func run(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) async throws(StoreError) -> RESPValue {
+        try await run(script, keys: keys, arguments: arguments, then: [])[0]
+    }
+
+    /// Runs `script`, by its SHA when Redis has it, and then `followers` on the same connection
+    /// in the same write (e.g. `WAIT`, which then covers the script's writes). Returns the
+    /// script's reply followed by the followers' replies.
+    public func run(
+        _ script: RedisScript, keys: [String], arguments: [RedisArgument], then followers: [[RedisArgument]]
+    ) async throws(StoreError) -> [RESPValue] {
         let tail = [RedisArgument.integer(Int64(keys.count))] + keys.map { .string($0) } + arguments
         if let sha = shas.withLock({ $0[script.source] }) {
-            let reply = try await send([.string("EVALSHA"), .string(sha)] + tail)
-            guard case .error(let message) = reply, message.hasPrefix("NOSCRIPT") else { return reply }
+            let replies = try await sendAll([[.string("EVALSHA"), .string(sha)] + tail] + followers)
+            guard case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") else { return replies }
         }
-        let reply = try await send([.string("EVAL"), .string(script.source)] + tail)
-        if case .error = reply { return reply }
+        let replies = try await sendAll([[.string("EVAL"), .string(script.source)] + tail] + followers)
+        if case .error = replies[0] { return replies }
         // EVAL cached it; learn its SHA for next time.
         if case .bulk(let sha) = try await send([.string("SCRIPT"), .string("LOAD"), .string(script.source)]) {
             shas.withLock { $0[script.source] = String(buffer: sha) }
         }
-        return reply
+        return replies
     }
 
     private func slotForCaller() -> Slot {

@@ -17,15 +17,22 @@ public final class RedisPushStore: PushStore {
     private let prefix: String
     private let maxPending: Int
     private let now: @Sendable () -> Int64
+    private let replicas: Int
+    private let waitTimeoutMillis: Int64
 
     /// Creates the store. `prefix` starts every key (`herald` by default; tests use their own).
+    /// With `replicas` > 0, an append returns only once that many replicas acknowledged it
+    /// (`WAIT`, at most `waitTimeoutMillis`); otherwise it is removed again and the append fails
+    /// (Docs/store.md, "Redis Sentinel").
     public init(
-        client: RedisClient, maxPending: Int, prefix: String = "herald",
+        client: RedisClient, maxPending: Int, prefix: String = "herald", replicas: Int = 0, waitTimeoutMillis: Int64 = 500,
         now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
         self.client = client
         self.maxPending = maxPending
         self.prefix = prefix
+        self.replicas = replicas
+        self.waitTimeoutMillis = waitTimeoutMillis
         self.now = now
     }
 
@@ -61,7 +68,21 @@ public final class RedisPushStore: PushStore {
                 .bytes(message.payload),
             ]
         }
-        let reply = try await client.run(Self.appendScript, keys: devices.flatMap(keys), arguments: arguments)
+        let wait: [[RedisArgument]] = replicas > 0 ? [[.string("WAIT"), .integer(Int64(replicas)), .integer(waitTimeoutMillis)]] : []
+        let replies = try await client.run(Self.appendScript, keys: devices.flatMap(keys), arguments: arguments, then: wait)
+        let reply = replies[0]
+        // A WAIT that failed (an error reply) counts as no replica: fail closed.
+        if replicas > 0, case .array = reply, case let acknowledged = replies[1].int64 ?? 0, acknowledged < replicas {
+            // Not on enough replicas: a failover could lose it. Take it back, so that the
+            // failed request stores nothing (as protocol.md promises).
+            for device in devices {
+                let ids = messages.filter { $0.clientID == device }.map(\.id)
+                _ = try? await acknowledge(clientID: device, messageIDs: ids)
+            }
+            throw StoreError(
+                .unavailable, "not acknowledged by \(replicas) replica(s) within \(waitTimeoutMillis) ms (\(acknowledged) did); nothing was kept"
+            )
+        }
         switch reply {
         case .array(let sequences) where sequences.count == messages.count:
             return zip(messages, sequences).map { message, sequence in

@@ -32,27 +32,32 @@ struct TestCluster: Sendable {
             defer { for node in nodes { if node.process.process.isRunning { node.process.process.terminate() } } }
             for index in 0..<count {
                 let proxy = proxied.contains(index) ? try await FaultProxy.start() : nil
-                var environment = [
-                    "HERALD_NODE_ID": "node-\(index)", "HERALD_REDIS_URL": redis.url, "HERALD_TCP_ADDR": "127.0.0.1:0",
-                    "HERALD_HTTP_ADDR": "127.0.0.1:0", "HERALD_RELAY_ADDR": "127.0.0.1:0", "HERALD_RELAY_PING_S": "1",
-                    "HERALD_DRAIN_TIMEOUT_S": "1", "HERALD_CLUSTER_SECRET": "a cluster secret of at least 32 bytes",
-                ]
-                if let proxy { environment["HERALD_RELAY_ADVERTISE_ADDR"] = "127.0.0.1:\(proxy.port)" }
-                let process = try HeraldTestProcess(environment: environment)
-                let relayPort = try await process.boundPort("relay listener bound")
-                proxy?.setUpstream(port: relayPort)
-                nodes.append(
-                    ClusterMember(
-                        id: "node-\(index)", process: process, devicePort: try await process.boundPort("device listener bound"),
-                        httpPort: try await process.boundPort("HTTP API bound"), relayPort: relayPort, proxy: proxy
-                    )
-                )
+                nodes.append(try await startMember(index, redis: redis, proxy: proxy))
             }
             let cluster = TestCluster(redis: redis, nodes: nodes)
             try await cluster.waitUntilFormed()
             try await body(cluster)
             for node in nodes { await node.proxy?.close() }
         }
+    }
+
+    /// Starts the process `node-<index>` on Redis (its relay behind `proxy`, if given), with
+    /// the fault hooks on; returns once its listeners are bound.
+    static func startMember(_ index: Int, redis: RedisServer, proxy: FaultProxy? = nil) async throws -> ClusterMember {
+        var environment = [
+            "HERALD_NODE_ID": "node-\(index)", "HERALD_REDIS_URL": redis.url, "HERALD_TCP_ADDR": "127.0.0.1:0",
+            "HERALD_HTTP_ADDR": "127.0.0.1:0", "HERALD_RELAY_ADDR": "127.0.0.1:0", "HERALD_RELAY_PING_S": "1",
+            "HERALD_DRAIN_TIMEOUT_S": "1", "HERALD_CLUSTER_SECRET": "a cluster secret of at least 32 bytes",
+            "HERALD_FAULT_HOOKS": "1",
+        ]
+        if let proxy { environment["HERALD_RELAY_ADVERTISE_ADDR"] = "127.0.0.1:\(proxy.port)" }
+        let process = try HeraldTestProcess(environment: environment)
+        let relayPort = try await process.boundPort("relay listener bound")
+        proxy?.setUpstream(port: relayPort)
+        return ClusterMember(
+            id: "node-\(index)", process: process, devicePort: try await process.boundPort("device listener bound"),
+            httpPort: try await process.boundPort("HTTP API bound"), relayPort: relayPort, proxy: proxy
+        )
     }
 
     /// Every node lists every node as live, and has a relay link up to each peer.
@@ -193,6 +198,44 @@ struct ClusterTests {
             #expect(pushes.map(\.id) == Array(ids[10...]), "every unacknowledged message, in order, nothing lost")
             try await eventually("all acknowledged") { try await cluster.client("mover", via: 2).int("pending") == 0 }
             await moved.close()
+        }
+    }
+
+    @Test("a node that stored a message and left without relaying it: the device connected elsewhere gets it once the node is gone")
+    func storedNeverRelayed() async throws {
+        try await TestCluster.with(count: 2) { cluster in
+            let device = try await cluster.device("stranded", on: 0)
+            let hook = try await HTTPTestClient.post("/debug/stop-relaying", port: cluster.nodes[1].httpPort, json: "{}")
+            #expect(hook.status == 202)
+            let id = try await cluster.push("stranded", "stored, never relayed", via: 1)
+            // node-1 leaves the cluster; node-0 sees it gone at its next member-list read, and
+            // its devices re-read their queues (the message would otherwise wait for the
+            // device's next connection, or its next message).
+            cluster.nodes[1].process.process.terminate()
+            _ = try await cluster.nodes[1].process.waitForExit()
+            #expect(try await device.pushes(1).map(\.id) == [id])
+            await device.close()
+        }
+    }
+
+    @Test("a node that has just joined, before its relay links exist, still gets its first pushes to a device connected elsewhere")
+    func pushThroughJoiningNode() async throws {
+        try await TestCluster.with(count: 2) { cluster in
+            let device = try await cluster.device("early", on: 0)
+            let joining = try await TestCluster.startMember(2, redis: cluster.redis)
+            defer { joining.process.process.terminate() }
+            // As soon as its store answers: typically before its first member-list read has
+            // started a relay to node-0 (a 503 before that stores nothing).
+            var id: String?
+            try await eventually("the joining node accepts a push", poll: .milliseconds(10)) {
+                let response = try await HTTPTestClient.post(
+                    "/v1/push", port: joining.httpPort, json: #"{"client_id": "early", "data": "first"}"#
+                )
+                if response.status == 202 { id = try JSONFields(response.body).string("id") }
+                return id != nil
+            }
+            #expect(try await device.pushes(1).map(\.id) == [try #require(id)])
+            await device.close()
         }
     }
 

@@ -43,4 +43,25 @@ struct SentinelTests {
         }
         await redis.stop()
     }
+
+    @Test("HERALD_REDIS_WAIT_REPLICAS=1: a push is 202 only once a replica has it; without a replica it is 503 and nothing is kept")
+    func waitForReplica() async throws {
+        try await RedisServer.with { master in
+            try await TestNode.with(["HERALD_REDIS_URL": master.url, "HERALD_REDIS_WAIT_REPLICAS": "1", "HERALD_REDIS_WAIT_TIMEOUT_MS": "200"]) { node in
+                let lonely = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "w", "data": "alone"}"#)
+                #expect(lonely.status == 503, "\(lonely.body)")
+                #expect(lonely.body.contains("replica"))
+                #expect(try await node.pending("w") == 0, "a refused push is taken back")
+                let replica = try RedisServer(arguments: ["--replicaof", "127.0.0.1", "\(master.port)"])
+                try await replica.start()
+                defer { Task { try? await replica.stop() } }
+                // In sync as the master sees it: its own WAIT is answered by the replica.
+                try await eventually("replica in sync", poll: .milliseconds(100)) {
+                    try await master.cli(["WAIT", "1", "100"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+                }
+                try await node.push("w", "replicated")
+                #expect(try await replica.cli(["ZCARD", "herald:{w}:ids"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .executable(name: "herald", targets: ["PushApp"]),
         .library(name: "HeraldClient", targets: ["HeraldClient"]),
+        .executable(name: "herald-bench", targets: ["HeraldBench"]),
         // The wire codec alone, for the fuzz targets in Fuzz/.
         .library(name: "PushProtocol", targets: ["PushProtocol"]),
     ],
@@ -111,6 +112,16 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The load generator: devices through the client library; never imports PushApp.
+        .executableTarget(
+            name: "HeraldBench",
+            dependencies: [
+                "HeraldClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),

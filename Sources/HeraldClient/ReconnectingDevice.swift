@@ -7,17 +7,32 @@ import NIOPosix
 ///
 /// It stops for good after ERROR 409: another connection with the same client id took over
 /// (protocol.md rule 5), and reconnecting would only take it back, back and forth.
+///
+/// With several `servers`, a device whose connection failed or was lost tries another one,
+/// chosen at random, so that the devices of a node that died spread over the others.
 public struct ReconnectingDevice: Sendable {
-    /// The connection settings (auto-acknowledge is managed here).
+    /// Whether the device is connected, as `run` reports it.
+    public enum State: Sendable, Hashable {
+        /// Past WELCOME, on this node.
+        case connected(nodeID: String)
+        /// The connection ended (or a connection attempt failed after a connected state).
+        case disconnected
+    }
+
+    /// The connection settings (auto-acknowledge is managed here; host and port are the first
+    /// of `servers`).
     public var configuration: DeviceClientConfiguration
-    /// The first backoff delay.
+    /// The servers (host, port) to connect to; the configuration's first.
+    public var servers: [(host: String, port: Int)]
+    /// The first backoff delay, and the spread of reconnects after a lost connection.
     public var initialBackoff: Duration = .milliseconds(500)
     /// The longest backoff delay.
     public var maxBackoff: Duration = .seconds(30)
 
-    /// Creates a device.
-    public init(configuration: DeviceClientConfiguration) {
+    /// Creates a device; `alternates` are further servers to try.
+    public init(configuration: DeviceClientConfiguration, alternates: [(host: String, port: Int)] = []) {
         self.configuration = configuration
+        self.servers = [(configuration.host, configuration.port)] + alternates
     }
 
     /// The delay before attempt `attempt` (0-based): full jitter over an exponential ceiling.
@@ -29,19 +44,26 @@ public struct ReconnectingDevice: Sendable {
     /// Runs until cancelled, or until another connection of the same client id replaces it.
     public func run(
         onPush: @Sendable (String, ByteBuffer) async -> Void,
-        onEvent: @Sendable (String) -> Void = { _ in }
+        onEvent: @Sendable (String) -> Void = { _ in },
+        onState: @Sendable (State) -> Void = { _ in }
     ) async {
         var attempt = 0
         var configuration = configuration
         configuration.autoAcknowledge = false
+        var server = 0
         var replaced = false
         while !Task.isCancelled, !replaced {
-            var delay = Self.backoff(attempt: attempt, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0.5...1))
+            // Full jitter: the devices of one dead node come back spread over the whole delay,
+            // not all at once (a reconnect storm is what brings the surviving nodes down).
+            var delay = Self.backoff(attempt: attempt, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0...1))
+            (configuration.host, configuration.port) = servers[server]
             do {
                 let client = try await DeviceClient.connect(configuration)
                 onEvent("connected to \(configuration.host):\(configuration.port) (node \(client.nodeID), heartbeat \(client.heartbeatSeconds) s)")
+                onState(.connected(nodeID: client.nodeID))
+                defer { onState(.disconnected) }
                 attempt = 0
-                delay = initialBackoff
+                delay = Self.backoff(attempt: 0, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0...1))
                 for await event in client.events {
                     switch event {
                     case .push(let id, let payload):
@@ -49,7 +71,8 @@ public struct ReconnectingDevice: Sendable {
                         client.acknowledge(id)
                     case .goaway(let after, let reason):
                         onEvent("server draining (\(reason)); reconnecting in \(after) ms")
-                        delay = .milliseconds(Int64(after))
+                        // After the server's hint, spread like any reconnect.
+                        delay = .milliseconds(Int64(after)) + Self.backoff(attempt: 0, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0...1))
                         await client.close()
                     case .error(let code, let reason):
                         onEvent("server error \(code): \(reason)")
@@ -63,6 +86,9 @@ public struct ReconnectingDevice: Sendable {
             } catch {
                 attempt += 1
                 onEvent("connect failed: \(error); retrying in \(delay)")
+            }
+            if servers.count > 1 {
+                server = (server + Int.random(in: 1..<servers.count)) % servers.count
             }
             if replaced {
                 onEvent("replaced by another connection of this client id; not reconnecting")

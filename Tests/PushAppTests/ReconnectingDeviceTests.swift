@@ -41,6 +41,30 @@ struct ReconnectingDeviceTests {
         }
     }
 
+    @Test("with several servers, a device whose connection ends comes back on another one")
+    func movesToAnotherServer() async throws {
+        try await TestNode.with(["HERALD_NODE_ID": "first"]) { first in
+            try await TestNode.with(["HERALD_NODE_ID": "second"]) { second in
+                let states = EventLog()
+                var configured = ReconnectingDevice(
+                    configuration: DeviceClientConfiguration(port: first.devicePort, clientID: "roamer"),
+                    alternates: [("127.0.0.1", second.devicePort)]
+                )
+                configured.initialBackoff = .milliseconds(50)
+                let device = configured
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { await device.run(onPush: { _, _ in }, onState: { states.append("\($0)") }) }
+                    try await states.wait(until: #"connected(nodeID: "first")"#)
+                    _ = try await HTTPTestClient.request(.DELETE, "/v1/clients/roamer/connection", port: first.httpPort)
+                    try await states.wait(until: "disconnected")
+                    try await states.wait(until: #"connected(nodeID: "second")"#)
+                    #expect(second.node.registry.count == 1)
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+
     @Test("replaced by another connection of its client id (ERROR 409), it stops instead of taking the id back")
     func stopsWhenReplaced() async throws {
         try await TestNode.with { node in

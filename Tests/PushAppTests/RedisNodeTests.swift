@@ -66,7 +66,11 @@ struct RedisNodeTests {
                     return response.status == 202
                 }
                 #expect(try await device.pushes(1)[0].text == "back")
-                #expect(try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 200)
+                // Ready again once the store answers and (in a cluster) the member list has been
+                // read once, which is retried within a refresh interval (2 s).
+                try await eventually("ready again", timeout: .seconds(5)) {
+                    try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 200
+                }
                 await device.close()
             }
         }

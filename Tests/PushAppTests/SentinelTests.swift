@@ -47,7 +47,7 @@ struct SentinelTests {
     @Test("HERALD_REDIS_WAIT_REPLICAS=1: a push is 202 only once a replica has it; without a replica it is 503 and nothing is kept")
     func waitForReplica() async throws {
         try await RedisServer.with { master in
-            try await TestNode.with(["HERALD_REDIS_URL": master.url, "HERALD_REDIS_WAIT_REPLICAS": "1", "HERALD_REDIS_WAIT_TIMEOUT_MS": "200"]) { node in
+            try await TestNode.with(["HERALD_REDIS_URL": master.url, "HERALD_REDIS_WAIT_REPLICAS": "1", "HERALD_REDIS_WAIT_TIMEOUT_MS": "900"]) { node in
                 let lonely = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "w", "data": "alone"}"#)
                 #expect(lonely.status == 503, "\(lonely.body)")
                 #expect(lonely.body.contains("replica"))

@@ -189,9 +189,15 @@ public actor Connection {
             helloTimer?.cancel()
             helloTimer = nil
             guard !draining else { return fail(.unavailable, "server is draining") }
+            let limiter = services.authFailures
+            let address = remoteHost
+            guard limiter.allows(address, nowNanoseconds: Self.nanosecondsNow()) else {
+                return fail(.tooManyRequests, "too many failed authentications from this address")
+            }
             let authenticator = services.authenticator
             Task { [self] in
                 let accepted = await authenticator.authenticate(clientID: clientID, token: token)
+                if !accepted { limiter.failed(address, nowNanoseconds: Self.nanosecondsNow()) }
                 authenticationFinished(accepted)
             }
         case .acknowledge(let messageID, let fetch):
@@ -200,6 +206,15 @@ public actor Connection {
         case .fail(let code, let reason):
             fail(code, reason)
         }
+    }
+
+    /// The peer's IP address, without its port ("?" if the socket no longer knows it).
+    private var remoteHost: String {
+        channel.remoteAddress?.ipAddress ?? "?"
+    }
+
+    private static func nanosecondsNow() -> Int64 {
+        Int64(truncatingIfNeeded: NIODeadline.now().uptimeNanoseconds)
     }
 
     private func authenticationFinished(_ accepted: Bool) {

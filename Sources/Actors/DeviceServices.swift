@@ -17,14 +17,18 @@ public final class DeviceServices: Sendable {
     public let logger: Logger
     /// The route table and relays (`LoneNode` without a cluster).
     public let cluster: any ClusterLink
+    /// Failed authentications per remote address (ERROR 429 past its budget).
+    public let authFailures: AuthFailureLimiter
     private let sessions = Atomic<UInt64>(0)
 
     /// Creates the shared services.
     public init(
         configuration: SessionConfiguration, store: any PushStore, registry: ConnectionRegistry,
-        authenticator: any DeviceAuthenticator, metrics: NodeMetrics, logger: Logger, cluster: any ClusterLink = LoneNode()
+        authenticator: any DeviceAuthenticator, metrics: NodeMetrics, logger: Logger, cluster: any ClusterLink = LoneNode(),
+        authFailures: AuthFailureLimiter = AuthFailureLimiter(burst: 0)
     ) {
         self.cluster = cluster
+        self.authFailures = authFailures
         self.configuration = configuration
         self.store = store
         self.registry = registry

@@ -108,7 +108,8 @@ final class HeraldNode: Sendable {
         router = MessageRouter(nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link)
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,
-            authenticator: authenticator, metrics: metrics, logger: logger, cluster: link
+            authenticator: authenticator, metrics: metrics, logger: logger, cluster: link,
+            authFailures: AuthFailureLimiter(burst: configuration.maxAuthFailures)
         )
         let root = Supervisor(
             name: "herald", strategy: .oneForOne, intensity: RestartIntensity(maxRestarts: 5, period: .seconds(30)),
@@ -265,10 +266,14 @@ final class HeraldNode: Sendable {
     private func makeHTTPServer() -> some Service {
         // A restarted server binds the port its predecessor had (port 0 resolves once).
         let port = httpPort ?? configuration.httpAddress.port
+        let idleTimeout = TimeAmount.seconds(Int64(configuration.httpIdleTimeoutSeconds))
         return Application(
             router: HTTPAPI(node: self).router(),
             // A connection with no request for HERALD_HTTP_IDLE_TIMEOUT_S is closed: idle sockets do not pile up.
-            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(configuration.httpIdleTimeoutSeconds)))),
+            // The same bound for a request's body, once its head is in (RequestDeadlineHandler).
+            server: .http1(
+                configuration: .init(additionalChannelHandlers: [RequestDeadlineHandler(timeout: idleTimeout)], idleTimeout: idleTimeout)
+            ),
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.httpAddress.host, port: port), serverName: "herald"
             ),

@@ -95,6 +95,28 @@ struct HostileInputTests {
         }
     }
 
+    @Test("slowloris on the HTTP port: a request head or body sent a byte at a time is closed after the idle timeout, and stores nothing")
+    func slowHTTPRequest() async throws {
+        try await TestNode.with(["HERALD_HTTP_IDLE_TIMEOUT_S": "1"]) { node in
+            let body = Array(#"{"client_id": "slow", "data": "dripped"}"#.utf8)
+            let head = Array("POST /v1/push HTTP/1.1\r\nHost: herald\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
+            for (name, prefix, drip) in [("head", [UInt8](), head), ("body", head, body)] {
+                let slow = try await RawConnection.connect(port: node.httpPort)
+                try await slow.send(prefix)
+                // A byte every 200 ms: each arrives well inside the 1 s idle timeout.
+                let start = ContinuousClock.now
+                for byte in drip.dropLast() where !slow.isClosed {
+                    try? await slow.send([byte])
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+                _ = try await slow.waitForClose(timeout: .seconds(10))
+                #expect(slow.isClosed, "the \(name) trickled in for \(ContinuousClock.now - start)")
+                #expect(ContinuousClock.now - start < .seconds(5), "closed about the idle timeout after the \(name) began")
+            }
+            #expect(try await node.pending("slow") == 0)
+        }
+    }
+
     @Test("an HTTP connection that sends nothing is closed after the idle timeout")
     func idleHTTPConnection() async throws {
         try await TestNode.with(["HERALD_HTTP_IDLE_TIMEOUT_S": "1"]) { node in

@@ -127,6 +127,27 @@ struct SessionRuleTests {
         }
     }
 
+    @Test("a flood of HELLOs with bad tokens from one address is cut off with 429; other addresses are still served")
+    func badTokenFlood() async throws {
+        try await TestNode.with(["HERALD_DEVICE_JWT_SECRET": secret, "HERALD_MAX_AUTH_FAILURES": "5"]) { node in
+            for _ in 0..<5 {
+                await #expect(throws: DeviceClientError.rejected(code: 401, reason: "authentication failed")) {
+                    _ = try await node.device("mallory", token: "not.a.jwt")
+                }
+            }
+            let cutOff = DeviceClientError.rejected(code: 429, reason: "too many failed authentications from this address")
+            await #expect(throws: cutOff) { _ = try await node.device("mallory", token: "not.a.jwt") }
+            // While its budget refills (5 a minute), the address is refused even with a good token.
+            let good = try await token(sub: "alice")
+            await #expect(throws: cutOff) { _ = try await node.device("alice", token: good) }
+            let elsewhere = try await DeviceClient.connect(
+                DeviceClientConfiguration(port: node.devicePort, clientID: "alice", token: good, localHost: "127.0.0.2")
+            )
+            #expect(elsewhere.nodeID == "test-node")
+            await elsewhere.close()
+        }
+    }
+
     @Test("with a secret, a valid HS256 token whose sub is the client id is accepted")
     func validToken() async throws {
         try await TestNode.with(["HERALD_DEVICE_JWT_SECRET": secret]) { node in

@@ -40,6 +40,10 @@ final class DeviceListener: Service, HealthReporting {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
+            // NIO keeps each channel's last receive buffer for reuse: sized for a device's
+            // small frames (it grows by itself for a burst of ACKs), an idle connection keeps
+            // 256 bytes rather than 2 KiB.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let connection = Connection(channel: channel, services: services)

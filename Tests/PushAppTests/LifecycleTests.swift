@@ -21,7 +21,10 @@ final class HeraldTestProcess: @unchecked Sendable {
     init(arguments: [String] = ["serve"], environment: [String: String]) throws {
         process.executableURL = heraldBinary
         process.arguments = arguments
-        process.environment = environment.merging(["PATH": "/usr/bin:/bin"]) { $1 }
+        var inherited = ["PATH": "/usr/bin:/bin"]
+        // scripts/test ends whatever carries its mark if the test runner dies half-way.
+        if let run = ProcessInfo.processInfo.environment["HERALD_TEST_RUN"] { inherited["HERALD_TEST_RUN"] = run }
+        process.environment = environment.merging(inherited) { $1 }
         process.standardError = errorPipe
         process.standardOutput = FileHandle.nullDevice
         errorPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in

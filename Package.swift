@@ -17,6 +17,8 @@ let package = Package(
         .executable(name: "herald-bench", targets: ["HeraldBench"]),
         // The wire codec alone, for the fuzz targets in Fuzz/.
         .library(name: "PushProtocol", targets: ["PushProtocol"]),
+        // The domain actors and the in-memory store, for the micro-benchmarks in Benchmarks/.
+        .library(name: "HeraldActors", targets: ["Actors"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -160,9 +160,12 @@ public final class ClusterRouter: ClusterLink {
         }
     }
 
+    /// Has every device here re-read its queue: one task per event loop, not one per connection.
     private func nudgeEveryDevice() {
-        for (_, connections) in registry.connectionsByEventLoop() {
-            for connection in connections { connection.nudge() }
+        for (loop, connections) in registry.connectionsByEventLoop() {
+            loop.execute {
+                for connection in connections { connection.nudge() }
+            }
         }
     }
 
@@ -350,9 +353,7 @@ public final class ClusterRouter: ClusterLink {
         case .nudge(let clientID):
             registry.connection(for: clientID)?.nudge()
         case .resync:
-            for (_, connections) in registry.connectionsByEventLoop() {
-                for connection in connections { connection.nudge() }
-            }
+            nudgeEveryDevice()
         case .broadcast(let messageID, let payload):
             registry.broadcast(messageID: messageID, payload: payload)
         case .kick(let clientID, let routeText, let replaced):

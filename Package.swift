@@ -34,6 +34,8 @@ let package = Package(
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
         // Already built for jwt-kit; Herald uses its HMAC for the relay links' token.
         .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        // herald-bench's latency percentiles (HdrHistogram; small: swift-numerics only).
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // The frames of protocol.md and a sans-IO codec. NIOCore only.
@@ -119,13 +121,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The load generator: devices through the client library; never imports PushApp.
+        // The load generator: devices through the client library and the wire codec, the
+        // publisher through NIO's HTTP/1 client codec; never imports PushApp.
         .executableTarget(
             name: "HeraldBench",
             dependencies: [
                 "HeraldClient",
+                "PushProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings
         ),

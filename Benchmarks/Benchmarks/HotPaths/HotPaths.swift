@@ -1,11 +1,20 @@
 import Actors
 import Benchmark
+import CoreMetrics
+import Foundation
+import Logging
 import NIOCore
+import NIOEmbedded
 import PushProtocol
 
-/// The device codec and the in-memory store, per operation (Docs/benchmarks.md).
+/// The device codec, the registry and the in-memory store, per operation (Docs/benchmarks.md).
+/// `HERALD_BENCH_SMOKE=1` runs each benchmark a few times only (CI keeps them working).
 let benchmarks: @Sendable () -> Void = {
-    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .cpuTotal, .mallocCountTotal, .throughput], maxDuration: .seconds(2))
+    let smoke = ProcessInfo.processInfo.environment["HERALD_BENCH_SMOKE"] != nil
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .cpuTotal, .mallocCountTotal, .throughput],
+        maxDuration: smoke ? .milliseconds(50) : .seconds(2), maxIterations: smoke ? 10 : 1_000_000
+    )
 
     // 64 ACK frames in one read: what a device sends back for a full window.
     var acks = ByteBuffer()
@@ -44,6 +53,24 @@ let benchmarks: @Sendable () -> Void = {
             let stored = try store.append([NewMessage(clientID: "device", id: id, payload: payload, expiresAtMillis: Int64.max)])
             blackHole(store.pending(for: "device", after: stored[0].sequence - 1, limit: 64))
             precondition(store.acknowledge(clientID: "device", messageIDs: [id]) == 1)
+        }
+    }
+
+    // The registry as a push finds its device: 10,000 registered connections, one lookup.
+    let services = DeviceServices(
+        configuration: SessionConfiguration(nodeID: "bench"), store: store, registry: ConnectionRegistry(),
+        authenticator: OpenDeviceAuthenticator(), metrics: NodeMetrics(factory: NOOPMetricsHandler.instance), logger: Logger(label: "bench")
+    )
+    let loop = EmbeddedEventLoop()
+    let ids = (0..<10_000).map { "device-\($0)" }
+    for id in ids {
+        _ = services.registry.register(id, Connection(channel: EmbeddedChannel(loop: loop), services: services))
+    }
+    Benchmark("registry: look up one of 10,000 connected devices") { benchmark in
+        var index = 0
+        for _ in benchmark.scaledIterations {
+            index = (index &+ 7919) % ids.count
+            blackHole(services.registry.connection(for: ids[index]))
         }
     }
 }

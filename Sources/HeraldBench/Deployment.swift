@@ -1,0 +1,185 @@
+import ArgumentParser
+import Foundation
+
+/// Where the servers under test come from: started by the bench (a release `herald`, and a
+/// `redis-server` when asked), or already running (`--target`).
+struct ServerOptions: ParsableArguments {
+    @Option(help: "The herald binary to start (default: the one next to herald-bench).")
+    var herald: String?
+
+    @Flag(help: "Start a redis-server (no persistence) and run the nodes on the Redis store.")
+    var redis = false
+
+    @Option(help: "The redis-server binary.")
+    var redisServer = "redis-server"
+
+    @Option(parsing: .singleValue, help: ArgumentHelp(
+        "A running node instead of starting one: host:device-port:http-port[:pid] (the pid, to read its CPU and memory). Repeat for a cluster.",
+        valueName: "node"))
+    var target: [String] = []
+
+    @Option(help: "A running Redis's pid, to count its CPU (with --target).")
+    var targetRedisPid: Int32?
+
+    @Option(help: "API key for a --target node's HTTP API.")
+    var apiKey: String?
+
+    @Option(parsing: .singleValue, help: ArgumentHelp("Extra environment for the nodes the bench starts (NAME=VALUE; repeatable).", valueName: "env"))
+    var nodeEnv: [String] = []
+}
+
+/// One node under test.
+struct Node: Sendable {
+    var host: String
+    var devicePort: Int
+    var httpPort: Int
+    var pid: Int32?
+}
+
+/// The servers of one run; `stop()` ends whatever the bench started, by PID.
+final class Deployment: Sendable {
+    let nodes: [Node]
+    let redisPID: Int32?
+    let apiKey: String?
+    private let children: [ChildProcess]
+    private let directory: String?
+
+    private init(nodes: [Node], redisPID: Int32?, apiKey: String?, children: [ChildProcess], directory: String?) {
+        self.nodes = nodes
+        self.redisPID = redisPID
+        self.apiKey = apiKey
+        self.children = children
+        self.directory = directory
+    }
+
+    /// Starts `count` nodes (on one Redis when `options.redis` or `count > 1`) or takes the targets.
+    static func start(_ options: ServerOptions, nodes count: Int, extraEnvironment: [String: String] = [:]) async throws -> Deployment {
+        if !options.target.isEmpty {
+            let nodes = try options.target.map { entry -> Node in
+                let parts = entry.split(separator: ":").map(String.init)
+                guard parts.count >= 3, let device = Int(parts[1]), let http = Int(parts[2]) else {
+                    throw ValidationError("--target is host:device-port:http-port[:pid], not \(entry)")
+                }
+                return Node(host: parts[0], devicePort: device, httpPort: http, pid: parts.count > 3 ? Int32(parts[3]) : nil)
+            }
+            guard nodes.count >= count else { throw ValidationError("this scenario needs \(count) --target nodes") }
+            let deployment = Deployment(nodes: nodes, redisPID: options.targetRedisPid, apiKey: options.apiKey, children: [], directory: nil)
+            try await deployment.waitReady()
+            return deployment
+        }
+        let herald = options.herald ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("herald").path
+        guard FileManager.default.isExecutableFile(atPath: herald) else {
+            throw ValidationError("no herald binary at \(herald): build it (swift build -c release --product herald) or pass --herald")
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-bench-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var children: [ChildProcess] = []
+        do {
+            var environment = extraEnvironment
+            for entry in options.nodeEnv {
+                guard let equals = entry.firstIndex(of: "=") else { throw ValidationError("--node-env is NAME=VALUE, not \(entry)") }
+                environment[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
+            }
+            var redisPID: Int32?
+            if options.redis || count > 1 {
+                let port = try freePort()
+                let redis = try ChildProcess(name: "redis-server", executable: try which(options.redisServer), arguments: [
+                    "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no",
+                    "--logfile", "\(directory)/redis.log",
+                ])
+                children.append(redis)
+                redisPID = redis.pid
+                environment["HERALD_REDIS_URL"] = "redis://127.0.0.1:\(port)"
+                try await waitUntil("redis-server on port \(port)", stall: .seconds(10), progress: { 0 }) { answers(port: port) }
+            }
+            var nodes: [Node] = []
+            for index in 0..<count {
+                let (device, http, relay) = (try freePort(), try freePort(), try freePort())
+                var env = [
+                    "HERALD_NODE_ID": "bench-n\(index)", "HERALD_TCP_ADDR": "127.0.0.1:\(device)", "HERALD_HTTP_ADDR": "127.0.0.1:\(http)",
+                    "HERALD_RELAY_ADDR": "127.0.0.1:\(relay)", "HERALD_CLUSTER_SECRET": "herald-bench-cluster-secret-of-32-bytes-or-more",
+                    "HERALD_LOG_LEVEL": "error", "HERALD_MAX_PENDING": "10000000", "HERALD_MAX_FRAME_RATE": "1000000",
+                    "HERALD_HEARTBEAT_MIN_S": "1",
+                ]
+                env.merge(environment) { $1 }
+                let child = try ChildProcess(name: "herald n\(index)", executable: herald, arguments: ["serve"], environment: env)
+                children.append(child)
+                nodes.append(Node(host: "127.0.0.1", devicePort: device, httpPort: http, pid: child.pid))
+            }
+            let deployment = Deployment(nodes: nodes, redisPID: redisPID, apiKey: nil, children: children, directory: directory)
+            try await deployment.waitReady()
+            return deployment
+        } catch {
+            for child in children.reversed() { await child.stop(signal: SIGKILL) }
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+    }
+
+    /// Waits until every node's `/readyz` answers 200 (and, in a cluster, sees every node).
+    private func waitReady() async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        for node in nodes {
+            func check() throws {
+                if let child = children.first(where: { $0.pid == node.pid }), !child.isRunning { throw BenchError("\(child.name) exited") }
+                guard ContinuousClock.now < deadline else { throw BenchError("node \(node.host):\(node.httpPort) not ready in 30 s") }
+            }
+            var connection: HTTPConnection?
+            while connection == nil {
+                try check()
+                connection = try? await HTTPConnection.connect(host: node.host, port: node.httpPort, apiKey: apiKey)
+                if connection == nil { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            guard let connection else { continue }
+            do {
+                while try await connection.request(.GET, "/readyz").status != 200 {
+                    try check()
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                while nodes.count > 1, !(try await connection.request(.GET, "/v1/stats").body.contains("\"live_nodes\":\(nodes.count)")) {
+                    try check()
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            } catch {
+                await connection.close()
+                throw error
+            }
+            await connection.close()
+        }
+    }
+
+    /// CPU seconds of every server process (nodes and Redis) whose pid is known.
+    func serverCPU() -> (nodes: [Double], redis: Double?) {
+        (nodes.compactMap { $0.pid.flatMap(ProcFS.cpuSeconds) }, redisPID.flatMap(ProcFS.cpuSeconds))
+    }
+
+    func stop() async {
+        for child in children.reversed() { await child.stop() }
+        if let directory { try? FileManager.default.removeItem(atPath: directory) }
+    }
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port` (a blocking connect on
+/// loopback: answered or refused at once).
+private func answers(port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+}
+
+/// The path of `command` on PATH (or `command` itself if it holds a slash).
+private func which(_ command: String) throws -> String {
+    if command.contains("/") { return command }
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for directory in path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"] where access("\(directory)/\(command)", X_OK) == 0 {
+        return "\(directory)/\(command)"
+    }
+    throw ValidationError("\(command) not found on PATH (apt-get install redis-server)")
+}

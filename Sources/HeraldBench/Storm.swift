@@ -1,0 +1,89 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+import HeraldClient
+import Synchronization
+
+/// Many devices that stay connected and reconnect the way the client library does; for
+/// connection storms (scripts/fault-suite `connection-storm`).
+struct Storm: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Connect many reconnecting devices and report, as JSON lines, how many are connected.",
+        discussion: """
+            Every device starts on the server at --first and, when its connection fails or ends,
+            moves to another of --servers at random after the library's jittered backoff. One
+            JSON object per --report-ms on standard output: seconds since start, devices
+            connected now, successful connects so far, PUSH frames received. Runs until killed.
+            """
+    )
+
+    @Option(help: "Device ports, host:port, comma-separated.") var servers: String
+    @Option(help: "Index in --servers of the server every device connects to first.") var first = 0
+    @Option(help: "How many devices.") var devices = 15_000
+    @Option(help: "Client ids are <prefix><n>.") var prefix = "storm-"
+    @Option(help: "Local addresses to connect from, comma-separated (each holds ~28,000 ports).") var localHosts = ""
+    @Option(help: "Heartbeat to ask for, in seconds.") var heartbeat: UInt16 = 600
+    @Option(help: "First connects per second (the ramp up, not the storm).") var rampPerSecond = 5_000
+    @Option(help: "Report interval in milliseconds.") var reportMs = 200
+
+    func run() async throws {
+        raiseOpenFileLimit()
+        let addresses = try servers.split(separator: ",").map { entry -> (host: String, port: Int) in
+            guard let colon = entry.lastIndex(of: ":"), let port = Int(entry[entry.index(after: colon)...]) else {
+                throw ValidationError("bad server address \(entry)")
+            }
+            return (String(entry[..<colon]), port)
+        }
+        guard addresses.indices.contains(first) else { throw ValidationError("--first out of range") }
+        let locals = localHosts.split(separator: ",").map(String.init)
+        let counters = StormCounters()
+        let start = ContinuousClock.now
+        let interval = Duration.milliseconds(reportMs)
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    let elapsed = ContinuousClock.now - start
+                    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                    print(
+                        #"{"t": \#((seconds * 1000).rounded() / 1000), "connected": \#(counters.connected.load(ordering: .relaxed)), "#
+                            + #""connects": \#(counters.connects.load(ordering: .relaxed)), "pushes": \#(counters.pushes.load(ordering: .relaxed))}"#
+                    )
+                    fflush(nil)
+                    try? await Task.sleep(for: interval)
+                }
+            }
+            let batch = max(1, rampPerSecond / 20)
+            for index in 0..<devices {
+                if index > 0, index % batch == 0 { try? await Task.sleep(for: .milliseconds(50)) }
+                var configuration = DeviceClientConfiguration(
+                    host: addresses[first].host, port: addresses[first].port, clientID: "\(prefix)\(index)",
+                    heartbeatSeconds: heartbeat, localHost: locals.isEmpty ? nil : locals[index % locals.count]
+                )
+                configuration.sendsPings = true
+                let alternates = addresses.enumerated().filter { $0.offset != first }.map(\.element)
+                let device = ReconnectingDevice(configuration: configuration, alternates: alternates)
+                group.addTask {
+                    await device.run(
+                        onPush: { _, _ in counters.pushes.add(1, ordering: .relaxed) },
+                        onState: { state in
+                            switch state {
+                            case .connected:
+                                counters.connected.add(1, ordering: .relaxed)
+                                counters.connects.add(1, ordering: .relaxed)
+                            case .disconnected:
+                                counters.connected.subtract(1, ordering: .relaxed)
+                            }
+                        }
+                    )
+                }
+            }
+        }
+    }
+}
+
+final class StormCounters: Sendable {
+    let connected = Atomic<Int>(0)
+    let connects = Atomic<Int>(0)
+    let pushes = Atomic<Int>(0)
+}

@@ -120,14 +120,25 @@ public final class RedisClient: Service, HealthReporting {
         return replies
     }
 
+    /// The caller's own loop's connection when it is up; otherwise (the caller is not on a
+    /// loop, or its loop's connection is still opening or reconnecting) the next one that is.
+    /// Every caller awaits its reply before its next command, so moving to another connection
+    /// never reorders one caller's commands. With none up, the caller's own, which fails.
     private func slotForCaller() -> Slot {
+        var start: Int
         if let current = MultiThreadedEventLoopGroup.currentEventLoop,
-            let slot = slots.first(where: { $0.loop === current })
+            let index = slots.firstIndex(where: { $0.loop === current })
         {
-            return slot
+            start = index
+        } else {
+            start = next.add(1, ordering: .relaxed).newValue
         }
-        let index = next.add(1, ordering: .relaxed).newValue
-        return slots[index % slots.count]
+        start %= slots.count
+        for offset in slots.indices {
+            let slot = slots[(start + offset) % slots.count]
+            if slot.channel.withLock({ $0 != nil }) { return slot }
+        }
+        return slots[start]
     }
 
     private static func send(_ arguments: [RedisArgument], on slot: Slot, promise: EventLoopPromise<RESPValue>) {
@@ -165,7 +176,10 @@ public final class RedisClient: Service, HealthReporting {
             do {
                 let channel = try await connect(on: slot.loop)
                 slot.channel.withLock { $0 = channel }
-                if attempt > 0 { logger.notice("redis connection restored", metadata: ["redis": "\(configuration.host):\(configuration.port)"]) }
+                if attempt > 0 {
+                    let endpoint = currentMaster.withLock { $0 } ?? RedisConfiguration.Endpoint(host: configuration.host, port: configuration.port)
+                    logger.notice("redis connection restored", metadata: ["redis": "\(endpoint)"])
+                }
                 attempt = 0
                 try? await withTaskCancellationHandler {
                     try await channel.closeFuture.get()

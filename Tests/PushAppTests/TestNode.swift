@@ -1,3 +1,4 @@
+import Foundation
 import HeraldClient
 import HeraldTestSupport
 import Logging
@@ -30,7 +31,8 @@ struct TestNode: Sendable {
         values.merge(environment) { $1 }
         let configuration = try NodeConfiguration.load(values)
         var logger = Logger(label: "test-node")
-        logger.logLevel = .critical
+        // HERALD_TEST_LOG=debug (or info, ...) shows the in-process node's log when chasing a failure.
+        logger.logLevel = ProcessInfo.processInfo.environment["HERALD_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
         let node = await HeraldNode.make(configuration: configuration, logger: logger)
         try await testGracefulShutdown { trigger in
             try await withThrowingTaskGroup(of: Void.self) { group in

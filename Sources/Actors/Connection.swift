@@ -27,7 +27,8 @@ public actor Connection {
     private var lastReceived: NIODeadline
     private var heartbeat: TimeAmount = .seconds(30)
     private var helloTimer: Scheduled<Void>?
-    private var heartbeatTimer: Scheduled<Void>?
+    /// The loop's heartbeat sweep, once the session is watched by it.
+    private var sweep: LoopSweep?
     private var stallTimer: Scheduled<Void>?
     /// Token bucket for non-ACK frames: tokens left, and when they were last counted.
     private var frameTokens: Int32
@@ -91,7 +92,8 @@ public actor Connection {
         machine.closed()
         closing = true
         helloTimer?.cancel()
-        heartbeatTimer?.cancel()
+        sweep?.remove(self)
+        sweep = nil
         stallTimer?.cancel()
         services.metrics.connectionOpened(-1)
         if let clientID = registeredClientID {
@@ -232,7 +234,9 @@ public actor Connection {
                 .encoded(allocator: channel.allocator),
             promise: nil
         )
-        scheduleHeartbeatCheck()
+        let sweep = services.heartbeats.sweep(for: eventLoop)
+        sweep.add(self)
+        self.sweep = sweep
         // The first read waits for the route table to name this connection: a message stored
         // before the route write is found by this read, one stored after it is routed here.
         let cluster = services.cluster
@@ -338,24 +342,13 @@ public actor Connection {
         fail(.helloTimeout, "no HELLO within \(services.configuration.helloTimeout.nanoseconds / 1_000_000_000) s")
     }
 
-    /// Closes a device silent for 2 x heartbeat; checks again exactly when that could next be true.
-    private func scheduleHeartbeatCheck() {
-        let deadline = lastReceived + heartbeat * 2
-        heartbeatTimer = eventLoop.scheduleTask(deadline: deadline) { [self] in
-            assumeIsolated { connection in
-                guard !connection.closing else { return }
-                if NIODeadline.now() >= connection.lastReceived + connection.heartbeat * 2 {
-                    connection.services.logger.debug(
-                        "closing silent connection", metadata: ["herald.client": "\(connection.machine.clientID ?? "")"]
-                    )
-                    connection.machine.closed()
-                    connection.closing = true
-                    connection.channel.close(promise: nil)
-                } else {
-                    connection.scheduleHeartbeatCheck()
-                }
-            }
-        }
+    /// Closes a device silent for 2 x heartbeat (the loop's sweep calls this once a second).
+    func checkHeartbeat(now: NIODeadline) {
+        guard !closing, now >= lastReceived + heartbeat * 2 else { return }
+        services.logger.debug("closing silent connection", metadata: ["herald.client": "\(machine.clientID ?? "")"])
+        machine.closed()
+        closing = true
+        channel.close(promise: nil)
     }
 
     private func stalled() {

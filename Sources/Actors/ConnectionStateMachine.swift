@@ -120,16 +120,16 @@ public struct ConnectionStateMachine: Sendable {
             return .none
         case (.authenticating, .ack):
             return .none
-        case (.active(var session), .ack(let id)):
-            guard let index = session.inflight.firstIndex(of: id) else {
-                // Not sent on this connection: it may be from an earlier one. The store removes
-                // only this device's own messages, so passing it on is safe.
-                return .acknowledge(messageID: id, then: nil)
-            }
-            session.inflight.remove(at: index)
-            let fetch = nextFetch(&session)
-            state = .active(session)
-            return .acknowledge(messageID: id, then: fetch)
+        case (.active, .ack(let id)):
+            return modifySession { session, window in
+                guard let index = session.inflight.firstIndex(of: id) else {
+                    // Not sent on this connection: it may be from an earlier one. The store
+                    // removes only this device's own messages, so passing it on is safe.
+                    return .acknowledge(messageID: id, then: nil)
+                }
+                session.inflight.remove(at: index)
+                return .acknowledge(messageID: id, then: Self.nextFetch(&session, window: window))
+            } ?? .none
         case (_, .welcome), (_, .push), (_, .error), (_, .goaway):
             return fail(.badRequest, "\(frame.type) is not sent by devices")
         }
@@ -146,7 +146,7 @@ public struct ConnectionStateMachine: Sendable {
     public mutating func authenticated() -> StartAction {
         guard case .authenticating(let clientID, let heartbeat) = state else { return .none }
         var session = Session(clientID: clientID)
-        let fetch = nextFetch(&session)
+        let fetch = Self.nextFetch(&session, window: window)
         state = .active(session)
         return .start(clientID: clientID, heartbeatSeconds: heartbeat, fetch: fetch)
     }
@@ -162,66 +162,67 @@ public struct ConnectionStateMachine: Sendable {
     /// A message was stored for this device (the notification from the push path).
     /// Sent at once when it is the next in order and the window has room; otherwise read later.
     public mutating func stored(_ message: StoredMessage, nowMillis: Int64) -> Delivery {
-        guard case .active(var session) = state, message.sequence > session.lastSent else { return .nothing }
-        defer { state = .active(session) }
-        if message.sequence == session.lastSent + 1, session.writable, session.inflight.count < window,
-            message.expiresAtMillis > nowMillis
-        {
-            session.lastSent = message.sequence
-            session.inflight.append(message.id)
-            return Delivery(send: [message], fetch: nil)
-        }
-        session.mayHaveMore = true
-        return Delivery(send: [], fetch: nextFetch(&session))
+        modifySession { session, window in
+            guard message.sequence > session.lastSent else { return .nothing }
+            if message.sequence == session.lastSent + 1, session.writable, session.inflight.count < window,
+                message.expiresAtMillis > nowMillis
+            {
+                session.lastSent = message.sequence
+                session.inflight.append(message.id)
+                return Delivery(send: [message], fetch: nil)
+            }
+            session.mayHaveMore = true
+            return Delivery(send: [], fetch: Self.nextFetch(&session, window: window))
+        } ?? .nothing
     }
 
     /// A read asked for by `fetch` returned `messages`.
     public mutating func fetched(_ messages: [StoredMessage], for fetch: Fetch) -> Delivery {
-        guard case .active(var session) = state else { return .nothing }
-        defer { state = .active(session) }
-        session.fetching = false
-        var send: [StoredMessage] = []
-        for message in messages where message.sequence > session.lastSent {
-            guard session.inflight.count < window else { break }
-            session.lastSent = message.sequence
-            session.inflight.append(message.id)
-            send.append(message)
-        }
-        if messages.count >= fetch.limit { session.mayHaveMore = true }
-        return Delivery(send: send, fetch: nextFetch(&session))
+        modifySession { session, window in
+            session.fetching = false
+            var send: [StoredMessage] = []
+            for message in messages where message.sequence > session.lastSent {
+                guard session.inflight.count < window else { break }
+                session.lastSent = message.sequence
+                session.inflight.append(message.id)
+                send.append(message)
+            }
+            if messages.count >= fetch.limit { session.mayHaveMore = true }
+            return Delivery(send: send, fetch: Self.nextFetch(&session, window: window))
+        } ?? .nothing
     }
 
     /// The store may hold messages this connection was not told of: the read to make, if
     /// one is not already under way.
     public mutating func nudged() -> Fetch? {
-        guard case .active(var session) = state else { return nil }
-        defer { state = .active(session) }
-        session.mayHaveMore = true
-        return nextFetch(&session)
+        modifySession { session, window in
+            session.mayHaveMore = true
+            return Self.nextFetch(&session, window: window)
+        } ?? nil
     }
 
     /// A read failed; it is retried when `retry` is called.
     public mutating func fetchFailed() {
-        guard case .active(var session) = state else { return }
-        session.fetching = false
-        session.mayHaveMore = true
-        state = .active(session)
+        modifySession { session, window in
+            session.fetching = false
+            session.mayHaveMore = true
+        }
     }
 
     /// Time to try a failed read again (or any time more may be waiting).
     public mutating func retry() -> Fetch? {
-        guard case .active(var session) = state else { return nil }
-        session.mayHaveMore = true
-        defer { state = .active(session) }
-        return nextFetch(&session)
+        modifySession { session, window in
+            session.mayHaveMore = true
+            return Self.nextFetch(&session, window: window)
+        } ?? nil
     }
 
     /// The socket's writability changed: no PUSH is written while it is not writable.
     public mutating func writabilityChanged(_ writable: Bool) -> Fetch? {
-        guard case .active(var session) = state else { return nil }
-        session.writable = writable
-        defer { state = .active(session) }
-        return writable ? nextFetch(&session) : nil
+        modifySession { session, window in
+            session.writable = writable
+            return writable ? Self.nextFetch(&session, window: window) : nil
+        } ?? nil
     }
 
     /// The connection is over (closed by either side, replaced, or failed).
@@ -231,13 +232,23 @@ public struct ConnectionStateMachine: Sendable {
 
     // MARK: -
 
+    /// Runs `body` on the active session, if there is one. The state holds no second reference
+    /// meanwhile, so the session's arrays are modified in place, not copied (copy on write).
+    private mutating func modifySession<Result>(_ body: (inout Session, _ window: Int) -> Result) -> Result? {
+        guard case .active(var session) = state else { return nil }
+        state = .closed
+        let result = body(&session, window)
+        state = .active(session)
+        return result
+    }
+
     private mutating func fail(_ code: ErrorCode, _ reason: String) -> FrameAction {
         state = .closed
         return .fail(code, reason)
     }
 
     /// The read to make now, if any: one at a time, only with room in the window.
-    private func nextFetch(_ session: inout Session) -> Fetch? {
+    private static func nextFetch(_ session: inout Session, window: Int) -> Fetch? {
         guard session.mayHaveMore, !session.fetching, session.writable, session.inflight.count < window else {
             return nil
         }

@@ -19,14 +19,17 @@ public final class DeviceServices: Sendable {
     public let cluster: any ClusterLink
     /// Failed authentications per remote address (ERROR 429 past its budget).
     public let authFailures: AuthFailureLimiter
+    /// Each event loop's sweep for silent sessions.
+    public let heartbeats: HeartbeatSweeps
     private let sessions = Atomic<UInt64>(0)
 
     /// Creates the shared services.
     public init(
         configuration: SessionConfiguration, store: any PushStore, registry: ConnectionRegistry,
         authenticator: any DeviceAuthenticator, metrics: NodeMetrics, logger: Logger, cluster: any ClusterLink = LoneNode(),
-        authFailures: AuthFailureLimiter = AuthFailureLimiter(burst: 0)
+        authFailures: AuthFailureLimiter = AuthFailureLimiter(burst: 0), heartbeats: HeartbeatSweeps = HeartbeatSweeps()
     ) {
+        self.heartbeats = heartbeats
         self.cluster = cluster
         self.authFailures = authFailures
         self.configuration = configuration

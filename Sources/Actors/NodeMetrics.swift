@@ -16,6 +16,8 @@ public final class NodeMetrics: Sendable {
     public let pushesAcknowledged: Counter
     /// Messages removed by the expiry sweeper.
     public let pushesExpired: Counter
+    /// HTTP requests answered on the event loop in front of the router (PushApp's `PushFastPath`).
+    public let httpFastPathRequests: Counter
     /// Store operation latency.
     public let storeLatency: Timer
     private let factory: any MetricsFactory
@@ -32,6 +34,7 @@ public final class NodeMetrics: Sendable {
         broadcastsDelivered = Counter(label: "herald_broadcasts_delivered_total", factory: factory)
         pushesAcknowledged = Counter(label: "herald_pushes_acked_total", factory: factory)
         pushesExpired = Counter(label: "herald_pushes_expired_total", factory: factory)
+        httpFastPathRequests = Counter(label: "herald_http_fast_path_requests_total", factory: factory)
         storeLatency = Timer(label: "herald_store_latency_seconds", dimensions: [], factory: factory)
         var errors: [UInt16: Counter] = [:]
         for code in [400, 401, 408, 409, 413, 429, 503] as [UInt16] {

@@ -21,6 +21,8 @@ struct Idle: AsyncParsableCommand {
     @Option(help: "Heartbeat the devices ask for and PING at, in seconds.") var heartbeat: UInt16 = 30
     @Option(help: "Seconds of idle CPU measurement after the last step (0: skip).") var idleSeconds = 60
     @Option(help: "Seconds to let the server settle before each RSS reading.") var settleSeconds = 2.0
+    @Option(help: "Seconds of CPU measurement with no device connected, the baseline a PING's cost is counted above (0: skip).")
+    var baselineSeconds = 10.0
     @Option(help: "Local addresses for the workers, comma-separated (worker k uses the k-th, round robin).")
     var localHosts = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9"
     @OptionGroup var servers: ServerOptions
@@ -40,6 +42,14 @@ struct Idle: AsyncParsableCommand {
             let locals = splitList(localHosts)
             try await Task.sleep(for: .seconds(settleSeconds))
             var points: [(x: Double, y: Double)] = [(0, Double(ProcFS.residentKiB(pid) ?? 0))]
+            var baseline = 0.0
+            if baselineSeconds > 0 {
+                let before = ProcFS.cpuSeconds(pid) ?? 0
+                let start = ContinuousClock.now
+                try await Task.sleep(for: .seconds(baselineSeconds))
+                baseline = ((ProcFS.cpuSeconds(pid) ?? 0) - before) / seconds(since: start)
+                report.add("server CPU with no device connected", baseline * 100, "% of one core")
+            }
             var opened = 0
             for step in 0..<steps {
                 var left = (step == steps - 1) ? devices - opened : devices / steps
@@ -72,7 +82,9 @@ struct Idle: AsyncParsableCommand {
                 let cpu = (ProcFS.cpuSeconds(pid) ?? 0) - before
                 let wall = seconds(since: start)
                 report.add("server CPU while idle, \(devices) devices heartbeating every \(heartbeat) s", cpu / wall * 100, "% of one core")
-                report.add("server CPU per PING answered", cpu / (Double(devices) * wall / Double(heartbeat)) * 1e6, "µs")
+                report.add(
+                    "server CPU per PING answered, above the baseline", (cpu - baseline * wall) / (Double(devices) * wall / Double(heartbeat)) * 1e6, "µs"
+                )
                 report.add("RSS after the idle period", Double(ProcFS.residentKiB(pid) ?? 0) / 1024, "MiB")
             }
             var closed = 0, pongs = 0

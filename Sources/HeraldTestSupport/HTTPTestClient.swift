@@ -8,12 +8,18 @@ public struct HTTPTestResponse: Sendable {
     public var headers: [(String, String)]
     public var body: String
 
+    public init(status: Int, headers: [(String, String)], body: String) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
     public func header(_ name: String) -> String? {
         headers.first { $0.0.lowercased() == name.lowercased() }?.1
     }
 }
 
-/// A minimal HTTP/1.1 client for tests: one connection per request, closed after the answer.
+/// A minimal HTTP/1.1 client for tests: one connection per request, closed by the client after the answer.
 public enum HTTPTestClient {
     public static func request(
         _ method: HTTPMethod, _ path: String, host: String = "127.0.0.1", port: Int,
@@ -37,7 +43,8 @@ public enum HTTPTestClient {
             }
             var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
             head.headers.add(name: "Host", value: "\(host):\(port)")
-            head.headers.add(name: "Connection", value: "close")
+            // No `Connection: close`: the client closes after the answer, and a keep-alive request
+            // is what backends send (and what the server's fast path serves).
             for (name, value) in headers { head.headers.add(name: name, value: value) }
             if let body {
                 head.headers.add(name: "Content-Type", value: "application/json")

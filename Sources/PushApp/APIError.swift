@@ -33,10 +33,13 @@ struct APIError: HTTPResponseError {
     }
 
     func response(from request: Request, context: some RequestContext) throws -> Response {
-        var response = JSONBody.response(status: status, ["error": ["code": code, "message": message]])
+        var response = JSONBody.response(status: status, bytes: body)
         if !allow.isEmpty { response.headers[.allow] = allow.map(\.rawValue).joined(separator: ", ") }
         return response
     }
+
+    /// `{"error": {"code": ..., "message": ...}}`
+    var body: ByteBuffer { JSONBody.bytes(["error": ["code": code, "message": message]]) }
 
     /// The API's form of any error a handler, Hummingbird or the store threw.
     static func from(_ error: any Error) -> APIError {

@@ -89,29 +89,61 @@ struct HTTPAPI: Sendable {
     }
 
     private func push(_ request: Request) async throws -> Response {
-        let body = try await decode(PushBody.self, from: request, limit: bodyLimit(messages: 1))
-        let ids = try await store([try validate(body, at: nil)])
-        return JSONBody.response(status: .accepted, ["id": ids[0]])
+        JSONBody.response(status: .accepted, bytes: try await accept(.push, body: try await collect(request, for: .push)))
     }
 
     private func batch(_ request: Request) async throws -> Response {
-        let body = try await decode(BatchBody.self, from: request, limit: bodyLimit(messages: Self.maxBatch))
-        guard let messages = body.messages else { throw APIError.badRequest("missing field messages") }
-        guard !messages.isEmpty else { throw APIError.badRequest("messages is empty") }
-        guard messages.count <= Self.maxBatch else {
-            throw APIError.badRequest("a batch carries at most \(Self.maxBatch) messages, got \(messages.count)")
-        }
-        let requests = try messages.enumerated().map { try validate($0.element, at: $0.offset) }
-        let ids = try await store(requests)
-        return JSONBody.response(status: .accepted, ["ids": ids])
+        JSONBody.response(status: .accepted, bytes: try await accept(.batch, body: try await collect(request, for: .batch)))
     }
 
     private func broadcast(_ request: Request) async throws -> Response {
-        let body = try await decode(BroadcastBody.self, from: request, limit: bodyLimit(messages: 1))
-        let payload = try self.payload(data: body.data, base64: body.data_base64, at: nil)
-        guard !node.isDraining else { throw APIError.unavailable("node is draining") }
-        let (id, _) = node.router.broadcast(payload)
-        return JSONBody.response(status: .accepted, ["id": id])
+        JSONBody.response(status: .accepted, bytes: try await accept(.broadcast, body: try await collect(request, for: .broadcast)))
+    }
+
+    /// The endpoints that take a message: served by the router, or on the event loop by
+    /// `PushFastPath` when the request needs nothing else of Hummingbird's.
+    enum Acceptance: Sendable {
+        case push, batch, broadcast
+
+        init?(path: Substring) {
+            switch path {
+            case "/v1/push": self = .push
+            case "/v1/push/batch": self = .batch
+            case "/v1/broadcast": self = .broadcast
+            default: return nil
+            }
+        }
+    }
+
+    /// The most bytes a request body of `endpoint` may have.
+    func bodyLimit(_ endpoint: Acceptance) -> Int {
+        bodyLimit(messages: endpoint == .batch ? Self.maxBatch : 1)
+    }
+
+    /// Validates and stores (or broadcasts) the JSON `body` of a request to `endpoint`; the
+    /// 202 response's JSON body. Throws `APIError` (4xx, 503); nothing is stored then.
+    func accept(_ endpoint: Acceptance, body: ByteBuffer) async throws -> ByteBuffer {
+        switch endpoint {
+        case .push:
+            let push = try decode(PushBody.self, from: body)
+            let ids = try await store([try validate(push, at: nil)])
+            return JSONBody.bytes(["id": ids[0]])
+        case .batch:
+            let batch = try decode(BatchBody.self, from: body)
+            guard let messages = batch.messages else { throw APIError.badRequest("missing field messages") }
+            guard !messages.isEmpty else { throw APIError.badRequest("messages is empty") }
+            guard messages.count <= Self.maxBatch else {
+                throw APIError.badRequest("a batch carries at most \(Self.maxBatch) messages, got \(messages.count)")
+            }
+            let requests = try messages.enumerated().map { try validate($0.element, at: $0.offset) }
+            return JSONBody.bytes(["ids": try await store(requests)])
+        case .broadcast:
+            let broadcast = try decode(BroadcastBody.self, from: body)
+            let payload = try self.payload(data: broadcast.data, base64: broadcast.data_base64, at: nil)
+            guard !node.isDraining else { throw APIError.unavailable("node is draining") }
+            let (id, _) = node.router.broadcast(payload)
+            return JSONBody.bytes(["id": id])
+        }
     }
 
     private func store(_ requests: [PushRequest]) async throws -> [String] {
@@ -167,13 +199,16 @@ struct HTTPAPI: Sendable {
         messages * (configuration.maxPayload * 6 + 512) + 1024
     }
 
-    private func decode<T: Decodable>(_ type: T.Type, from request: Request, limit: Int) async throws -> T {
-        let buffer: ByteBuffer
+    private func collect(_ request: Request, for endpoint: Acceptance) async throws -> ByteBuffer {
+        let limit = bodyLimit(endpoint)
         do {
-            buffer = try await request.body.collect(upTo: limit)
+            return try await request.body.collect(upTo: limit)
         } catch let error as HTTPError where error.status == .contentTooLarge {
             throw APIError.payloadTooLarge("request body above \(limit) bytes")
         }
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
         } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {

@@ -5,7 +5,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import Hummingbird
+import HummingbirdCore
 import Prometheus
+import PushProtocol
 import RedisStore
 import ServiceLifecycle
 import Supervision
@@ -267,15 +269,25 @@ final class HeraldNode: Sendable {
         // A restarted server binds the port its predecessor had (port 0 resolves once).
         let port = httpPort ?? configuration.httpAddress.port
         let idleTimeout = TimeAmount.seconds(Int64(configuration.httpIdleTimeoutSeconds))
+        let api = HTTPAPI(node: self)
+        let keys = SecretSet(configuration.apiKeys)
+        let fastPath = configuration.httpFastPath
+        let serverName = "herald"
         return Application(
-            router: HTTPAPI(node: self).router(),
+            router: api.router(),
             // A connection with no request for HERALD_HTTP_IDLE_TIMEOUT_S is closed: idle sockets do not pile up.
             // The same bound for a request's body, once its head is in (RequestDeadlineHandler).
-            server: .http1(
-                configuration: .init(additionalChannelHandlers: [RequestDeadlineHandler(timeout: idleTimeout)], idleTimeout: idleTimeout)
-            ),
+            server: HTTPServerBuilder { responder in
+                HeraldHTTP1Channel(
+                    inner: HTTP1Channel(
+                        responder: responder,
+                        configuration: .init(additionalChannelHandlers: [RequestDeadlineHandler(timeout: idleTimeout)], idleTimeout: idleTimeout)
+                    ),
+                    makeFastPath: { fastPath ? PushFastPath(api: api, keys: keys, serverName: serverName) : nil }
+                )
+            },
             configuration: ApplicationConfiguration(
-                address: .hostname(configuration.httpAddress.host, port: port), serverName: "herald"
+                address: .hostname(configuration.httpAddress.host, port: port), serverName: serverName
             ),
             onServerRunning: { [unowned self] channel in
                 state.withLock { $0.httpPort = channel.localAddress?.port }

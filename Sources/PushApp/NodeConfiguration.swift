@@ -66,6 +66,8 @@ struct NodeConfiguration: Sendable {
     var relayPingSeconds: Int
     /// An HTTP connection with no request for this long is closed.
     var httpIdleTimeoutSeconds: Int
+    /// Pushes and broadcasts answered on the event loop, in front of the router (`PushFastPath`).
+    var httpFastPath: Bool
     /// With Redis: a push is answered 202 only once this many replicas have it (0: no wait).
     var redisWaitReplicas: Int
     /// How long to wait for them; past it the push is taken back and answered 503.
@@ -80,7 +82,7 @@ struct NodeConfiguration: Sendable {
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
-        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
@@ -159,6 +161,7 @@ struct NodeConfiguration: Sendable {
             clusterSecret: clusterSecret,
             relayPingSeconds: try reader.int("HERALD_RELAY_PING_S", default: 5, range: 1...60),
             httpIdleTimeoutSeconds: try reader.int("HERALD_HTTP_IDLE_TIMEOUT_S", default: 30, range: 1...3600),
+            httpFastPath: try reader.bool("HERALD_HTTP_FAST_PATH", default: true),
             redisWaitReplicas: try reader.int("HERALD_REDIS_WAIT_REPLICAS", default: 0, range: 0...16),
             // Below half the command timeout (2 s): the append's own deadline (Docs/store.md).
             redisWaitTimeoutMillis: try reader.int("HERALD_REDIS_WAIT_TIMEOUT_MS", default: 500, range: 1...900),

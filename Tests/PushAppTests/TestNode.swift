@@ -92,6 +92,7 @@ struct JSONFields {
     func string(_ key: String) throws -> String { try #require(object[key] as? String, "\(key) in \(object)") }
     func int(_ key: String) throws -> Int { try #require(object[key] as? Int, "\(key) in \(object)") }
     func bool(_ key: String) throws -> Bool { try #require(object[key] as? Bool, "\(key) in \(object)") }
+    func strings(_ key: String) throws -> [String] { try #require(object[key] as? [String], "\(key) in \(object)") }
     func isNull(_ key: String) -> Bool { object.keys.contains(key) && object[key] is NSNullShim }
 }
 

@@ -1,0 +1,232 @@
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTPTypes
+import PushProtocol
+
+/// Serves `POST /v1/push`, `/v1/push/batch` and `/v1/broadcast` on the connection's event
+/// loop, in front of Hummingbird's router.
+///
+/// Hummingbird runs every request of a connection in a task on Swift's global executor and
+/// hands the response back to the loop: two thread wake-ups per request, which cost more than
+/// storing the message (Docs/benchmarks.md). This handler takes the requests that need
+/// nothing of the router: the right method and path, a valid API key (or none configured), a
+/// `Content-Length` within the endpoint's limit, no `Expect` and no `Connection: close`. It
+/// collects the body, validates and stores it through the same `HTTPAPI.accept` as the router
+/// (same checks, same JSON, same errors) in a task that runs on this loop, and writes the
+/// response itself. Every other request, including every one that will be refused before its
+/// body is read (401, 413), goes on to the router untouched.
+///
+/// Responses keep the requests' order: a request is served here only while the router owes
+/// this connection no response, and while this handler works out a response, what arrives
+/// after it waits here (no further reads are asked of the socket meanwhile). It sits after
+/// Hummingbird's `HTTPConnectionStateHandler`, so the idle timeout sees its requests.
+final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private enum State {
+        /// Between requests.
+        case idle
+        /// This request is the router's: its parts pass on.
+        case forwarding
+        /// This request is ours: its body so far.
+        case collecting(HTTPAPI.Acceptance, ByteBuffer)
+        /// Its body is in; the answer is being worked out.
+        case responding
+
+        var isResponding: Bool {
+            if case .responding = self { return true }
+            return false
+        }
+    }
+
+    private let api: HTTPAPI
+    private let keys: SecretSet
+    private let serverName: String
+    private var state = State.idle
+    /// Requests passed to the router and not yet answered by it.
+    private var routedInFlight = 0
+    /// Parts that arrived while a response was being worked out, in order.
+    private var waiting = CircularBuffer<HTTPRequestPart>()
+    /// A read the pipeline asked for while a response was being worked out.
+    private var readHeld = false
+    /// Parts were passed on since the last read-complete.
+    private var passedOn = false
+    private var tasks: FastPathTasks?
+
+    init(api: HTTPAPI, keys: SecretSet, serverName: String) {
+        self.api = api
+        self.keys = keys
+        self.serverName = serverName
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if state.isResponding {
+            waiting.append(part)
+        } else {
+            handle(part, context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        passedOn = false
+        context.fireChannelReadComplete()
+    }
+
+    private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            if routedInFlight == 0, let endpoint = servable(head) {
+                let length = head.headerFields[.contentLength].flatMap { Int($0) } ?? 0
+                state = .collecting(endpoint, context.channel.allocator.buffer(capacity: length))
+            } else {
+                state = .forwarding
+                routedInFlight += 1
+                passOn(part, context: context)
+            }
+        case (.collecting(let endpoint, var body), .body(let chunk)):
+            body.writeImmutableBuffer(chunk)
+            state = .collecting(endpoint, body)
+        case (.collecting(let endpoint, let body), .end):
+            state = .responding
+            api.node.metrics.httpFastPathRequests.increment()
+            respond(context: context, endpoint: endpoint, body: body)
+        case (.forwarding, .end):
+            state = .idle
+            passOn(part, context: context)
+        case (.forwarding, _), (.idle, _):
+            passOn(part, context: context)
+        case (.collecting, .head), (.responding, _):
+            // The HTTP decoder sends a request's end before the next head.
+            context.close(promise: nil)
+        }
+    }
+
+    private func passOn(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        passedOn = true
+        context.fireChannelRead(wrapInboundOut(part))
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { routedInFlight -= 1 }
+        context.write(data, promise: promise)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if state.isResponding {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// The endpoint, when this request is one this handler serves.
+    private func servable(_ head: HTTPRequest) -> HTTPAPI.Acceptance? {
+        guard head.method == .post, let path = head.path?.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first,
+            let endpoint = HTTPAPI.Acceptance(path: path)
+        else { return nil }
+        let fields = head.headerFields
+        guard let length = fields[.contentLength].flatMap({ Int($0) }), length <= api.bodyLimit(endpoint),
+            fields[.transferEncoding] == nil, fields[.expect] == nil
+        else { return nil }
+        if let connection = fields[.connection], connection.lowercased() != "keep-alive" { return nil }
+        if keys.isEnabled {
+            guard let header = fields[.authorization], header.hasPrefix("Bearer "), keys.accepts(header.dropFirst("Bearer ".count)) else {
+                return nil
+            }
+        }
+        return endpoint
+    }
+
+    private func respond(context: ChannelHandlerContext, endpoint: HTTPAPI.Acceptance, body: ByteBuffer) {
+        let tasks = self.tasks ?? FastPathTasks(eventLoop: context.eventLoop)
+        self.tasks = tasks
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let context = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let api = api
+        tasks.assumeIsolated { tasks in
+            tasks.start {
+                let status: HTTPResponse.Status
+                let json: ByteBuffer
+                do {
+                    json = try await api.accept(endpoint, body: body)
+                    status = .accepted
+                } catch {
+                    let failure = APIError.from(error)
+                    (status, json) = (failure.status, failure.body)
+                }
+                handler.value.responded(context: context.value, status: status, json: json)
+            }
+        }
+    }
+
+    private func responded(context: ChannelHandlerContext, status: HTTPResponse.Status, json: ByteBuffer) {
+        let response = HTTPResponse(
+            status: status,
+            headerFields: [.contentType: "application/json", .contentLength: "\(json.readableBytes)", .server: serverName]
+        )
+        context.write(wrapOutboundOut(.head(response)), promise: nil)
+        context.write(wrapOutboundOut(.body(json)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        state = .idle
+        // What arrived meanwhile, in order, until the next request of ours.
+        while !state.isResponding, let part = waiting.popFirst() {
+            handle(part, context: context)
+        }
+        // The router's channel takes what it was given at a read-complete.
+        if passedOn {
+            passedOn = false
+            context.fireChannelReadComplete()
+        }
+        if readHeld, !state.isResponding {
+            readHeld = false
+            context.read()
+        }
+    }
+}
+
+/// Runs the fast path's store calls as tasks on the connection's event loop (the executor of
+/// this actor), so that neither the call nor its answer changes thread.
+private actor FastPathTasks {
+    nonisolated let eventLoop: any EventLoop
+    nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func start(_ work: nonisolated(nonsending) @escaping @Sendable () async -> Void) {
+        Task { [self] in
+            _ = self
+            await work()
+        }
+    }
+}
+
+/// Hummingbird's HTTP/1.1 child channel with `PushFastPath` placed after its connection state
+/// handler.
+struct HeraldHTTP1Channel: ServerChildChannel {
+    typealias Value = HTTP1Channel.Value
+
+    let inner: HTTP1Channel
+    let makeFastPath: @Sendable () -> PushFastPath?
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            if let fastPath = makeFastPath() {
+                let operations = channel.pipeline.syncOperations
+                try operations.addHandler(fastPath, position: .after(try operations.handler(type: HTTPConnectionStateHandler.self)))
+            }
+            return value
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        await inner.handle(value: value, logger: logger)
+    }
+}

@@ -127,7 +127,7 @@ struct HTTPAPI: Sendable {
         case .push:
             let push = try decode(PushBody.self, from: body)
             let ids = try await store([try validate(push, at: nil)])
-            return JSONBody.bytes(["id": ids[0]])
+            return JSONBody.bytes("id", ids[0])
         case .batch:
             let batch = try decode(BatchBody.self, from: body)
             guard let messages = batch.messages else { throw APIError.badRequest("missing field messages") }
@@ -136,13 +136,13 @@ struct HTTPAPI: Sendable {
                 throw APIError.badRequest("a batch carries at most \(Self.maxBatch) messages, got \(messages.count)")
             }
             let requests = try messages.enumerated().map { try validate($0.element, at: $0.offset) }
-            return JSONBody.bytes(["ids": try await store(requests)])
+            return JSONBody.bytes("ids", try await store(requests))
         case .broadcast:
             let broadcast = try decode(BroadcastBody.self, from: body)
             let payload = try self.payload(data: broadcast.data, base64: broadcast.data_base64, at: nil)
             guard !node.isDraining else { throw APIError.unavailable("node is draining") }
             let (id, _) = node.router.broadcast(payload)
-            return JSONBody.bytes(["id": id])
+            return JSONBody.bytes("id", id)
         }
     }
 

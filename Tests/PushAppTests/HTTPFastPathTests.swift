@@ -5,6 +5,8 @@ import NIOPosix
 import Synchronization
 import Testing
 
+@testable import PushApp
+
 /// One keep-alive HTTP connection that writes requests (several at once, to pipeline them)
 /// and reads the responses in order.
 private final class RawHTTPConnection: Sendable {
@@ -215,6 +217,20 @@ struct HTTPFastPathTests {
             }
             #expect(answered == 10)
             #expect(await http.closedByServer(within: .seconds(4)), "closed once idle for the timeout")
+        }
+    }
+}
+
+@Suite("JSON answers written without the encoder")
+struct PlainJSONTests {
+    @Test("the push and batch answers are byte for byte what JSONEncoder writes, escaping included")
+    func sameBytesAsTheEncoder() {
+        let values = ["18f2a3b4c5d-0123456789abcdef-1a", "", "with \"quote\"", "back\\slash", "a/b", "tab\there", "é"]
+        for value in values {
+            #expect(String(buffer: JSONBody.bytes("id", value)) == String(buffer: JSONBody.bytes(["id": value])), "\(value)")
+        }
+        for list in [values, [], ["one"], ["a", "b", "c"]] {
+            #expect(String(buffer: JSONBody.bytes("ids", list)) == String(buffer: JSONBody.bytes(["ids": list])), "\(list)")
         }
     }
 }

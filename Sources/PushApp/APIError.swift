@@ -73,10 +73,8 @@ struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         _ request: Request, context: Context, next: @concurrent (Request, Context) async throws -> Response
     ) async throws -> Response {
         do {
-            if keys.isEnabled, request.uri.path.hasPrefix("/v1/") {
-                guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
-                    keys.accepts(header.dropFirst("Bearer ".count))
-                else { throw APIError.unauthorized }
+            if request.uri.path.hasPrefix("/v1/"), !keys.admits(authorization: request.headers[.authorization]) {
+                throw APIError.unauthorized
             }
             return try await next(request, context)
         } catch {

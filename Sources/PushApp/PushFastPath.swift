@@ -113,7 +113,10 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) { routedInFlight -= 1 }
+        // Only the router writes through here, and only for requests it was passed; the guard
+        // keeps a stray end (none is known) from leaving the count below zero, which would turn
+        // the fast path off for the rest of the connection.
+        if case .end = unwrapOutboundIn(data), routedInFlight > 0 { routedInFlight -= 1 }
         context.write(data, promise: promise)
     }
 
@@ -135,11 +138,7 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             fields[.transferEncoding] == nil, fields[.expect] == nil
         else { return nil }
         if let connection = fields[.connection], connection.lowercased() != "keep-alive" { return nil }
-        if keys.isEnabled {
-            guard let header = fields[.authorization], header.hasPrefix("Bearer "), keys.accepts(header.dropFirst("Bearer ".count)) else {
-                return nil
-            }
-        }
+        guard keys.admits(authorization: fields[.authorization]) else { return nil }
         return endpoint
     }
 

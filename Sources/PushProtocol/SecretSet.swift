@@ -26,4 +26,12 @@ public struct SecretSet: Sendable {
         }
         return matched == 1
     }
+
+    /// Whether an `Authorization` header value lets a request in: always when no key is set,
+    /// otherwise only `Bearer <key>` with one of the keys (the scheme as the protocol spells it).
+    public func admits(authorization header: String?) -> Bool {
+        guard isEnabled else { return true }
+        guard let header, header.hasPrefix("Bearer ") else { return false }
+        return accepts(header.dropFirst("Bearer ".count))
+    }
 }

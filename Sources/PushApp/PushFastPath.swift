@@ -20,7 +20,7 @@ import PushProtocol
 ///
 /// Responses keep the requests' order: a request is served here only while the router owes
 /// this connection no response, and while this handler works out a response, what arrives
-/// after it waits here (no further reads are asked of the socket meanwhile). It sits after
+/// after it waits here (and once something waits, no further reads are asked of the socket). It sits after
 /// Hummingbird's `HTTPConnectionStateHandler`, so the idle timeout sees its requests.
 final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
@@ -121,7 +121,12 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if state.isResponding {
+        // A client that waits for each answer sends nothing while one is worked out, so its
+        // read passes on and the socket stays registered for reading: holding it would cost
+        // two `epoll_ctl` calls per request (NIO drops read interest when a read event ends
+        // with no read asked for). Once a pipelining client's next request is waiting here,
+        // reads are held, so what waits is at most one socket read.
+        if state.isResponding, !waiting.isEmpty {
             readHeld = true
         } else {
             context.read()

@@ -55,7 +55,8 @@ struct Broadcast: AsyncParsableCommand {
 
             let deliveries = log.deliveries
             let latency = log.takeLatency()
-            let heraldCPU = zip(after.nodes, before.nodes).map { $0 - $1 }.reduce(0, +)
+            let heraldTime = zip(after.nodes, before.nodes).map { $0 - $1 }.reduce(.zero, +)
+            let heraldCPU = heraldTime.total
             let sorted = lastReceipt.sorted()
             report.add("time to the last receipt, median of rounds", sorted[sorted.count / 2] * 1000, "ms")
             report.add("time to the last receipt, slowest round", sorted.last! * 1000, "ms")
@@ -64,6 +65,7 @@ struct Broadcast: AsyncParsableCommand {
             if !after.nodes.isEmpty {
                 report.add("herald CPU per 10,000 deliveries", heraldCPU * 10_000 / Double(max(deliveries, 1)), "s")
                 report.add("server CPU per delivery", heraldCPU / Double(max(deliveries, 1)) * 1e6, "µs")
+                report.add("server CPU per delivery in the kernel (system time)", heraldTime.system / Double(max(deliveries, 1)) * 1e6, "µs")
             }
             report.add("herald-bench CPU per 10,000 deliveries (the load, for scale)", benchCPU * 10_000 / Double(max(deliveries, 1)), "s")
             report.add("delivery latency p50", Double(latency.valueAtPercentile(50)) / 1000, "ms")

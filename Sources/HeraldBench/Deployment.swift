@@ -149,8 +149,8 @@ final class Deployment: Sendable {
     }
 
     /// CPU seconds of every server process (nodes and Redis) whose pid is known.
-    func serverCPU() -> (nodes: [Double], redis: Double?) {
-        (nodes.compactMap { $0.pid.flatMap(ProcFS.cpuSeconds) }, redisPID.flatMap(ProcFS.cpuSeconds))
+    func serverCPU() -> (nodes: [CPUTime], redis: CPUTime?) {
+        (nodes.compactMap { $0.pid.flatMap(ProcFS.cpuTime) }, redisPID.flatMap(ProcFS.cpuTime))
     }
 
     func stop() async {

@@ -63,18 +63,33 @@ final class ChildProcess: @unchecked Sendable {
     }
 }
 
+/// A process's CPU time, in seconds: user space and the kernel (system time).
+struct CPUTime: Sendable {
+    var user: Double
+    var system: Double
+    var total: Double { user + system }
+
+    static let zero = CPUTime(user: 0, system: 0)
+    static func + (a: CPUTime, b: CPUTime) -> CPUTime { CPUTime(user: a.user + b.user, system: a.system + b.system) }
+    static func - (a: CPUTime, b: CPUTime) -> CPUTime { CPUTime(user: a.user - b.user, system: a.system - b.system) }
+}
+
 /// Readings of a process from /proc.
 enum ProcFS {
-    /// User plus system CPU time of `pid`, in seconds (clock-tick resolution, 10 ms here).
-    static func cpuSeconds(_ pid: Int32) -> Double? {
+    /// User and system CPU time of `pid` (clock-tick resolution, 10 ms here).
+    static func cpuTime(_ pid: Int32) -> CPUTime? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")")
         else { return nil }
         // Fields after "(comm)": state is field 3, utime 14, stime 15.
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return CPUTime(user: user / tick, system: system / tick)
     }
+
+    /// User plus system CPU time of `pid`, in seconds.
+    static func cpuSeconds(_ pid: Int32) -> Double? { cpuTime(pid)?.total }
 
     /// Resident set size of `pid`, in KiB.
     static func residentKiB(_ pid: Int32) -> Int? {

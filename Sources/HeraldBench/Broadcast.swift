@@ -13,23 +13,20 @@ struct Broadcast: AsyncParsableCommand {
 
     @Option(help: "Connected devices.") var devices = 10_000
     @Option(help: "Broadcasts, one after another.") var rounds = 20
-    @Option(help: "Payload bytes (at least 32).") var payloadBytes = 64
-    @Option(help: "Local addresses the devices connect from, comma-separated.") var localHosts = "127.0.0.2,127.0.0.3"
+    @OptionGroup var load: DeviceLoadOptions
     @OptionGroup var servers: ServerOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
         raiseOpenFileLimit()
         var report = Report(scenario: "broadcast", parameters: [
-            "devices": "\(devices)", "rounds": "\(rounds)", "payload_bytes": "\(payloadBytes)",
-            "store": servers.redis ? "redis" : (servers.target.isEmpty ? "memory" : "target"),
+            "devices": "\(devices)", "rounds": "\(rounds)", "payload_bytes": "\(load.payloadBytes)", "store": servers.storeLabel,
         ])
-        let deployment = try await Deployment.start(servers, nodes: 1)
-        do {
+        try await Deployment.run(servers, nodes: 1) { deployment in
             let node = deployment.nodes[0]
             let log = DeliveryLog(sequences: rounds)
             let fleet = DeviceFleet(
-                settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(localHosts), acknowledges: false), log: log
+                settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(load.localHosts), acknowledges: false), log: log
             )
             try await fleet.connect(0..<devices)
             let api = try await HTTPConnection.connect(host: node.host, port: node.httpPort, apiKey: deployment.apiKey)
@@ -39,7 +36,7 @@ struct Broadcast: AsyncParsableCommand {
             var requestSeconds: [Double] = []
             for round in 0..<rounds {
                 let sent = monotonicNanoseconds()
-                let data = Payload.string(sequence: UInt64(round), sentAt: sent, bytes: payloadBytes)
+                let data = Payload.string(sequence: UInt64(round), sentAt: sent, bytes: load.payloadBytes)
                 let (status, body) = try await api.request(.POST, "/v1/broadcast", json: #"{"data":"\#(data)"}"#)
                 requestSeconds.append(Double(monotonicNanoseconds() - sent) / 1e9)
                 guard status == 202 else { throw BenchError("broadcast answered \(status): \(body)") }
@@ -76,11 +73,7 @@ struct Broadcast: AsyncParsableCommand {
             if closed == 0, deliveries != rounds * devices { report.problems.append("\(deliveries) deliveries, not \(rounds * devices)") }
             if log.read(\.outOfOrder) > 0 { report.problems.append("\(log.read(\.outOfOrder)) broadcasts arrived twice or out of order on a device") }
             await fleet.close()
-        } catch {
-            await deployment.stop()
-            throw error
         }
-        await deployment.stop()
         try report.emit(output)
     }
 }

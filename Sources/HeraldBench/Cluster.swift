@@ -18,8 +18,7 @@ struct Cluster: AsyncParsableCommand {
     @Option(help: "Messages per second of the two latency phases.") var rate = 2_000.0
     @Option(help: "Messages per request in the throughput phase: 1 uses /v1/push, more /v1/push/batch.") var batch = 1
     @Option(help: "Concurrent HTTP connections of the publisher.") var connections = 16
-    @Option(help: "Payload bytes per message (at least 32).") var payloadBytes = 64
-    @Option(help: "Local addresses the devices connect from, comma-separated.") var localHosts = "127.0.0.2,127.0.0.3"
+    @OptionGroup var load: DeviceLoadOptions
     @OptionGroup var servers: ServerOptions
     @OptionGroup var output: OutputOptions
 
@@ -27,13 +26,12 @@ struct Cluster: AsyncParsableCommand {
         raiseOpenFileLimit()
         var report = Report(scenario: "cluster", parameters: [
             "devices": "\(devices)", "messages": "\(messages)", "rate": "\(Int(rate))", "batch": "\(batch)", "connections": "\(PushLoad.connections(connections, devices: devices))",
-            "payload_bytes": "\(payloadBytes)",
+            "payload_bytes": "\(load.payloadBytes)",
         ])
-        let deployment = try await Deployment.start(servers, nodes: 2)
-        do {
+        try await Deployment.run(servers, nodes: 2) { deployment in
             let (a, b) = (deployment.nodes[0], deployment.nodes[1])
             let log = DeliveryLog(sequences: messages * 3)
-            let fleet = DeviceFleet(settings: .init(host: b.host, port: b.devicePort, localHosts: splitList(localHosts)), log: log)
+            let fleet = DeviceFleet(settings: .init(host: b.host, port: b.devicePort, localHosts: splitList(load.localHosts)), log: log)
             try await fleet.connect(0..<devices)
             let phases: [(String, Node, Double?, Int)] = [
                 ("same node, \(Int(rate))/s", b, rate, 1), ("cross-node, \(Int(rate))/s", a, rate, 1), ("cross-node, full speed", a, nil, batch),
@@ -41,17 +39,13 @@ struct Cluster: AsyncParsableCommand {
             for (index, (label, node, rate, batch)) in phases.enumerated() {
                 let phase = UnicastPhase(
                     label: label, messages: messages, offset: index * messages, devices: devices, batch: batch, connections: connections,
-                    payloadBytes: payloadBytes, rate: rate
+                    payloadBytes: load.payloadBytes, rate: rate
                 )
                 try await phase.run(publishingTo: node, deployment: deployment, log: log, report: &report)
             }
             if fleet.closed.load(ordering: .relaxed) > 0 { report.problems.append("\(fleet.closed.load(ordering: .relaxed)) devices were disconnected") }
             await fleet.close()
-        } catch {
-            await deployment.stop()
-            throw error
         }
-        await deployment.stop()
         try report.emit(output)
     }
 }

@@ -26,6 +26,15 @@ struct ServerOptions: ParsableArguments {
 
     @Option(parsing: .singleValue, help: ArgumentHelp("Extra environment for the nodes the bench starts (NAME=VALUE; repeatable).", valueName: "env"))
     var nodeEnv: [String] = []
+
+    /// The store the run's report names.
+    var storeLabel: String { redis ? "redis" : (target.isEmpty ? "memory" : "target") }
+}
+
+/// The devices' side of a load: what each message carries and where the devices connect from.
+struct DeviceLoadOptions: ParsableArguments {
+    @Option(help: "Payload bytes per message (at least 32).") var payloadBytes = 64
+    @Option(help: "Local addresses the devices connect from, comma-separated.") var localHosts = "127.0.0.2,127.0.0.3"
 }
 
 /// One node under test.
@@ -53,6 +62,19 @@ final class Deployment: Sendable {
     }
 
     /// Starts `count` nodes (on one Redis when `options.redis` or `count > 1`) or takes the targets.
+    /// Starts the servers, runs `body` with them and stops them, whether `body` throws or not.
+    static func run<Result>(_ options: ServerOptions, nodes count: Int, _ body: (Deployment) async throws -> Result) async throws -> Result {
+        let deployment = try await start(options, nodes: count)
+        do {
+            let result = try await body(deployment)
+            await deployment.stop()
+            return result
+        } catch {
+            await deployment.stop()
+            throw error
+        }
+    }
+
     static func start(_ options: ServerOptions, nodes count: Int, extraEnvironment: [String: String] = [:]) async throws -> Deployment {
         if !options.target.isEmpty {
             let nodes = try options.target.map { entry -> Node in

@@ -32,79 +32,78 @@ struct Idle: AsyncParsableCommand {
         guard steps > 0, devices >= steps, perProcess > 0 else { throw ValidationError("need devices >= steps > 0") }
         var report = Report(scenario: "idle", parameters: [
             "devices": "\(devices)", "steps": "\(steps)", "per_process": "\(perProcess)", "heartbeat_s": "\(heartbeat)",
-            "idle_s": "\(idleSeconds)", "store": servers.redis ? "redis" : (servers.target.isEmpty ? "memory" : "target"),
+            "idle_s": "\(idleSeconds)", "store": servers.storeLabel,
         ])
-        let deployment = try await Deployment.start(servers, nodes: 1)
-        var workers: [ChildProcess] = []
-        do {
-            let node = deployment.nodes[0]
-            guard let pid = node.pid else { throw ValidationError("the idle scenario reads the server's memory: give --target host:device:http:pid") }
-            let locals = splitList(localHosts)
-            try await Task.sleep(for: .seconds(settleSeconds))
-            var points: [(x: Double, y: Double)] = [(0, Double(ProcFS.residentKiB(pid) ?? 0))]
-            var baseline = 0.0
-            if baselineSeconds > 0 {
-                let before = ProcFS.cpuSeconds(pid) ?? 0
-                let start = ContinuousClock.now
-                try await Task.sleep(for: .seconds(baselineSeconds))
-                baseline = ((ProcFS.cpuSeconds(pid) ?? 0) - before) / seconds(since: start)
-                report.add("server CPU with no device connected", baseline * 100, "% of one core")
-            }
-            var opened = 0
-            for step in 0..<steps {
-                var left = (step == steps - 1) ? devices - opened : devices / steps
-                while left > 0 {
-                    let count = min(left, perProcess)
-                    let worker = try ChildProcess(
-                        name: "worker \(workers.count)", executable: CommandLine.arguments[0],
-                        arguments: [
-                            "idle-worker", "--host", node.host, "--port", "\(node.devicePort)", "--first", "\(opened)", "--count", "\(count)",
-                            "--local-host", locals.isEmpty ? "" : locals[workers.count % locals.count], "--heartbeat", "\(heartbeat)",
-                        ],
-                        capturesOutput: true
-                    )
-                    workers.append(worker)
-                    guard let line = await worker.readLine(), line.contains("welcomed") else { throw BenchError("\(worker.name) failed to connect its devices") }
-                    left -= count
-                    opened += count
-                }
+        try await Deployment.run(servers, nodes: 1) { deployment in
+            var workers: [ChildProcess] = []
+            do {
+                let node = deployment.nodes[0]
+                guard let pid = node.pid else { throw ValidationError("the idle scenario reads the server's memory: give --target host:device:http:pid") }
+                let locals = splitList(localHosts)
                 try await Task.sleep(for: .seconds(settleSeconds))
-                points.append((Double(opened), Double(ProcFS.residentKiB(pid) ?? 0)))
+                var points: [(x: Double, y: Double)] = [(0, Double(ProcFS.residentKiB(pid) ?? 0))]
+                var baseline = 0.0
+                if baselineSeconds > 0 {
+                    let before = ProcFS.cpuSeconds(pid) ?? 0
+                    let start = ContinuousClock.now
+                    try await Task.sleep(for: .seconds(baselineSeconds))
+                    baseline = ((ProcFS.cpuSeconds(pid) ?? 0) - before) / seconds(since: start)
+                    report.add("server CPU with no device connected", baseline * 100, "% of one core")
+                }
+                var opened = 0
+                for step in 0..<steps {
+                    var left = (step == steps - 1) ? devices - opened : devices / steps
+                    while left > 0 {
+                        let count = min(left, perProcess)
+                        let worker = try ChildProcess(
+                            name: "worker \(workers.count)", executable: CommandLine.arguments[0],
+                            arguments: [
+                                "idle-worker", "--host", node.host, "--port", "\(node.devicePort)", "--first", "\(opened)", "--count", "\(count)",
+                                "--local-host", locals.isEmpty ? "" : locals[workers.count % locals.count], "--heartbeat", "\(heartbeat)",
+                            ],
+                            capturesOutput: true
+                        )
+                        workers.append(worker)
+                        guard let line = await worker.readLine(), line.contains("welcomed") else { throw BenchError("\(worker.name) failed to connect its devices") }
+                        left -= count
+                        opened += count
+                    }
+                    try await Task.sleep(for: .seconds(settleSeconds))
+                    points.append((Double(opened), Double(ProcFS.residentKiB(pid) ?? 0)))
+                }
+                for (connections, kib) in points {
+                    report.add("RSS at \(Int(connections)) devices", (kib / 1024 * 10).rounded() / 10, "MiB")
+                }
+                report.add("RSS per idle connection (slope)", (slope(points) * 1000).rounded() / 1000, "KiB")
+                if idleSeconds > 0 {
+                    let before = ProcFS.cpuSeconds(pid) ?? 0
+                    let start = ContinuousClock.now
+                    try await Task.sleep(for: .seconds(idleSeconds))
+                    let cpu = (ProcFS.cpuSeconds(pid) ?? 0) - before
+                    let wall = seconds(since: start)
+                    report.add("server CPU while idle, \(devices) devices heartbeating every \(heartbeat) s", cpu / wall * 100, "% of one core")
+                    report.add(
+                        "server CPU per PING answered, above the baseline", (cpu - baseline * wall) / (Double(devices) * wall / Double(heartbeat)) * 1e6, "µs"
+                    )
+                    report.add("RSS after the idle period", Double(ProcFS.residentKiB(pid) ?? 0) / 1024, "MiB")
+                }
+                var closed = 0, pongs = 0
+                for worker in workers {
+                    worker.closeInput()
+                    let line = await worker.readLine() ?? ""
+                    closed += Int(field("closed", of: line) ?? 0)
+                    pongs += Int(field("pongs", of: line) ?? 0)
+                }
+                report.add("PONGs the devices received", Double(pongs))
+                report.add("devices closed by the server", Double(closed))
+                if closed > 0 { report.problems.append("\(closed) idle devices were disconnected") }
+                if idleSeconds >= Int(heartbeat) * 2, pongs < devices { report.problems.append("only \(pongs) PONGs for \(devices) devices heartbeating over \(idleSeconds) s") }
+            } catch {
+                for worker in workers { await worker.stop(signal: SIGKILL) }
+                throw error
             }
-            for (connections, kib) in points {
-                report.add("RSS at \(Int(connections)) devices", (kib / 1024 * 10).rounded() / 10, "MiB")
-            }
-            report.add("RSS per idle connection (slope)", (slope(points) * 1000).rounded() / 1000, "KiB")
-            if idleSeconds > 0 {
-                let before = ProcFS.cpuSeconds(pid) ?? 0
-                let start = ContinuousClock.now
-                try await Task.sleep(for: .seconds(idleSeconds))
-                let cpu = (ProcFS.cpuSeconds(pid) ?? 0) - before
-                let wall = seconds(since: start)
-                report.add("server CPU while idle, \(devices) devices heartbeating every \(heartbeat) s", cpu / wall * 100, "% of one core")
-                report.add(
-                    "server CPU per PING answered, above the baseline", (cpu - baseline * wall) / (Double(devices) * wall / Double(heartbeat)) * 1e6, "µs"
-                )
-                report.add("RSS after the idle period", Double(ProcFS.residentKiB(pid) ?? 0) / 1024, "MiB")
-            }
-            var closed = 0, pongs = 0
-            for worker in workers {
-                worker.closeInput()
-                let line = await worker.readLine() ?? ""
-                closed += Int(field("closed", of: line) ?? 0)
-                pongs += Int(field("pongs", of: line) ?? 0)
-            }
-            report.add("PONGs the devices received", Double(pongs))
-            report.add("devices closed by the server", Double(closed))
-            if closed > 0 { report.problems.append("\(closed) idle devices were disconnected") }
-            if idleSeconds >= Int(heartbeat) * 2, pongs < devices { report.problems.append("only \(pongs) PONGs for \(devices) devices heartbeating over \(idleSeconds) s") }
-        } catch {
-            for worker in workers { await worker.stop(signal: SIGKILL) }
-            await deployment.stop()
-            throw error
+            for worker in workers { await worker.stop() }
         }
-        for worker in workers { await worker.stop() }
-        await deployment.stop()
         try report.emit(output)
     }
 

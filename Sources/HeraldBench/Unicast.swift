@@ -25,8 +25,7 @@ struct Unicast: AsyncParsableCommand {
     @Option(help: "Phases: messages per second, comma-separated; 0 is full speed.") var rates = "0,5000"
     @Option(help: "Messages per request: 1 uses /v1/push, more uses /v1/push/batch.") var batch = 1
     @Option(help: "Concurrent HTTP connections of the publisher.") var connections = 16
-    @Option(help: "Payload bytes per message (at least 32).") var payloadBytes = 64
-    @Option(help: "Local addresses the devices connect from, comma-separated.") var localHosts = "127.0.0.2,127.0.0.3"
+    @OptionGroup var load: DeviceLoadOptions
     @OptionGroup var servers: ServerOptions
     @OptionGroup var output: OutputOptions
 
@@ -35,29 +34,24 @@ struct Unicast: AsyncParsableCommand {
         let phases = try parseRates(rates)
         var report = Report(scenario: "unicast", parameters: [
             "devices": "\(devices)", "messages": "\(messages)", "rates": rates, "batch": "\(batch)", "connections": "\(PushLoad.connections(connections, devices: devices))",
-            "payload_bytes": "\(payloadBytes)", "store": servers.redis ? "redis" : (servers.target.isEmpty ? "memory" : "target"),
+            "payload_bytes": "\(load.payloadBytes)", "store": servers.storeLabel,
         ])
-        let deployment = try await Deployment.start(servers, nodes: 1)
-        do {
+        try await Deployment.run(servers, nodes: 1) { deployment in
             let node = deployment.nodes[0]
             let log = DeliveryLog(sequences: messages * phases.count)
-            let fleet = DeviceFleet(settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(localHosts)), log: log)
+            let fleet = DeviceFleet(settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(load.localHosts)), log: log)
             try await fleet.connect(0..<devices)
             for (index, rate) in phases.enumerated() {
                 let phase = UnicastPhase(
                     label: rate == nil ? "full speed" : "\(Int(rate!))/s", messages: messages, offset: index * messages, devices: devices,
-                    batch: batch, connections: connections, payloadBytes: payloadBytes, rate: rate
+                    batch: batch, connections: connections, payloadBytes: load.payloadBytes, rate: rate
                 )
                 try await phase.run(publishingTo: node, deployment: deployment, log: log, report: &report)
             }
             report.add("devices closed during the run", Double(fleet.closed.load(ordering: .relaxed)))
             if fleet.closed.load(ordering: .relaxed) > 0 { report.problems.append("\(fleet.closed.load(ordering: .relaxed)) devices were disconnected") }
             await fleet.close()
-        } catch {
-            await deployment.stop()
-            throw error
         }
-        await deployment.stop()
         try report.emit(output)
     }
 }

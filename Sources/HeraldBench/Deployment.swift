@@ -61,7 +61,6 @@ final class Deployment: Sendable {
         self.directory = directory
     }
 
-    /// Starts `count` nodes (on one Redis when `options.redis` or `count > 1`) or takes the targets.
     /// Starts the servers, runs `body` with them and stops them, whether `body` throws or not.
     static func run<Result>(_ options: ServerOptions, nodes count: Int, _ body: (Deployment) async throws -> Result) async throws -> Result {
         let deployment = try await start(options, nodes: count)
@@ -75,6 +74,7 @@ final class Deployment: Sendable {
         }
     }
 
+    /// Starts `count` nodes (on one Redis when `options.redis` or `count > 1`) or takes the targets.
     static func start(_ options: ServerOptions, nodes count: Int, extraEnvironment: [String: String] = [:]) async throws -> Deployment {
         if !options.target.isEmpty {
             let nodes = try options.target.map { entry -> Node in

@@ -247,7 +247,7 @@ final class HeraldNode: Sendable {
             },
         ] + clusterChildren + [
             ChildSpec(id: "api", shutdownTimeout: .seconds(10)) { [unowned self] in
-                makeHTTPServer()
+                ShutdownOnCancel(inner: makeHTTPServer(), logger: logger)
             },
             // A drain may take the whole drain timeout; the supervisor waits that long and more.
             ChildSpec(id: "devices", shutdownTimeout: drainTimeout + .seconds(5)) { [unowned self] in

@@ -9,6 +9,8 @@ import Synchronization
 /// `@_spi(TestKit)` (its TestKit product wraps the same thing as `testGracefulShutdown`);
 /// this file is the only place that uses it.
 final class ChildHandle: Sendable {
+    private enum Outcome: Sendable { case returned, threw(any Error) }
+
     private struct State {
         var stopRequested = false
         var killed = false
@@ -46,33 +48,48 @@ final class ChildHandle: Sendable {
     }
 
     /// Runs the service until it returns, throws or is killed, then records why it ended.
-    func run(_ service: any Service) async -> ExitReason {
-        enum Outcome: Sendable { case returned, threw(any Error) }
+    ///
+    /// The service runs in a task of its own. Once it is killed (or this task is cancelled) that
+    /// task is cancelled, and if it has still not ended when `grace` returns, it is abandoned:
+    /// the child counts as exited, so the supervisor can restart it, and the old task goes on
+    /// unwatched. A task that ignores cancellation cannot be ended in Swift, so this is as near
+    /// as it gets to OTP's brutal kill; what the old task still holds (a port, say) makes the
+    /// restart fail, and the restart intensity escalates that.
+    func run(_ service: any Service, grace: @escaping @Sendable () async -> Void) async -> ExitReason {
         let manager = shutdownManager
+        let work = Task {
+            do {
+                try await TaskLocals.$gracefulShutdownManager.withValue(manager) { try await service.run() }
+                return Outcome.returned
+            } catch {
+                return Outcome.threw(error)
+            }
+        }
         let killSignal = killSignal
-        let outcome: Outcome = await withTaskGroup(of: Outcome?.self) { group in
-            group.addTask {
-                do {
-                    try await TaskLocals.$gracefulShutdownManager.withValue(manager) { try await service.run() }
-                    return .returned
-                } catch {
-                    return .threw(error)
+        let killContinuation = killContinuation
+        let ended = OneShot<Outcome?>()
+        let outcome: Outcome? = await withTaskCancellationHandler {
+            await ended.wait { finish in
+                let watcher = Task {
+                    // Ends when killed, when cancelled, or when the service ended (below).
+                    for await _ in killSignal {}
+                    guard !ended.isDone else { return }
+                    work.cancel()
+                    await grace()
+                    finish(nil)
+                }
+                Task {
+                    finish(await work.value)
+                    watcher.cancel()
+                    killContinuation.finish()
                 }
             }
-            group.addTask {
-                // Ends when killed, or when cancelled because the service already ended.
-                for await _ in killSignal {}
-                return nil
-            }
-            var outcome: Outcome?
-            while let next = await group.next() {
-                if let next { outcome = next }
-                group.cancelAll()
-            }
-            return outcome ?? .returned
+        } onCancel: {
+            killContinuation.finish()
         }
         let reason: ExitReason = state.withLock { state in
             if state.stopRequested { return .shutdown }
+            guard let outcome else { return .failure(ChildAbandoned(child: id)) }
             if state.killed { return .failure(ChildKilled(child: id)) }
             switch outcome {
             case .returned: return .normal
@@ -108,6 +125,30 @@ final class ChildHandle: Sendable {
             }
         } onCancel: {
             state.withLock { $0.waiters.removeValue(forKey: key) }?.resume()
+        }
+    }
+}
+
+/// A value delivered once, to one waiter, by whichever of several tasks gets there first.
+private final class OneShot<Value: Sendable>: Sendable {
+    private let state = Mutex<(continuation: CheckedContinuation<Value, Never>?, done: Bool)>((nil, false))
+
+    var isDone: Bool { state.withLock { $0.done } }
+
+    /// Suspends until one of the `finish` calls that `start` arranges delivers a value; later
+    /// calls are ignored.
+    func wait(_ start: (@escaping @Sendable (Value) -> Void) -> Void) async -> Value {
+        await withCheckedContinuation { continuation in
+            state.withLock { $0.continuation = continuation }
+            start { value in
+                let waiter = self.state.withLock { state -> CheckedContinuation<Value, Never>? in
+                    guard !state.done else { return nil }
+                    state.done = true
+                    defer { state.continuation = nil }
+                    return state.continuation
+                }
+                waiter?.resume(returning: value)
+            }
         }
     }
 }

@@ -309,8 +309,10 @@ public actor Supervisor<C: Clock>: Service, HealthReporting where C.Duration == 
         let handle = ChildHandle(id: spec.id, generation: nextGeneration)
         running[spec.id] = Running(handle: handle, service: service)
         if isRestart { restartCounts[spec.id, default: 0] += 1 }
+        let clock = clock
+        let grace = spec.shutdownTimeout
         group.addTask {
-            let reason = await handle.run(service)
+            let reason = await handle.run(service, grace: { try? await clock.sleep(for: grace) })
             events.yield(.exited(id: handle.id, generation: handle.generation, reason: reason))
         }
         logger.info(isRestart ? "child restarted" : "child started", metadata: ["sup.child": "\(spec.id)"])
@@ -332,9 +334,9 @@ public actor Supervisor<C: Clock>: Service, HealthReporting where C.Duration == 
     }
 
     /// Triggers the child's graceful shutdown, waits up to its timeout, then cancels it and
-    /// waits for it to end. A child that ignores cancellation too keeps this supervisor
-    /// waiting and marked unhealthy (`stop-overdue`), which the watchdog turns into a restart
-    /// of the whole process.
+    /// waits for it to end. A child that ignores cancellation too is marked unhealthy
+    /// (`stop-overdue`) until it is abandoned, one more shutdown timeout later
+    /// (`ChildHandle.run`).
     private func stop(_ id: String) async {
         guard let child = running[id], let spec = specs.first(where: { $0.id == id }) else { return }
         stopping.insert(id)

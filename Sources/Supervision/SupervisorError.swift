@@ -64,3 +64,11 @@ public struct ChildKilled: Error, Hashable, CustomStringConvertible {
     public let child: String
     public var description: String { "child \(child) was killed" }
 }
+
+/// Why a child counts as exited when it was killed and had still not ended its shutdown timeout
+/// later: its task ignored cancellation and was left behind.
+public struct ChildAbandoned: Error, Hashable, CustomStringConvertible {
+    /// The abandoned child's id.
+    public let child: String
+    public var description: String { "child \(child) ignored cancellation and was abandoned" }
+}

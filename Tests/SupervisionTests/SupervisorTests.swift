@@ -309,6 +309,32 @@ struct SupervisorTests {
         }
     }
 
+    @Test("a killed child that ignores cancellation is abandoned when its shutdown timeout passes, and restarted")
+    func killedChildIgnoringCancellationIsAbandoned() async throws {
+        let children = TestChildren()
+        let events = EventRecorder()
+        let clock = ManualClock()
+        let supervisor = Supervisor(
+            name: "sup", strategy: .oneForOne,
+            children: [children.spec("a", restart: .transient, stop: .ignoresCancellation, shutdownTimeout: .seconds(3))],
+            clock: clock, logger: quietLogger, onEvent: events.record
+        )
+        _ = try await supervising(supervisor) {
+            try await children.log.wait(until: "start a")
+            try await supervisor.kill(childID: "a")
+            try await clock.waitForSleepers(atLeast: 1)
+            clock.advance(by: .seconds(2))
+            #expect(children.starts(of: "a") == 1, "still inside its timeout")
+            clock.advance(by: .seconds(1))
+            try await events.log.wait(until: "sup: exited a failure")
+            try await children.log.wait(until: "start a", times: 2)
+            // The new run ends on its own, so the shutdown at the end has nothing to wait for.
+            children.send(.exitNormally, to: "a")
+            try await events.log.wait(until: "sup: exited a normal")
+        }
+        #expect(children.starts(of: "a") == 2)
+    }
+
     @Test("inside a ServiceGroup, graceful shutdown of the group stops the tree in reverse order")
     func insideServiceGroup() async throws {
         let children = TestChildren()

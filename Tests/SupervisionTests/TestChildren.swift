@@ -10,6 +10,9 @@ enum StopBehaviour: Sendable {
     case graceful
     /// Ignores graceful shutdown; only cancellation ends it.
     case ignoresShutdown
+    /// Ignores graceful shutdown and cancellation (as a task stuck in a call that does not
+    /// check for it would): it ends on a command, or when its commands stream is dropped.
+    case ignoresCancellation
 }
 
 struct Boom: Error, CustomStringConvertible {
@@ -76,6 +79,8 @@ struct TestChild: Service {
         switch stop {
         case .graceful: try await cancelWhenGracefulShutdown(body)
         case .ignoresShutdown: try await body()
+        // An unstructured task is not cancelled with the one awaiting its value.
+        case .ignoresCancellation: try await Task { try await body() }.value
         }
     }
 }

@@ -20,8 +20,9 @@ import PushProtocol
 ///
 /// Responses keep the requests' order: a request is served here only while the router owes
 /// this connection no response, and while this handler works out a response, what arrives
-/// after it waits here (and once something waits, no further reads are asked of the socket). It sits after
-/// Hummingbird's `HTTPConnectionStateHandler`, so the idle timeout sees its requests.
+/// after it waits here (and once something waits, no further reads are asked of the socket).
+/// It sits after Hummingbird's `HTTPConnectionStateHandler`, so the idle timeout sees its
+/// requests.
 final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart

@@ -128,6 +128,7 @@ let package = Package(
             dependencies: [
                 "HeraldClient",
                 "PushProtocol",
+                "HeraldTestSupport",   // LoopbackPort: the ports of the servers it starts
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HeraldTestSupport
 
 /// Where the servers under test come from: started by the bench (a release `herald`, and a
 /// `redis-server` when asked), or already running (`--target`).
@@ -104,7 +105,7 @@ final class Deployment: Sendable {
             }
             var redisPID: Int32?
             if options.redis || count > 1 {
-                let port = try freePort()
+                let port = try LoopbackPort.free()
                 let redis = try ChildProcess(name: "redis-server", executable: try which(options.redisServer), arguments: [
                     "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no",
                     "--logfile", "\(directory)/redis.log",
@@ -112,11 +113,11 @@ final class Deployment: Sendable {
                 children.append(redis)
                 redisPID = redis.pid
                 environment["HERALD_REDIS_URL"] = "redis://127.0.0.1:\(port)"
-                try await waitUntil("redis-server on port \(port)", stall: .seconds(10), progress: { 0 }) { answers(port: port) }
+                try await waitUntil("redis-server on port \(port)", stall: .seconds(10), progress: { 0 }) { LoopbackPort.acceptsConnections(port) }
             }
             var nodes: [Node] = []
             for index in 0..<count {
-                let (device, http, relay) = (try freePort(), try freePort(), try freePort())
+                let (device, http, relay) = (try LoopbackPort.free(), try LoopbackPort.free(), try LoopbackPort.free())
                 var env = [
                     "HERALD_NODE_ID": "bench-n\(index)", "HERALD_TCP_ADDR": "127.0.0.1:\(device)", "HERALD_HTTP_ADDR": "127.0.0.1:\(http)",
                     "HERALD_RELAY_ADDR": "127.0.0.1:\(relay)", "HERALD_CLUSTER_SECRET": "herald-bench-cluster-secret-of-32-bytes-or-more",
@@ -178,21 +179,6 @@ final class Deployment: Sendable {
     func stop() async {
         for child in children.reversed() { await child.stop() }
         if let directory { try? FileManager.default.removeItem(atPath: directory) }
-    }
-}
-
-/// Whether something accepts TCP connections on 127.0.0.1:`port` (a blocking connect on
-/// loopback: answered or refused at once).
-private func answers(port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
     }
 }
 

@@ -101,25 +101,6 @@ enum ProcFS {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the caller uses it right away).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw BenchError("socket() failed") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
-        }
-    }
-    guard bound else { throw BenchError("bind() failed") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// Raises this process's open-file limit to its hard limit (one socket per device).
 func raiseOpenFileLimit() {
     var limit = rlimit()

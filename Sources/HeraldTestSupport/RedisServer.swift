@@ -15,7 +15,7 @@ public final class RedisServer: @unchecked Sendable {
     /// Picks a free port and a fresh directory; nothing runs until `start()`. `configuration`,
     /// if given, is written to a file passed first (Sentinel needs a config file it can rewrite).
     public init(arguments: [String] = [], configuration: String? = nil) throws {
-        port = try Self.freePort()
+        port = try LoopbackPort.free()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         extraArguments = arguments
@@ -98,12 +98,6 @@ public final class RedisServer: @unchecked Sendable {
             return candidate
         }
         return "/usr/bin/redis-server"
-    }
-
-    private static func freePort() throws -> Int {
-        let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? channel.close().wait() }
-        return channel.localAddress!.port!
     }
 
     /// Runs `redis-cli -p <port> <arguments>` and returns its output.

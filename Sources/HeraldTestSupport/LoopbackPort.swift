@@ -20,6 +20,9 @@ public enum LoopbackPort {
         let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? "32768"
         let ephemeralLow = range.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
         let candidates = max(1024, ephemeralLow / 3)..<ephemeralLow
+        guard !candidates.isEmpty else {
+            throw LoopbackPortError(description: "the ephemeral range starts at \(ephemeralLow): no port below it to choose")
+        }
         for _ in 0..<1000 {
             let port = Int.random(in: candidates)
             let fresh = handedOut.withLock { $0.insert(port).inserted }

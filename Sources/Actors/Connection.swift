@@ -22,8 +22,15 @@ public actor Connection {
         eventLoop.executor.asUnownedSerialExecutor()
     }
 
+    /// What the transport learned of the device (its real address, its certificate's names).
+    public nonisolated let peer: TransportPeer
+
     private let services: DeviceServices
     private var machine: ConnectionStateMachine
+    /// When the hello timeout runs out: `helloTimeout` after the socket's accept, whatever
+    /// time its transport (TLS handshake, WebSocket upgrade) took.
+    private let helloDeadline: NIODeadline
+    private var sessionBegun = false
     private var lastReceived: NIODeadline
     private var heartbeat: TimeAmount = .seconds(30)
     private var helloTimer: Scheduled<Void>?
@@ -37,11 +44,14 @@ public actor Connection {
     private var sentGoAway = false
     private var closing = false
 
-    /// Creates the connection for a freshly accepted channel. Call on the channel's loop.
-    public init(channel: any Channel, services: DeviceServices) {
+    /// Creates the connection for a channel whose transport is up (for plain TCP: freshly
+    /// accepted), accepted at `acceptedAt`. Call on the channel's loop.
+    public init(channel: any Channel, services: DeviceServices, peer: TransportPeer = .tcp, acceptedAt: NIODeadline = .now()) {
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.services = services
+        self.peer = peer
+        self.helloDeadline = acceptedAt + services.configuration.helloTimeout
         self.session = services.nextSession()
         self.machine = ConnectionStateMachine(window: services.configuration.window)
         self.lastReceived = .now()
@@ -57,15 +67,18 @@ public actor Connection {
 
     // MARK: Socket events (from the channel handler)
 
-    /// The socket is open: the hello timeout starts now.
+    /// The socket is open and its transport up: the session begins (the hello timeout runs
+    /// from the accept). Called once; later calls do nothing.
     public func activated() {
+        guard !sessionBegun else { return }
+        sessionBegun = true
         let open = services.metrics.connectionOpened(1)
         let limit = services.configuration.maxConnections
         if limit > 0, open > limit {
             return fail(.tooManyRequests, "too many connections")
         }
         lastReceived = .now()
-        helloTimer = eventLoop.scheduleTask(in: services.configuration.helloTimeout) { [self] in
+        helloTimer = eventLoop.scheduleTask(deadline: helloDeadline) { [self] in
             assumeIsolated { $0.helloTimedOut() }
         }
     }
@@ -89,6 +102,7 @@ public actor Connection {
 
     /// The socket closed.
     public func deactivated() {
+        guard sessionBegun else { return }
         machine.closed()
         closing = true
         helloTimer?.cancel()
@@ -197,8 +211,11 @@ public actor Connection {
                 return fail(.tooManyRequests, "too many failed authentications from this address")
             }
             let authenticator = services.authenticator
+            // With mutual TLS the certificate must name the client id (Docs/protocol.md), and
+            // the token is checked as well when device tokens are configured.
+            let certified = peer.certificateNames.map { $0.contains(clientID) } ?? true
             Task { [self] in
-                let accepted = await authenticator.authenticate(clientID: clientID, token: token)
+                let accepted = certified ? await authenticator.authenticate(clientID: clientID, token: token) : false
                 if !accepted { limiter.failed(address, nowNanoseconds: Self.nanosecondsNow()) }
                 authenticationFinished(accepted)
             }
@@ -210,9 +227,10 @@ public actor Connection {
         }
     }
 
-    /// The peer's IP address, without its port ("?" if the socket no longer knows it).
-    private var remoteHost: String {
-        channel.remoteAddress?.ipAddress ?? "?"
+    /// The device's IP address, without its port: what a trusted proxy reported, else the
+    /// socket's peer ("?" if the socket no longer knows it).
+    public nonisolated var remoteHost: String {
+        (peer.forwardedAddress ?? channel.remoteAddress)?.ipAddress ?? "?"
     }
 
     private static func nanosecondsNow() -> Int64 {

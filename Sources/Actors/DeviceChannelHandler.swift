@@ -1,7 +1,9 @@
 import NIOCore
 import PushProtocol
 
-/// The device socket's only handler: turns bytes into frames for its `Connection`.
+/// The device session's handler, last in the pipeline: turns bytes into frames for its
+/// `Connection`. Whatever sits in front of it (TLS, WebSocket, a PROXY header) hands it the
+/// device protocol's bytes and carries its writes, so the session never knows its transport.
 ///
 /// It keeps received bytes only while a frame is incomplete (at most one frame of
 /// `maxFrame` bytes plus one read), and drops the buffer as soon as it is empty, so an idle
@@ -17,6 +19,14 @@ public final class DeviceChannelHandler: ChannelInboundHandler {
     public init(connection: Connection, maxFrame: Int) {
         self.connection = connection
         self.decoder = FrameDecoder(maxFrame: maxFrame)
+    }
+
+    /// Added to a channel that is already active (after a TLS handshake or a WebSocket
+    /// upgrade): the session begins now.
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive {
+            connection.assumeIsolated { $0.activated() }
+        }
     }
 
     public func channelActive(context: ChannelHandlerContext) {

@@ -4,70 +4,94 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Supervision
+import Transport
 
-/// The device-protocol TCP listener. Its child spec's `start` binds the socket, so the
-/// supervisor starts later siblings (and the node reports ready) only once devices can connect.
+/// The device listeners, one socket per configured transport (tcp, tls, ws, wss), as one
+/// supervised child. Its child spec's `start` binds every socket, so the supervisor starts
+/// later siblings (and the node reports ready) only once devices can connect.
 ///
 /// On graceful shutdown it drains (protocol.md rule 8): stops accepting, sends GOAWAY to
 /// every device, waits for them to leave up to the drain timeout, then closes the rest.
 /// Pending messages stay in the store for the devices' next connection.
 final class DeviceListener: Service, HealthReporting {
-    let serverChannel: any Channel
+    /// The bound sockets, by transport.
+    let serverChannels: [DeviceTransportKind: any Channel]
     private let tracker: ConnectionTracker
     private let drainTimeout: Duration
     private let logger: Logger
     private let onDrain: @Sendable () -> Void
 
     private init(
-        serverChannel: any Channel, tracker: ConnectionTracker, drainTimeout: Duration, logger: Logger,
+        serverChannels: [DeviceTransportKind: any Channel], tracker: ConnectionTracker, drainTimeout: Duration, logger: Logger,
         onDrain: @escaping @Sendable () -> Void
     ) {
-        self.serverChannel = serverChannel
+        self.serverChannels = serverChannels
         self.tracker = tracker
         self.drainTimeout = drainTimeout
         self.logger = logger
         self.onDrain = onDrain
     }
 
-    /// Binds `address` and returns the listener, accepting already.
+    /// Binds every listener in `listeners` and returns them, accepting already. A failure to
+    /// bind one closes those already bound.
     static func bind(
-        _ address: SocketAddressSpec, group: any EventLoopGroup, services: DeviceServices,
+        _ listeners: [(DeviceTransport, SocketAddressSpec)], group: any EventLoopGroup,
         tracker: ConnectionTracker, drainTimeout: Duration, logger: Logger, onDrain: @escaping @Sendable () -> Void
     ) async throws -> DeviceListener {
-        let maxFrame = services.configuration.maxFrame
-        let channel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 4096)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
-            // NIO keeps each channel's last receive buffer for reuse: sized for a device's
-            // small frames (it grows by itself for a burst of ACKs), an idle connection keeps
-            // 256 bytes rather than 2 KiB.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let connection = Connection(channel: channel, services: services)
-                    tracker.add(connection)
-                    channel.closeFuture.whenComplete { _ in tracker.remove(connection) }
-                    try channel.pipeline.syncOperations.addHandler(DeviceChannelHandler(connection: connection, maxFrame: maxFrame))
-                }
+        var channels: [DeviceTransportKind: any Channel] = [:]
+        do {
+            for (transport, address) in listeners {
+                let channel = try await ServerBootstrap(group: group)
+                    .serverChannelOption(.backlog, value: 4096)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                    .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
+                    // NIO keeps each channel's last receive buffer for reuse: sized for a device's
+                    // small frames (it grows by itself for a burst of ACKs), an idle connection keeps
+                    // 256 bytes rather than 2 KiB.
+                    .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))
+                    .childChannelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture { try transport.install(on: channel) }
+                    }
+                    .bind(host: address.host, port: address.port)
+                    .get()
+                channels[transport.kind] = channel
+                logger.info("device listener bound", metadata: [
+                    "transport": "\(transport.kind.rawValue)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                ])
             }
-            .bind(host: address.host, port: address.port)
-            .get()
-        logger.info("device listener bound", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
-        return DeviceListener(serverChannel: channel, tracker: tracker, drainTimeout: drainTimeout, logger: logger, onDrain: onDrain)
+        } catch {
+            for channel in channels.values { try? await channel.close() }
+            throw error
+        }
+        return DeviceListener(serverChannels: channels, tracker: tracker, drainTimeout: drainTimeout, logger: logger, onDrain: onDrain)
     }
 
-    var port: Int? { serverChannel.localAddress?.port }
+    /// The session a transport starts once it is up: the `Connection`, tracked for the drain,
+    /// and its frame handler last in the pipeline.
+    static func sessionStarter(services: DeviceServices, tracker: ConnectionTracker)
+        -> @Sendable (any Channel, TransportPeer, NIODeadline) throws -> Void
+    {
+        let maxFrame = services.configuration.maxFrame
+        return { channel, peer, acceptedAt in
+            let connection = Connection(channel: channel, services: services, peer: peer, acceptedAt: acceptedAt)
+            tracker.add(connection)
+            channel.closeFuture.whenComplete { _ in tracker.remove(connection) }
+            try channel.pipeline.syncOperations.addHandler(DeviceChannelHandler(connection: connection, maxFrame: maxFrame))
+        }
+    }
+
+    /// The bound ports, by transport.
+    var ports: [DeviceTransportKind: Int] { serverChannels.compactMapValues { $0.localAddress?.port } }
 
     func run() async throws {
         // Run until shutdown (graceful: drain) or cancellation (the supervisor's kill: just close).
         let graceful = await withTaskCancellationHandler {
             (try? await gracefulShutdown()) != nil && !Task.isCancelled
-        } onCancel: { [serverChannel] in
-            serverChannel.close(promise: nil)
+        } onCancel: { [serverChannels] in
+            for channel in serverChannels.values { channel.close(promise: nil) }
         }
-        try? await serverChannel.close()
+        for channel in serverChannels.values { try? await channel.close() }
         guard graceful else { throw CancellationError() }
         try await drain()
     }
@@ -98,6 +122,7 @@ final class DeviceListener: Service, HealthReporting {
     }
 
     func healthReport() async -> HealthReport {
-        HealthReport(name: "devices", healthy: serverChannel.isActive, state: serverChannel.isActive ? "listening" : "closed")
+        let listening = serverChannels.values.allSatisfy(\.isActive)
+        return HealthReport(name: "devices", healthy: listening, state: listening ? "listening" : "closed")
     }
 }

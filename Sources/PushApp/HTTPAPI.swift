@@ -277,6 +277,8 @@ struct HTTPAPI: Sendable {
         var uptime_s: Int64
         var draining: Bool
         var store: String
+        /// Bound listeners: tcp, tls, ws, wss, http, https -> host:port.
+        var listeners: [String: String]
         var cluster: ClusterBody?
     }
 
@@ -305,7 +307,8 @@ struct HTTPAPI: Sendable {
             status: .ok,
             StatsBody(
                 node: configuration.nodeID, connections: node.registry.count, sockets: node.metrics.openConnectionCount,
-                uptime_s: node.uptime.components.seconds, draining: node.isDraining, store: node.storeKind, cluster: cluster
+                uptime_s: node.uptime.components.seconds, draining: node.isDraining, store: node.storeKind,
+                listeners: node.boundAddresses, cluster: cluster
             )
         )
     }

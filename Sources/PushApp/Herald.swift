@@ -26,7 +26,16 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HERALD_NODE_ID: this node's id (default: the host name).") var nodeID: String?
     @Option(help: "HERALD_REDIS_URL: redis://[:password@]host:port[/db] (unset: messages in memory).") var redisURL: String?
     @Option(help: "HERALD_TCP_ADDR: device listener, host:port (default 0.0.0.0:9988).") var tcpAddr: String?
-    @Option(help: "HERALD_HTTP_ADDR: HTTP API, host:port (default 0.0.0.0:8080).") var httpAddr: String?
+    @Option(help: "HERALD_HTTP_ADDR: HTTP API, host:port (default 0.0.0.0:8080; empty: off).") var httpAddr: String?
+    @Option(help: "HERALD_TLS_CERT: PEM certificate, then its chain (turns on the TLS listeners).") var tlsCert: String?
+    @Option(help: "HERALD_TLS_KEY: PEM private key of the certificate, ECDSA or RSA.") var tlsKey: String?
+    @Option(help: "HERALD_TLS_CLIENT_CA: PEM CA that device certificates must chain to (mutual TLS).") var tlsClientCA: String?
+    @Option(help: "HERALD_TLS_ADDR: devices over TLS, host:port (default 0.0.0.0:9443 with a certificate; empty: off).") var tlsAddr: String?
+    @Option(help: "HERALD_WS_ADDR: devices over WebSocket, host:port (off unless set, or --ws).") var wsAddr: String?
+    @Option(help: "HERALD_WSS_ADDR: devices over WebSocket in TLS (default 0.0.0.0:9444 with a certificate; empty: off).") var wssAddr: String?
+    @Option(help: "HERALD_HTTPS_ADDR: HTTP API over TLS (default 0.0.0.0:8443 with a certificate; empty: off).") var httpsAddr: String?
+    @Option(help: "HERALD_WS_ALLOWED_ORIGINS: comma-separated browser origins allowed on WebSocket (unset: any).") var wsAllowedOrigins: String?
+    @Flag(help: "Turn the WebSocket listener on at 0.0.0.0:9989 (unless HERALD_WS_ADDR says where).") var ws = false
     @Option(help: "HERALD_API_KEYS: comma-separated API keys (unset: no API auth).") var apiKeys: String?
     @Option(help: "HERALD_DEVICE_JWT_SECRET: HS256 secret for device tokens (unset: no device auth).") var deviceJWTSecret: String?
     @Option(help: "HERALD_MAX_FRAME: largest device frame in bytes (65536).") var maxFrame: String?
@@ -49,6 +58,9 @@ struct Serve: AsyncParsableCommand {
         var values = ProcessEnvironment.variables.filter { $0.key.hasPrefix("HERALD_") }
         let flags: [(String, String?)] = [
             ("HERALD_NODE_ID", nodeID), ("HERALD_REDIS_URL", redisURL), ("HERALD_TCP_ADDR", tcpAddr), ("HERALD_HTTP_ADDR", httpAddr),
+            ("HERALD_TLS_CERT", tlsCert), ("HERALD_TLS_KEY", tlsKey), ("HERALD_TLS_CLIENT_CA", tlsClientCA),
+            ("HERALD_TLS_ADDR", tlsAddr), ("HERALD_WS_ADDR", wsAddr), ("HERALD_WSS_ADDR", wssAddr), ("HERALD_HTTPS_ADDR", httpsAddr),
+            ("HERALD_WS_ALLOWED_ORIGINS", wsAllowedOrigins),
             ("HERALD_API_KEYS", apiKeys), ("HERALD_DEVICE_JWT_SECRET", deviceJWTSecret), ("HERALD_MAX_FRAME", maxFrame),
             ("HERALD_MAX_PAYLOAD", maxPayload), ("HERALD_WINDOW", window), ("HERALD_HELLO_TIMEOUT_S", helloTimeoutS),
             ("HERALD_HEARTBEAT_S", heartbeatS), ("HERALD_HEARTBEAT_MIN_S", heartbeatMinS),
@@ -58,6 +70,7 @@ struct Serve: AsyncParsableCommand {
             ("HERALD_MAX_FRAME_RATE", maxFrameRate), ("HERALD_LOG_LEVEL", logLevel),
         ]
         for (name, value) in flags { if let value { values[name] = value } }
+        if ws, values["HERALD_WS_ADDR"] == nil { values["HERALD_WS_ADDR"] = "0.0.0.0:9989" }
 
         let configuration: NodeConfiguration
         do {
@@ -72,7 +85,13 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "herald")
-        let node = await HeraldNode.make(configuration: configuration, logger: logger)
+        let node: HeraldNode
+        do {
+            node = try await HeraldNode.make(configuration: configuration, logger: logger)
+        } catch {
+            FileDescriptorOutput.standardError("herald: \(error)\n")
+            throw ExitCode(2)
+        }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 // The watchdog runs beside the tree and stops after it (the group stops services in

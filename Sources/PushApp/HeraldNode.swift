@@ -13,6 +13,8 @@ import ServiceLifecycle
 import Supervision
 import Synchronization
 import SystemdNotify
+import Transport
+import UnixSignals
 
 /// One Herald node: the composition root. It builds the shared state (store, registry,
 /// metrics) once, and the supervision tree whose children use it:
@@ -22,8 +24,11 @@ import SystemdNotify
 /// ├── redis     RedisClient    permanent (only with HERALD_REDIS_URL)
 /// ├── store     StoreMonitor   permanent
 /// ├── sweeper   ExpirySweeper  permanent
-/// ├── api       HTTP API       permanent
-/// └── devices   DeviceListener permanent (stopped first: drains devices while the API still accepts)
+/// ├── tls       CertificateReloader permanent (only with HERALD_TLS_CERT: SIGHUP reloads)
+/// ├── api       HTTP API       permanent (unless HERALD_HTTP_ADDR is empty)
+/// ├── api-tls   HTTPS API      permanent (only with HERALD_TLS_CERT and HERALD_HTTPS_ADDR)
+/// └── devices   DeviceListener permanent (tcp, tls, ws, wss; stopped first: drains devices
+///               while the API still accepts)
 /// ```
 /// Shared state lives here, not in the children, so that a restarted child finds every
 /// message and connection its predecessor had (Docs/architecture.md explains the choices).
@@ -42,21 +47,25 @@ final class HeraldNode: Sendable {
     let tracker = ConnectionTracker()
     let router: MessageRouter
     let services: DeviceServices
+    /// The TLS credentials every TLS listener's new handshakes use; nil without a certificate.
+    let tls: TLSCredentials?
+    let transportMetrics: TransportMetrics
     private let startedAt = ContinuousClock.now
     private let draining = Atomic<Bool>(false)
     private struct State {
         var root: Supervisor<ContinuousClock>?
         var watchdog: WatchdogService?
-        var devicePort: Int?
-        var httpPort: Int?
+        /// Bound addresses by listener name (tcp, tls, ws, wss, http, https).
+        var bound: [String: SocketAddress] = [:]
         var storeMonitor: StoreMonitor?
     }
     private let state = Mutex(State())
 
-    /// Builds a node; `run()` starts it.
+    /// Builds a node; `run()` starts it. Throws `TLSFileError` when a configured certificate,
+    /// key or CA file cannot be used.
     static func make(
         configuration: NodeConfiguration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
-    ) async -> HeraldNode {
+    ) async throws -> HeraldNode {
         let authenticator: any DeviceAuthenticator
         if let secret = configuration.deviceJWTSecret {
             authenticator = await JWTDeviceAuthenticator(secret: secret)
@@ -67,10 +76,23 @@ final class HeraldNode: Sendable {
         if configuration.apiKeys.isEmpty {
             logger.warning("HERALD_API_KEYS is not set: the HTTP API accepts requests without an API key")
         }
-        return HeraldNode(configuration: configuration, logger: logger, group: group, authenticator: authenticator)
+        var tls: TLSCredentials?
+        if let files = configuration.tls {
+            let credentials = try TLSCredentials(files: files)
+            let loaded = credentials.loaded
+            logger.info("TLS certificate loaded", metadata: [
+                "subject": "\(loaded.subject)", "chain": "\(loaded.chainLength)", "not_valid_after": "\(loaded.notValidAfter)",
+                "mutual_tls": "\(credentials.isMutual)",
+            ])
+            tls = credentials
+        }
+        return HeraldNode(configuration: configuration, logger: logger, group: group, authenticator: authenticator, tls: tls)
     }
 
-    private init(configuration: NodeConfiguration, logger: Logger, group: any EventLoopGroup, authenticator: any DeviceAuthenticator) {
+    private init(
+        configuration: NodeConfiguration, logger: Logger, group: any EventLoopGroup, authenticator: any DeviceAuthenticator,
+        tls: TLSCredentials?
+    ) {
         var logger = logger
         logger[metadataKey: "herald.node"] = .string(configuration.nodeID)
         self.configuration = configuration
@@ -78,6 +100,8 @@ final class HeraldNode: Sendable {
         self.group = group
         let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: prometheus))
         self.metrics = metrics
+        self.tls = tls
+        transportMetrics = TransportMetrics(factory: PrometheusMetricsFactory(registry: prometheus), logger: logger)
         if let redisConfiguration = configuration.redis {
             let client = RedisClient(configuration: redisConfiguration, group: group, logger: logger)
             redis = client
@@ -144,10 +168,46 @@ final class HeraldNode: Sendable {
     /// The root of the supervision tree.
     var root: Supervisor<ContinuousClock> { state.withLock { $0.root! } }
 
-    /// The device port actually bound (the configured one, or the one port 0 gave).
-    var devicePort: Int? { state.withLock { $0.devicePort } }
+    /// The plain TCP device port actually bound (the configured one, or the one port 0 gave).
+    var devicePort: Int? { port(of: "tcp") }
     /// The HTTP port actually bound.
-    var httpPort: Int? { state.withLock { $0.httpPort } }
+    var httpPort: Int? { port(of: "http") }
+    /// The port a listener (tcp, tls, ws, wss, http, https) has bound; nil: not (yet) bound.
+    func port(of listener: String) -> Int? { state.withLock { $0.bound[listener]?.port } }
+    /// Every bound listener's address, by name: what `/v1/stats` reports.
+    var boundAddresses: [String: String] {
+        state.withLock { state in
+            state.bound.mapValues { address in
+                let host = address.ipAddress ?? "?"
+                return host.contains(":") ? "[\(host)]:\(address.port ?? 0)" : "\(host):\(address.port ?? 0)"
+            }
+        }
+    }
+
+    /// The listeners the configuration turns on, by name.
+    private var configuredListeners: [(String, SocketAddressSpec)] {
+        [
+            ("tcp", configuration.tcpAddress), ("tls", configuration.tlsAddress), ("ws", configuration.wsAddress),
+            ("wss", configuration.wssAddress), ("http", configuration.httpAddress), ("https", configuration.httpsAddress),
+        ].compactMap { name, address in address.map { (name, $0) } }
+    }
+
+    /// Reads the TLS files again (SIGHUP): new handshakes use them, open connections keep
+    /// theirs; a file that cannot be used is refused with one log line and the old stay.
+    @discardableResult
+    func reloadCertificates() -> Bool {
+        guard let tls else { return false }
+        do {
+            let loaded = try tls.reload()
+            logger.notice("TLS certificate reloaded: new handshakes use it", metadata: [
+                "subject": "\(loaded.subject)", "chain": "\(loaded.chainLength)", "not_valid_after": "\(loaded.notValidAfter)",
+            ])
+            return true
+        } catch {
+            logger.error("TLS certificate reload refused, the previous certificate stays in use: \(error)")
+            return false
+        }
+    }
     /// Whether the node is draining (GOAWAY sent, no new sessions).
     var isDraining: Bool { draining.load(ordering: .relaxed) }
     /// Time since the node was built.
@@ -212,7 +272,8 @@ final class HeraldNode: Sendable {
     /// Whether the node accepts devices and can store: what `/readyz` answers.
     func readiness() async -> (Bool, String) {
         if isDraining { return (false, "draining") }
-        guard devicePort != nil, httpPort != nil else { return (false, "starting") }
+        let bound = state.withLock { $0.bound }
+        guard configuredListeners.allSatisfy({ bound[$0.0] != nil }) else { return (false, "starting") }
         // Until the member list has been read, no relay runs: pushes for devices on other
         // nodes would wait for their next read (Docs/cluster.md).
         if let cluster, !cluster.view.isKnown { return (false, "joining the cluster") }
@@ -245,29 +306,68 @@ final class HeraldNode: Sendable {
             ChildSpec(id: "sweeper", shutdownTimeout: .seconds(5)) { [unowned self] in
                 ExpirySweeper(store: store, metrics: metrics, interval: .seconds(10), clock: ContinuousClock(), logger: logger)
             },
-        ] + clusterChildren + [
-            ChildSpec(id: "api", shutdownTimeout: .seconds(10)) { [unowned self] in
-                ShutdownOnCancel(inner: makeHTTPServer(), logger: logger)
-            },
-            // A drain may take the whole drain timeout; the supervisor waits that long and more.
-            ChildSpec(id: "devices", shutdownTimeout: drainTimeout + .seconds(5)) { [unowned self] in
-                let address = SocketAddressSpec(host: configuration.tcpAddress.host, port: devicePort ?? configuration.tcpAddress.port)
-                let listener = try await DeviceListener.bind(
-                    address, group: group, services: services, tracker: tracker,
-                    drainTimeout: drainTimeout, logger: logger, onDrain: { [unowned self] in
-                        draining.store(true, ordering: .relaxed)
-                        watchdog.stopping(drainDeadline: .now + drainTimeout)
-                    }
-                )
-                state.withLock { $0.devicePort = listener.port }
-                return listener
-            },
-        ]
+        ] + clusterChildren + listenerChildren(drainTimeout: drainTimeout)
     }
 
-    private func makeHTTPServer() -> some Service {
+    /// The certificate reloader, the HTTP and HTTPS APIs and the device listeners.
+    private func listenerChildren(drainTimeout: Duration) -> [ChildSpec] {
+        var children: [ChildSpec] = []
+        if let tls {
+            children.append(ChildSpec(id: "tls", shutdownTimeout: .seconds(2)) { [unowned self] in
+                CertificateReloader(reload: { [unowned self] in reloadCertificates() }, credentials: tls)
+            })
+        }
+        if let address = configuration.httpAddress {
+            children.append(ChildSpec(id: "api", shutdownTimeout: .seconds(10)) { [unowned self] in
+                ShutdownOnCancel(inner: makeHTTPServer(name: "http", address: address, tls: nil), logger: logger)
+            })
+        }
+        if let address = configuration.httpsAddress, let tls {
+            children.append(ChildSpec(id: "api-tls", shutdownTimeout: .seconds(10)) { [unowned self] in
+                ShutdownOnCancel(inner: makeHTTPServer(name: "https", address: address, tls: tls), logger: logger)
+            })
+        }
+        // A drain may take the whole drain timeout; the supervisor waits that long and more.
+        children.append(ChildSpec(id: "devices", shutdownTimeout: drainTimeout + .seconds(5)) { [unowned self] in
+            let listener = try await DeviceListener.bind(
+                deviceTransports(), group: group, tracker: tracker,
+                drainTimeout: drainTimeout, logger: logger, onDrain: { [unowned self] in
+                    draining.store(true, ordering: .relaxed)
+                    watchdog.stopping(drainDeadline: .now + drainTimeout)
+                }
+            )
+            state.withLock { state in
+                for (kind, channel) in listener.serverChannels {
+                    if let address = channel.localAddress { state.bound[kind.rawValue] = address }
+                }
+            }
+            return listener
+        })
+        return children
+    }
+
+    /// Each configured device listener's transport and address; a restarted listener binds
+    /// the ports its predecessor had (port 0 resolves once).
+    private func deviceTransports() -> [(DeviceTransport, SocketAddressSpec)] {
+        let start = DeviceListener.sessionStarter(services: services, tracker: tracker)
+        let webSocket = WebSocketOptions(allowedOrigins: configuration.wsAllowedOrigins, maxFrame: configuration.maxFrame)
+        let addresses: [(DeviceTransportKind, SocketAddressSpec?)] = [
+            (.tcp, configuration.tcpAddress), (.tls, configuration.tlsAddress),
+            (.ws, configuration.wsAddress), (.wss, configuration.wssAddress),
+        ]
+        return addresses.compactMap { kind, address in
+            guard let address else { return nil }
+            let transport = DeviceTransport(
+                kind: kind, tls: tls, webSocket: webSocket, helloTimeout: configuration.session.helloTimeout,
+                metrics: transportMetrics, startSession: start
+            )
+            return (transport, SocketAddressSpec(host: address.host, port: port(of: kind.rawValue) ?? address.port))
+        }
+    }
+
+    private func makeHTTPServer(name: String, address: SocketAddressSpec, tls: TLSCredentials?) -> some Service {
         // A restarted server binds the port its predecessor had (port 0 resolves once).
-        let port = httpPort ?? configuration.httpAddress.port
+        let port = port(of: name) ?? address.port
         let idleTimeout = TimeAmount.seconds(Int64(configuration.httpIdleTimeoutSeconds))
         let api = HTTPAPI(node: self)
         let keys = SecretSet(configuration.apiKeys)
@@ -283,15 +383,16 @@ final class HeraldNode: Sendable {
                         responder: responder,
                         configuration: .init(additionalChannelHandlers: [RequestDeadlineHandler(timeout: idleTimeout)], idleTimeout: idleTimeout)
                     ),
-                    makeFastPath: { fastPath ? PushFastPath(api: api, keys: keys, serverName: serverName) : nil }
+                    makeFastPath: { fastPath ? PushFastPath(api: api, keys: keys, serverName: serverName) : nil },
+                    tls: tls
                 )
             },
             configuration: ApplicationConfiguration(
-                address: .hostname(configuration.httpAddress.host, port: port), serverName: serverName
+                address: .hostname(address.host, port: port), serverName: serverName
             ),
             onServerRunning: { [unowned self] channel in
-                state.withLock { $0.httpPort = channel.localAddress?.port }
-                logger.info("HTTP API bound", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+                state.withLock { $0.bound[name] = channel.localAddress }
+                logger.info(name == "https" ? "HTTPS API bound" : "HTTP API bound", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
             },
             eventLoopGroupProvider: .shared(group),
             logger: logger

@@ -2,6 +2,7 @@ import Actors
 import Logging
 import PushProtocol
 import RedisStore
+import Transport
 
 /// A configuration value that is wrong; start-up stops with `message` (one line, naming the variable).
 struct ConfigurationError: Error, CustomStringConvertible {
@@ -37,8 +38,18 @@ struct SocketAddressSpec: Sendable, Hashable, CustomStringConvertible {
 /// else its `HERALD_*` environment variable, else the default (Docs/operations.md lists them).
 struct NodeConfiguration: Sendable {
     var nodeID: String
-    var tcpAddress: SocketAddressSpec
-    var httpAddress: SocketAddressSpec
+    /// Each listener's address; nil: that listener is off (its variable set to an empty value,
+    /// or, for TLS ones, no certificate configured).
+    var tcpAddress: SocketAddressSpec?
+    var httpAddress: SocketAddressSpec?
+    var tlsAddress: SocketAddressSpec?
+    var wsAddress: SocketAddressSpec?
+    var wssAddress: SocketAddressSpec?
+    var httpsAddress: SocketAddressSpec?
+    /// The certificate, key and (mutual TLS) client CA files; nil: no TLS listener.
+    var tls: TLSFiles?
+    /// Browser origins allowed on the WebSocket listeners (empty: any).
+    var wsAllowedOrigins: Set<String>
     var apiKeys: [String]
     var deviceJWTSecret: String?
     var maxFrame: Int
@@ -82,7 +93,7 @@ struct NodeConfiguration: Sendable {
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
-        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
@@ -136,10 +147,48 @@ struct NodeConfiguration: Sendable {
         guard let logLevel = Logger.Level(rawValue: logLevelText.lowercased()) else {
             throw ConfigurationError(message: "HERALD_LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, got \"\(logLevelText)\"")
         }
+        let certificate = try reader.optional("HERALD_TLS_CERT")
+        let key = try reader.optional("HERALD_TLS_KEY")
+        let clientCA = try reader.optional("HERALD_TLS_CLIENT_CA")
+        var tls: TLSFiles?
+        switch (certificate, key) {
+        case (let certificate?, let key?): tls = TLSFiles(certificate: certificate, key: key, clientCA: clientCA)
+        case (nil, nil):
+            if clientCA != nil {
+                throw ConfigurationError(message: "HERALD_TLS_CLIENT_CA needs HERALD_TLS_CERT and HERALD_TLS_KEY (the server's own certificate)")
+            }
+        case (nil, _): throw ConfigurationError(message: "HERALD_TLS_KEY is set but HERALD_TLS_CERT is not: both or neither")
+        case (_, nil): throw ConfigurationError(message: "HERALD_TLS_CERT is set but HERALD_TLS_KEY is not: both or neither")
+        }
+        // The TLS listeners are on by default with a certificate; naming one without it is an error.
+        func tlsListener(_ name: String, _ fallback: String) throws -> SocketAddressSpec? {
+            let address = try reader.listener(name, default: tls == nil ? nil : fallback)
+            if address != nil, tls == nil {
+                throw ConfigurationError(message: "\(name) needs a certificate: set HERALD_TLS_CERT and HERALD_TLS_KEY")
+            }
+            return address
+        }
+        let tcpAddress = try reader.listener("HERALD_TCP_ADDR", default: "0.0.0.0:9988")
+        let tlsAddress = try tlsListener("HERALD_TLS_ADDR", "0.0.0.0:9443")
+        let wsAddress = try reader.listener("HERALD_WS_ADDR", default: nil)
+        let wssAddress = try tlsListener("HERALD_WSS_ADDR", "0.0.0.0:9444")
+        guard tcpAddress != nil || tlsAddress != nil || wsAddress != nil || wssAddress != nil else {
+            throw ConfigurationError(message: "every device listener is off (HERALD_TCP_ADDR, HERALD_TLS_ADDR, HERALD_WS_ADDR, HERALD_WSS_ADDR): devices could not connect")
+        }
+        let origins = try reader.list("HERALD_WS_ALLOWED_ORIGINS")
+        if let bad = origins.first(where: { !($0.hasPrefix("http://") || $0.hasPrefix("https://")) || $0.hasSuffix("/") }) {
+            throw ConfigurationError(message: "HERALD_WS_ALLOWED_ORIGINS must list origins like https://app.example.com (scheme, host, optional port, no path), got \"\(bad)\"")
+        }
         let configuration = NodeConfiguration(
             nodeID: nodeID,
-            tcpAddress: try reader.address("HERALD_TCP_ADDR", default: "0.0.0.0:9988"),
-            httpAddress: try reader.address("HERALD_HTTP_ADDR", default: "0.0.0.0:8080"),
+            tcpAddress: tcpAddress,
+            httpAddress: try reader.listener("HERALD_HTTP_ADDR", default: "0.0.0.0:8080"),
+            tlsAddress: tlsAddress,
+            wsAddress: wsAddress,
+            wssAddress: wssAddress,
+            httpsAddress: try tlsListener("HERALD_HTTPS_ADDR", "0.0.0.0:8443"),
+            tls: tls,
+            wsAllowedOrigins: Set(origins),
             apiKeys: try reader.list("HERALD_API_KEYS"),
             deviceJWTSecret: jwtSecret,
             maxFrame: maxFrame,
@@ -230,6 +279,16 @@ struct NodeConfiguration: Sendable {
             let text = try string(name, default: fallback)
             guard let address = SocketAddressSpec.parse(text) else {
                 throw ConfigurationError(message: "\(name) must be host:port (port 0 to 65535), got \"\(text)\"")
+            }
+            return address
+        }
+
+        /// A listener's address: unset gives `fallback` (nil: off), an empty value turns it off.
+        func listener(_ name: String, default fallback: String?) throws -> SocketAddressSpec? {
+            if let value = values[name], value.trimmingWhitespace().isEmpty { return nil }
+            guard let text = try optional(name) ?? fallback else { return nil }
+            guard let address = SocketAddressSpec.parse(text) else {
+                throw ConfigurationError(message: "\(name) must be host:port (port 0 to 65535), or empty to turn it off, got \"\(text)\"")
             }
             return address
         }

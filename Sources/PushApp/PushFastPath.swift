@@ -2,6 +2,8 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOSSL
+import Transport
 import NIOHTTPTypes
 import PushProtocol
 
@@ -220,9 +222,18 @@ struct HeraldHTTP1Channel: ServerChildChannel {
 
     let inner: HTTP1Channel
     let makeFastPath: @Sendable () -> PushFastPath?
+    /// HTTPS: the credentials new handshakes use (reloaded on SIGHUP); nil: plain HTTP.
+    var tls: TLSCredentials?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+        if let tls {
+            do {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }
+        return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
             if let fastPath = makeFastPath() {
                 let operations = channel.pipeline.syncOperations
                 try operations.addHandler(fastPath, position: .after(try operations.handler(type: HTTPConnectionStateHandler.self)))

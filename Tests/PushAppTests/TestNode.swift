@@ -33,7 +33,7 @@ struct TestNode: Sendable {
         var logger = Logger(label: "test-node")
         // HERALD_TEST_LOG=debug (or info, ...) shows the in-process node's log when chasing a failure.
         logger.logLevel = ProcessInfo.processInfo.environment["HERALD_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
-        let node = await HeraldNode.make(configuration: configuration, logger: logger)
+        let node = try await HeraldNode.make(configuration: configuration, logger: logger)
         try await testGracefulShutdown { trigger in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await node.run() }

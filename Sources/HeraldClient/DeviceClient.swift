@@ -52,6 +52,8 @@ public struct DeviceClientConfiguration: Sendable {
     public var maxFrame: Int
     /// The local address to connect from (e.g. 127.0.0.2 for load tests), if any.
     public var localHost: String?
+    /// TLS and WebSocket, or neither (plain TCP).
+    public var transport: DeviceClientTransport = .tcp
 
     /// Creates a configuration.
     public init(
@@ -112,8 +114,13 @@ public final class DeviceClient: Sendable {
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        DeviceClientHandler(configuration: configuration, welcome: welcome, events: events)
+                    try configuration.transport.install(
+                        on: channel, host: configuration.host, port: configuration.port,
+                        session: { DeviceClientHandler(configuration: configuration, welcome: welcome, events: events) },
+                        failed: { error in
+                            welcome.fail(error)
+                            channel.close(promise: nil)
+                        }
                     )
                 }
             }
@@ -165,6 +172,7 @@ private final class DeviceClientHandler: ChannelInboundHandler {
     private let decoder: FrameDecoder
     private var received: ByteBuffer?
     private var welcomed = false
+    private var saidHello = false
     private var pinger: RepeatedTask?
 
     init(configuration: DeviceClientConfiguration, welcome: EventLoopPromise<(UInt16, String)>, events: EventQueue) {
@@ -174,12 +182,24 @@ private final class DeviceClientHandler: ChannelInboundHandler {
         self.decoder = FrameDecoder(maxFrame: configuration.maxFrame)
     }
 
+    /// After a WebSocket upgrade, HELLO goes out once the HTTP handlers have left.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is DeviceTransportReady { sayHello(context: context) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        sayHello(context: context)
+        context.fireChannelActive()
+    }
+
+    private func sayHello(context: ChannelHandlerContext) {
+        guard !saidHello else { return }
+        saidHello = true
         let hello = Frame.hello(
             Hello(clientID: configuration.clientID, token: configuration.token, heartbeatSeconds: configuration.heartbeatSeconds)
         )
         context.writeAndFlush(wrapOutboundOut(hello.encoded(allocator: context.channel.allocator)), promise: nil)
-        context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -120,18 +120,26 @@ struct Device: AsyncParsableCommand {
 
     @Option(help: "The device's client id.") var id: String
     @Option(help: "The device token (a JWT when the server checks tokens).") var token: String = ""
-    @Option(help: "The server's device address, host:port.") var server: String = "127.0.0.1:9988"
+    @Option(help: "The server: host:port (TCP), or tcp://, tls://, ws:// or wss:// host[:port][/path].") var server: String = "127.0.0.1:9988"
     @Option(help: "Heartbeat to ask for, in seconds (0: the server's default).") var heartbeat: UInt16 = 0
+    @Option(help: "PEM CA file to verify a tls:// or wss:// server with (default: the system's trust store).") var caFile: String?
+    @Option(help: "Mutual TLS: the device's PEM certificate.") var certFile: String?
+    @Option(help: "Mutual TLS: the device certificate's PEM key.") var keyFile: String?
 
     func run() async throws {
-        guard let address = SocketAddressSpec.parse(server) else {
-            throw ValidationError("--server must be host:port, got \"\(server)\"")
+        guard let url = DeviceServerURL(server) else {
+            throw ValidationError("--server must be host:port or tcp://, tls://, ws://, wss:// host[:port][/path], got \"\(server)\"")
         }
-        let device = ReconnectingDevice(
-            configuration: DeviceClientConfiguration(
-                host: address.host, port: address.port, clientID: id, token: token, heartbeatSeconds: heartbeat
-            )
+        var tls: DeviceClientTransport.TLS?
+        if url.usesTLS {
+            let context = try DeviceClientTransport.TLS.context(caFile: caFile, certificateFile: certFile, keyFile: keyFile)
+            tls = DeviceClientTransport.TLS(context: context, serverName: url.host)
+        }
+        var configuration = DeviceClientConfiguration(
+            host: url.host, port: url.port, clientID: id, token: token, heartbeatSeconds: heartbeat
         )
+        configuration.transport = url.transport(tls: tls)
+        let device = ReconnectingDevice(configuration: configuration)
         await device.run(
             onPush: { id, payload in
                 let text = String(decoding: payload.readableBytesView, as: UTF8.self)

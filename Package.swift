@@ -229,7 +229,10 @@ let package = Package(
         ),
         .testTarget(
             name: "PushAppTests",
-            dependencies: ["PushApp", "HeraldClient", "HeraldTestSupport"],
+            dependencies: [
+                "PushApp", "HeraldClient", "HeraldTestSupport", "Transport",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

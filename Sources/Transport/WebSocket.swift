@@ -188,7 +188,13 @@ final class WebSocketFrameAdapter: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        guard !closeSent else { return }
+        guard !closeSent else {
+            // Our close went out: read (and drop) until the client's close comes back, so
+            // that closing the socket with its data unread does not reset the connection
+            // and destroy our close frame in flight (RFC 6455 §7.1.1).
+            if frame.opcode == .connectionClose { context.close(promise: nil) }
+            return
+        }
         switch frame.opcode {
         case .binary:
             let message = frame.unmaskedData
@@ -262,9 +268,11 @@ final class WebSocketFrameAdapter: ChannelDuplexHandler {
         var data = context.channel.allocator.buffer(capacity: 2 + min(reason.utf8.count, 123))
         data.write(webSocketErrorCode: code)
         data.writeString(String(decoding: reason.utf8.prefix(123), as: UTF8.self))
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data))).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
-        }
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
+        // The client answers with its close (then the socket closes, see channelRead), or
+        // does not within two seconds.
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
     }
 
     private func takePingToken() -> Bool {

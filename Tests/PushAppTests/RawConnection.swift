@@ -1,6 +1,7 @@
 import HeraldTestSupport
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PushProtocol
 import Synchronization
 
@@ -17,18 +18,30 @@ final class RawConnection: Sendable {
         self.inbox = inbox
     }
 
-    static func connect(port: Int, readsAutomatically: Bool = true) async throws -> RawConnection {
+    /// Connects to the device port; with `tls`, through a TLS handshake (which needs reads:
+    /// to stop reading after it, call `stopReading()`).
+    static func connect(
+        port: Int, readsAutomatically: Bool = true, tls: NIOSSLContext? = nil, smallReceiveBuffer: Bool = false
+    ) async throws -> RawConnection {
         let inbox = Inbox()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.autoRead, value: readsAutomatically)
-            .channelOption(.socketOption(.so_rcvbuf), value: readsAutomatically ? 65536 : 4096)
+            .channelOption(.socketOption(.so_rcvbuf), value: readsAutomatically && !smallReceiveBuffer ? 65536 : 4096)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: nil))
+                    }
                     try channel.pipeline.syncOperations.addHandler(Collector(inbox: inbox))
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
         return RawConnection(channel: channel, inbox: inbox)
+    }
+
+    /// Reads nothing more: the server's writes pile up in the kernel's buffers.
+    func stopReading() async throws {
+        try await channel.setOption(.autoRead, value: false)
     }
 
     func send(_ bytes: [UInt8]) async throws {

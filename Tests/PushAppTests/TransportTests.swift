@@ -194,6 +194,28 @@ struct TransportTests {
         }
     }
 
+    @Test("session resumption: a reconnecting client resumes its TLS 1.2 or 1.3 session (mutual TLS too) and is welcomed", arguments: ["-tls1_2", "-tls1_3"])
+    func sessionResumption(version: String) async throws {
+        let pki = try await TestPKI.make(devices: ["dev-1"])
+        defer { pki.remove() }
+        try await TestNode.with(pki.environment.merging(["HERALD_TLS_CLIENT_CA": pki.ca]) { $1 }) { node in
+            let session = pki.directory + "/session\(version)"
+            // A HELLO, so that the server writes (WELCOME) and with it its TLS 1.3 ticket; then
+            // s_client ends when its standard input does, after one second.
+            let hello = "printf '\\000\\000\\000\\015\\001\\001\\000\\005dev-1\\000\\000\\000\\000'; sleep 1"
+            func connect(_ sessionArgument: String) async throws -> String {
+                let command = "(\(hello)) | openssl s_client -connect 127.0.0.1:\(try node.port("tls")) \(version) -CAfile \(pki.ca) -cert \(pki.deviceCertificate("dev-1")) -key \(pki.deviceKey("dev-1")) \(sessionArgument) \(session)"
+                return try await runTool("bash", ["-c", command]).standardOutput
+            }
+            let first = try await connect("-sess_out")
+            #expect(first.contains("New, TLSv1"))
+            #expect(first.contains("test-node"), "WELCOME names the node")
+            let second = try await connect("-sess_in")
+            #expect(second.contains("Reused, TLSv1"), "\(second)")
+            #expect(second.contains("test-node"), "a resumed session keeps the certificate's names: WELCOME, not 401")
+        }
+    }
+
     @Test("HTTPS API: curl pushes over TLS; /v1/stats lists every bound listener")
     func httpsAPI() async throws {
         let pki = try await TestPKI.make()

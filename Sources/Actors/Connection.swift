@@ -386,7 +386,10 @@ public actor Connection {
         machine.closed()
         services.metrics.frameError(code.rawValue)
         services.logger.debug(
-            "closing with ERROR", metadata: ["code": "\(code.rawValue)", "reason": "\(reason)", "herald.client": "\(registeredClientID ?? "")"]
+            "closing with ERROR", metadata: [
+                "code": "\(code.rawValue)", "reason": "\(reason)", "herald.client": "\(registeredClientID ?? "")",
+                "peer": "\(remoteHost)", "transport": "\(peer.transport)",
+            ]
         )
         let channel = channel
         channel.writeAndFlush(Frame.error(code, reason).encoded(allocator: channel.allocator), promise: nil)

@@ -226,6 +226,10 @@ struct HTTPAPI: Sendable {
         var online: Bool
         var node: String?
         var pending: Int
+        /// Herald's addition, only when the device is connected to the node answering: its
+        /// address (what a trusted proxy reported, else the socket's) and its transport.
+        var address: String?
+        var transport: String?
 
         func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
@@ -233,8 +237,10 @@ struct HTTPAPI: Sendable {
             try container.encode(online, forKey: .online)
             try container.encode(node, forKey: .node)  // null, not absent, when offline
             try container.encode(pending, forKey: .pending)
+            try container.encodeIfPresent(address, forKey: .address)
+            try container.encodeIfPresent(transport, forKey: .transport)
         }
-        enum CodingKeys: CodingKey { case client_id, online, node, pending }
+        enum CodingKeys: CodingKey { case client_id, online, node, pending, address, transport }
     }
 
     private func clientID(_ context: BasicRequestContext) throws -> String {
@@ -253,8 +259,13 @@ struct HTTPAPI: Sendable {
         } catch {
             throw APIError.unavailable("store unavailable: \(error.message)")
         }
+        let local = node.registry.connection(for: id)
         return JSONBody.response(
-            status: .ok, ClientBody(client_id: id, online: status.online, node: status.node, pending: status.pending)
+            status: .ok,
+            ClientBody(
+                client_id: id, online: status.online, node: status.node, pending: status.pending,
+                address: local?.remoteHost, transport: local?.peer.transport
+            )
         )
     }
 

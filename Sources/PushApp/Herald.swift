@@ -35,6 +35,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HERALD_WSS_ADDR: devices over WebSocket in TLS (default 0.0.0.0:9444 with a certificate; empty: off).") var wssAddr: String?
     @Option(help: "HERALD_HTTPS_ADDR: HTTP API over TLS (default 0.0.0.0:8443 with a certificate; empty: off).") var httpsAddr: String?
     @Option(help: "HERALD_WS_ALLOWED_ORIGINS: comma-separated browser origins allowed on WebSocket (unset: any).") var wsAllowedOrigins: String?
+    @Option(help: "HERALD_PROXY_PROTOCOL: on, off, or the device listeners (tcp,tls,ws,wss) that take PROXY headers (off).") var proxyProtocol: String?
+    @Option(help: "HERALD_TRUSTED_PROXIES: comma-separated addresses or CIDR blocks of trusted proxies.") var trustedProxies: String?
     @Flag(help: "Turn the WebSocket listener on at 0.0.0.0:9989 (unless HERALD_WS_ADDR says where).") var ws = false
     @Option(help: "HERALD_API_KEYS: comma-separated API keys (unset: no API auth).") var apiKeys: String?
     @Option(help: "HERALD_DEVICE_JWT_SECRET: HS256 secret for device tokens (unset: no device auth).") var deviceJWTSecret: String?
@@ -60,7 +62,8 @@ struct Serve: AsyncParsableCommand {
             ("HERALD_NODE_ID", nodeID), ("HERALD_REDIS_URL", redisURL), ("HERALD_TCP_ADDR", tcpAddr), ("HERALD_HTTP_ADDR", httpAddr),
             ("HERALD_TLS_CERT", tlsCert), ("HERALD_TLS_KEY", tlsKey), ("HERALD_TLS_CLIENT_CA", tlsClientCA),
             ("HERALD_TLS_ADDR", tlsAddr), ("HERALD_WS_ADDR", wsAddr), ("HERALD_WSS_ADDR", wssAddr), ("HERALD_HTTPS_ADDR", httpsAddr),
-            ("HERALD_WS_ALLOWED_ORIGINS", wsAllowedOrigins),
+            ("HERALD_WS_ALLOWED_ORIGINS", wsAllowedOrigins), ("HERALD_PROXY_PROTOCOL", proxyProtocol),
+            ("HERALD_TRUSTED_PROXIES", trustedProxies),
             ("HERALD_API_KEYS", apiKeys), ("HERALD_DEVICE_JWT_SECRET", deviceJWTSecret), ("HERALD_MAX_FRAME", maxFrame),
             ("HERALD_MAX_PAYLOAD", maxPayload), ("HERALD_WINDOW", window), ("HERALD_HELLO_TIMEOUT_S", helloTimeoutS),
             ("HERALD_HEARTBEAT_S", heartbeatS), ("HERALD_HEARTBEAT_MIN_S", heartbeatMinS),

@@ -358,7 +358,9 @@ final class HeraldNode: Sendable {
         return addresses.compactMap { kind, address in
             guard let address else { return nil }
             let transport = DeviceTransport(
-                kind: kind, tls: tls, webSocket: webSocket, helloTimeout: configuration.session.helloTimeout,
+                kind: kind, tls: tls, webSocket: webSocket,
+                proxyProtocol: configuration.proxyProtocol.contains(kind), trustedProxies: configuration.trustedProxies,
+                helloTimeout: configuration.session.helloTimeout,
                 metrics: transportMetrics, startSession: start
             )
             return (transport, SocketAddressSpec(host: address.host, port: port(of: kind.rawValue) ?? address.port))

@@ -50,6 +50,10 @@ struct NodeConfiguration: Sendable {
     var tls: TLSFiles?
     /// Browser origins allowed on the WebSocket listeners (empty: any).
     var wsAllowedOrigins: Set<String>
+    /// The device listeners whose connections begin with a PROXY protocol header.
+    var proxyProtocol: Set<DeviceTransportKind>
+    /// Proxies whose PROXY headers and X-Forwarded-For are believed.
+    var trustedProxies: TrustedProxies
     var apiKeys: [String]
     var deviceJWTSecret: String?
     var maxFrame: Int
@@ -93,7 +97,7 @@ struct NodeConfiguration: Sendable {
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
-        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_PROXY_PROTOCOL", "HERALD_TRUSTED_PROXIES", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
@@ -179,6 +183,28 @@ struct NodeConfiguration: Sendable {
         if let bad = origins.first(where: { !($0.hasPrefix("http://") || $0.hasPrefix("https://")) || $0.hasSuffix("/") }) {
             throw ConfigurationError(message: "HERALD_WS_ALLOWED_ORIGINS must list origins like https://app.example.com (scheme, host, optional port, no path), got \"\(bad)\"")
         }
+        let proxyText = try reader.string("HERALD_PROXY_PROTOCOL", default: "off").lowercased()
+        var proxyProtocol: Set<DeviceTransportKind> = []
+        switch proxyText {
+        case "0", "false", "no", "off": break
+        case "1", "true", "yes", "on", "all": proxyProtocol = Set(DeviceTransportKind.allCases)
+        default:
+            for name in proxyText.split(separator: ",") {
+                guard let kind = DeviceTransportKind(rawValue: name.trimmingCharacters()) else {
+                    throw ConfigurationError(message: "HERALD_PROXY_PROTOCOL must be on, off, or a list of device listeners (tcp, tls, ws, wss), got \"\(proxyText)\"")
+                }
+                proxyProtocol.insert(kind)
+            }
+        }
+        let trustedProxies: TrustedProxies
+        switch TrustedProxies.parse(try reader.list("HERALD_TRUSTED_PROXIES")) {
+        case .success(let proxies): trustedProxies = proxies
+        case .failure(let error):
+            throw ConfigurationError(message: "HERALD_TRUSTED_PROXIES must list addresses or CIDR blocks (10.0.0.0/8, 2001:db8::/32), got \"\(error.entry)\"")
+        }
+        if !proxyProtocol.isEmpty, trustedProxies.isEmpty {
+            throw ConfigurationError(message: "HERALD_PROXY_PROTOCOL needs HERALD_TRUSTED_PROXIES: the addresses of the proxies allowed to send PROXY headers")
+        }
         let configuration = NodeConfiguration(
             nodeID: nodeID,
             tcpAddress: tcpAddress,
@@ -189,6 +215,8 @@ struct NodeConfiguration: Sendable {
             httpsAddress: try tlsListener("HERALD_HTTPS_ADDR", "0.0.0.0:8443"),
             tls: tls,
             wsAllowedOrigins: Set(origins),
+            proxyProtocol: proxyProtocol,
+            trustedProxies: trustedProxies,
             apiKeys: try reader.list("HERALD_API_KEYS"),
             deviceJWTSecret: jwtSecret,
             maxFrame: maxFrame,
@@ -299,6 +327,10 @@ struct NodeConfiguration: Sendable {
             return items
         }
     }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String { String(self).trimmingWhitespace() }
 }
 
 extension String {

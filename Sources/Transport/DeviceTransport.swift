@@ -36,6 +36,10 @@ public struct DeviceTransport: Sendable {
     public let tls: TLSCredentials?
     /// The WebSocket rules (ws and wss).
     public let webSocket: WebSocketOptions
+    /// Whether connections begin with a PROXY protocol header (from `trustedProxies` only).
+    public let proxyProtocol: Bool
+    /// The proxies whose PROXY headers and `X-Forwarded-For` headers are believed.
+    public let trustedProxies: TrustedProxies
     /// protocol.md's `hello_timeout`, from the accept.
     public let helloTimeout: TimeAmount
     /// Counters and throttled log lines.
@@ -46,7 +50,8 @@ public struct DeviceTransport: Sendable {
 
     /// Describes one listener's transport.
     public init(
-        kind: DeviceTransportKind, tls: TLSCredentials?, webSocket: WebSocketOptions, helloTimeout: TimeAmount,
+        kind: DeviceTransportKind, tls: TLSCredentials?, webSocket: WebSocketOptions,
+        proxyProtocol: Bool = false, trustedProxies: TrustedProxies = .none, helloTimeout: TimeAmount,
         metrics: TransportMetrics,
         startSession: @escaping @Sendable (_ channel: any Channel, _ peer: TransportPeer, _ acceptedAt: NIODeadline) throws -> Void
     ) {
@@ -54,6 +59,8 @@ public struct DeviceTransport: Sendable {
         self.kind = kind
         self.tls = tls
         self.webSocket = webSocket
+        self.proxyProtocol = proxyProtocol
+        self.trustedProxies = trustedProxies
         self.helloTimeout = helloTimeout
         self.metrics = metrics
         self.startSession = startSession
@@ -62,16 +69,19 @@ public struct DeviceTransport: Sendable {
     /// Sets up a freshly accepted channel (from the server bootstrap's child initializer).
     public func install(on channel: any Channel) throws {
         let acceptedAt = NIODeadline.now()
-        guard kind != .tcp else {
+        guard kind != .tcp || proxyProtocol else {
             return try startSession(channel, TransportPeer(transport: kind.rawValue), acceptedAt)
         }
         let setup = TransportSetup(transport: self, channel: channel, acceptedAt: acceptedAt)
-        if let tls, kind.usesTLS {
-            let handler = NIOSSLServerHandler(context: tls.context)
-            try channel.pipeline.syncOperations.addHandlers(handler, TLSHandshakeWatcher(setup: setup, mutual: tls.isMutual))
-        } else {
-            try setup.transportUp(TransportPeer(transport: kind.rawValue))
-        }
+        guard proxyProtocol else { return try setup.proxyHeaderRead(forwarded: nil) }
+        let metrics = metrics
+        try channel.pipeline.syncOperations.addHandler(
+            ProxyHeaderHandler(
+                trusted: trustedProxies,
+                onHeader: { forwarded in try setup.proxyHeaderRead(forwarded: forwarded) },
+                onRefused: { [channel] reason in metrics.proxyHeaderRefused(peer: channel.remoteAddress, reason: reason) }
+            )
+        )
     }
 }
 
@@ -86,6 +96,8 @@ final class TransportSetup: Sendable {
         var timer: Scheduled<Void>?
         /// The handshake finished, or its failure was counted.
         var tlsSettled = false
+        /// The device's address from a PROXY header or `X-Forwarded-For`.
+        var forwarded: SocketAddress?
         var sessionStarted = false
     }
 
@@ -100,11 +112,35 @@ final class TransportSetup: Sendable {
             guard !current.sessionStarted else { return }
             if transport.kind.usesTLS, !current.tlsSettled {
                 current.tlsSettled = true
-                transport.metrics.handshakeFailed(.timeout, peer: channel.remoteAddress, detail: "no complete handshake within the hello timeout")
+                transport.metrics.handshakeFailed(.timeout, peer: current.forwarded ?? channel.remoteAddress, detail: "no complete handshake within the hello timeout")
             }
             channel.close(promise: nil)
         }
         channel.closeFuture.whenComplete { _ in state.value.timer?.cancel() }
+    }
+
+    /// The device's address as far as it is known: a trusted proxy's word, else the socket's.
+    var deviceAddress: SocketAddress? { state.value.forwarded ?? channel.remoteAddress }
+
+    /// What the session will learn of its transport so far.
+    var peer: TransportPeer {
+        TransportPeer(transport: transport.kind.rawValue, forwardedAddress: state.value.forwarded)
+    }
+
+    /// The PROXY header, if the listener takes one, is read: TLS comes next, or what follows it.
+    func proxyHeaderRead(forwarded: SocketAddress?) throws {
+        state.value.forwarded = forwarded
+        if let tls = transport.tls, transport.kind.usesTLS {
+            let handler = NIOSSLServerHandler(context: tls.context)
+            try channel.pipeline.syncOperations.addHandlers(handler, TLSHandshakeWatcher(setup: self, mutual: tls.isMutual))
+        } else {
+            try transportUp(peer)
+        }
+    }
+
+    /// A trusted HTTP proxy named the device (`X-Forwarded-For`).
+    func forwardedByHTTPProxy(_ address: SocketAddress) {
+        state.value.forwarded = address
     }
 
     /// The TLS handshake is done.
@@ -116,7 +152,7 @@ final class TransportSetup: Sendable {
     func tlsFailed(_ reason: HandshakeFailure, detail: String) {
         guard !state.value.tlsSettled else { return }
         state.value.tlsSettled = true
-        transport.metrics.handshakeFailed(reason, peer: channel.remoteAddress, detail: detail)
+        transport.metrics.handshakeFailed(reason, peer: deviceAddress, detail: detail)
     }
 
     /// TLS, if any, is up: the WebSocket upgrade comes next, or the session starts.
@@ -160,7 +196,7 @@ final class TLSHandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler 
         setup.tlsCompleted()
         setup.transport.metrics.handshakeCompleted()
         let ssl = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
-        var peer = TransportPeer(transport: setup.transport.kind.rawValue)
+        var peer = setup.peer
         if mutual {
             peer.certificateNames = ssl?.peerCertificate?.deviceNames ?? []
         }

@@ -12,6 +12,7 @@ public final class TransportMetrics: Sendable {
     private let logger: Logger
     private let failures = Mutex<[String: Counter]>([:])
     private let handshakes: Counter
+    private let proxyRefusals: Counter
     private let webSocketCloses = Mutex<[UInt16: Counter]>([:])
     private let throttle = Mutex<[String: Throttled]>([:])
 
@@ -25,6 +26,7 @@ public final class TransportMetrics: Sendable {
         self.factory = factory
         self.logger = logger
         handshakes = Counter(label: "herald_tls_handshakes_total", factory: factory)
+        proxyRefusals = Counter(label: "herald_proxy_protocol_refused_total", factory: factory)
         for reason in HandshakeFailure.allCases { _ = failureCounter(reason.rawValue) }
     }
 
@@ -37,6 +39,9 @@ public final class TransportMetrics: Sendable {
     /// logged (throttled) with the peer and what BoringSSL said.
     public func handshakeFailed(_ reason: HandshakeFailure, peer: SocketAddress?, detail: String) {
         failureCounter(reason.rawValue).increment()
+        // A socket closed mid-handshake is everyday (a phone losing signal, a load
+        // balancer's TCP health check): counted, not logged.
+        guard reason != .closed else { return }
         log("TLS handshake failed", key: "tls." + reason.rawValue, metadata: [
             "reason": "\(reason.rawValue)", "peer": "\(peer?.description ?? "?")", "detail": "\(detail)",
         ])
@@ -54,6 +59,13 @@ public final class TransportMetrics: Sendable {
         log("WebSocket closed by the server", key: "ws.\(code)", metadata: [
             "code": "\(code)", "peer": "\(peer?.description ?? "?")", "reason": "\(reason)",
         ])
+    }
+
+    /// A connection was closed for its PROXY header: missing or malformed from a trusted
+    /// proxy, or present from anyone else.
+    public func proxyHeaderRefused(peer: SocketAddress?, reason: String) {
+        proxyRefusals.increment()
+        log("PROXY protocol header refused", key: "proxy", metadata: ["peer": "\(peer?.description ?? "?")", "reason": "\(reason)"])
     }
 
     /// An upgrade request was refused with an HTTP status.

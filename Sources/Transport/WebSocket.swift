@@ -46,6 +46,7 @@ public struct WebSocketOptions: Sendable {
 enum WebSocketUpgrade {
     static func install(on channel: any Channel, setup: TransportSetup, peer: TransportPeer) throws {
         let options = setup.transport.webSocket
+        let trusted = setup.transport.trustedProxies
         let metrics = setup.transport.metrics
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderFieldSize = options.maxHeaderBytes
@@ -63,6 +64,14 @@ enum WebSocketUpgrade {
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
+                    var peer = peer
+                    // Behind an HTTP reverse proxy: its X-Forwarded-For names the device, when
+                    // that proxy is trusted (anyone else's header is ignored).
+                    let forwardedHeaders = head.headers[canonicalForm: "x-forwarded-for"].map(String.init)
+                    if !forwardedHeaders.isEmpty, trusted.contains(peer.forwardedAddress ?? channel.remoteAddress),
+                       let device = forwardedFor(forwardedHeaders, trusted: trusted) {
+                        peer.forwardedAddress = device
+                    }
                     let operations = channel.pipeline.syncOperations
                     try operations.addHandlers(
                         NIOWebSocketFrameAggregator(

@@ -10,7 +10,7 @@ the one JSON object it prints.
   ws_device.py fragments URL MAX_FRAME [CA_FILE]          a HELLO in fragments, then fragments past max_frame
   ws_device.py pingflood URL [CA_FILE]                    pings without pause: close code
 """
-import asyncio, json, ssl, struct, sys, urllib.request
+import asyncio, json, os, ssl, struct, sys, urllib.request
 
 import websockets
 
@@ -47,10 +47,18 @@ async def close_code(ws):
 
 
 async def deliver(url, http_port, client_id, ca=None):
-    async with websockets.connect(url, ssl=context(ca)) as ws:
+    # WS_SOURCE: the local address to connect from; WS_FORWARDED_FOR: an X-Forwarded-For to send.
+    options = {}
+    if os.environ.get("WS_SOURCE"):
+        options["local_addr"] = (os.environ["WS_SOURCE"], 0)
+    if os.environ.get("WS_FORWARDED_FOR"):
+        options["additional_headers"] = {"X-Forwarded-For": os.environ["WS_FORWARDED_FOR"]}
+    async with websockets.connect(url, ssl=context(ca), **options) as ws:
         await ws.send(hello(client_id))
         kind, body = parse(await asyncio.wait_for(ws.recv(), 10))
         assert kind == 2, f"expected WELCOME, got {kind}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/clients/{client_id}", timeout=10) as response:
+            address = json.load(response).get("address")
         request = urllib.request.Request(
             f"http://127.0.0.1:{http_port}/v1/push", method="POST",
             data=json.dumps({"client_id": client_id, "data": "over " + url.split(":")[0]}).encode())
@@ -64,7 +72,7 @@ async def deliver(url, http_port, client_id, ca=None):
         await ws.send(frame(6, s(message_id)))
         await ws.send(frame(3))
         kind, _ = parse(await asyncio.wait_for(ws.recv(), 10))  # PONG: the ACK was read before it
-        return {"pushed": pushed, "received": message_id, "payload": payload, "pong": kind == 4}
+        return {"pushed": pushed, "received": message_id, "payload": payload, "pong": kind == 4, "address": address}
 
 
 async def text(url, ca=None):

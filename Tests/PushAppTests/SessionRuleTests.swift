@@ -8,10 +8,10 @@ import Testing
 
 @testable import PushApp
 
-private let secret = "device-secret-for-tests-0123456789abcdef"
+let secret = "device-secret-for-tests-0123456789abcdef"
 
-/// Signs claims with HS256 under `key`, as a backend issuing device tokens would.
-private func token(sub: String, exp: Date? = nil, key: String = secret) async throws -> String {
+/// Signs claims with HS256 under `key`, as a backend issuing device tokens would (the transport tests use it too).
+func token(sub: String, exp: Date? = nil, key: String = secret) async throws -> String {
     struct Claims: JWTPayload {
         var sub: SubjectClaim
         var exp: ExpirationClaim?

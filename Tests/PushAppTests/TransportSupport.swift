@@ -67,7 +67,9 @@ struct ToolResult: Sendable {
 
 /// Runs `executable` (a path, or a name looked up on PATH) to completion, within `timeout`;
 /// `input` is written to its standard input, which is then closed.
-func runTool(_ executable: String, _ arguments: [String], input: String = "", timeout: Duration = .seconds(30)) async throws -> ToolResult {
+func runTool(
+    _ executable: String, _ arguments: [String], input: String = "", environment extra: [String: String] = [:], timeout: Duration = .seconds(30)
+) async throws -> ToolResult {
     let process = Process()
     if executable.contains("/") {
         process.executableURL = URL(fileURLWithPath: executable)
@@ -77,7 +79,8 @@ func runTool(_ executable: String, _ arguments: [String], input: String = "", ti
         process.arguments = [executable] + arguments
     }
     var environment = ProcessInfo.processInfo.environment
-    environment["PATH"] = (environment["PATH"] ?? "") + ":/usr/bin:/bin"
+    environment["PATH"] = (environment["PATH"] ?? "") + ":/usr/bin:/bin:/usr/sbin:/sbin"
+    environment.merge(extra) { $1 }
     process.environment = environment
     let output = Pipe()
     let errors = Pipe()
@@ -118,12 +121,12 @@ private final class Collected: @unchecked Sendable {
 }
 
 /// The Python device of Tests/Interop (websockets from PyPI, in the venv scripts/install-deps makes).
-func pythonDevice(_ arguments: [String]) async throws -> JSONFields {
+func pythonDevice(_ arguments: [String], environment: [String: String] = [:]) async throws -> JSONFields {
     let cache = ProcessInfo.processInfo.environment["HERALD_CI_CACHE"] ?? "/var/tmp/herald-ci"
     let python = cache + "/venv/bin/python3"
     try #require(FileManager.default.isExecutableFile(atPath: python), "\(python) is missing: run scripts/install-deps")
     let script = repositoryRoot.appendingPathComponent("Tests/Interop/ws_device.py").path
-    let result = try await runTool(python, [script] + arguments)
+    let result = try await runTool(python, [script] + arguments, environment: environment)
     try #require(result.status == 0, "ws_device.py \(arguments.joined(separator: " ")) failed: \(result.standardError)")
     return try JSONFields(result.standardOutput)
 }
@@ -156,4 +159,60 @@ extension TestNode {
         }
         return 0
     }
+}
+
+/// A real proxy (HAProxy, nginx) run as a child process for one test, ended by its PID when
+/// the test is done.
+final class ProxyProcess: @unchecked Sendable {
+    let process = Process()
+    private let log = Pipe()
+    private let lock = NSLock()
+    private var text = ""
+
+    /// Starts `executable` with `arguments`, and waits until it accepts connections on `port`.
+    init(_ executable: String, _ arguments: [String], port: Int) async throws {
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var environment = ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
+        if let run = ProcessInfo.processInfo.environment["HERALD_TEST_RUN"] { environment["HERALD_TEST_RUN"] = run }
+        process.environment = environment
+        process.standardOutput = log
+        process.standardError = log
+        log.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.withLock { self.text += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+        try await eventually("\(executable) listens on \(port)") {
+            guard self.process.isRunning else { throw ProxyExited(output: self.output) }
+            return LoopbackPort.acceptsConnections(port)
+        }
+    }
+
+    var output: String { lock.withLock { text } }
+
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    deinit { stop() }
+}
+
+struct ProxyExited: Error, CustomStringConvertible {
+    let output: String
+    var description: String { "the proxy exited: \(output)" }
+}
+
+/// A sample configuration from deploy/, with its example addresses replaced for a test.
+func deployConfiguration(_ path: String, replacing replacements: [(String, String)], droppingLinesWith dropped: [String] = []) throws -> String {
+    var text = try String(contentsOf: repositoryRoot.appendingPathComponent(path), encoding: .utf8)
+    text = text.split(separator: "\n", omittingEmptySubsequences: false)
+        .filter { line in !dropped.contains { line.contains($0) } }
+        .joined(separator: "\n")
+    for (old, new) in replacements {
+        try #require(text.contains(old), "\(path) no longer contains \(old)")
+        text = text.replacingOccurrences(of: old, with: new)
+    }
+    return text
 }

@@ -14,7 +14,9 @@ public final class MessageIDGenerator: Sendable {
     /// Creates a generator with a fresh random process part.
     public init(now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch) {
         var generator = SystemRandomNumberGenerator()
-        self.instance = String(generator.next() as UInt64, radix: 16)
+        // Always 16 digits: ids of one process keep one length whatever the draw.
+        let digits = String(generator.next() as UInt64, radix: 16)
+        self.instance = String(repeating: "0", count: 16 - digits.count) + digits
         self.now = now
     }
 

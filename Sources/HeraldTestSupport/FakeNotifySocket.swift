@@ -5,8 +5,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// A stand-in for systemd's notification socket (the fake of shared/notes/infra-recipes.md
-/// §2, in-process): an `AF_UNIX` datagram socket in a temporary directory, read by a thread of
+/// A stand-in for systemd's notification socket, in-process: an `AF_UNIX` datagram socket in a temporary directory, read by a thread of
 /// its own. Start a process with `NOTIFY_SOCKET=path`; each assignment it sends (`READY=1`,
 /// `STATUS=...`) lands in `log`, and `arrivals` records when. It only records: killing a
 /// silent process is what the real-systemd test checks. (Plain POSIX calls: NIO's datagram

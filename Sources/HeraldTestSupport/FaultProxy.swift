@@ -2,8 +2,7 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// A TCP proxy on loopback that a test can cut, black-hole and heal: the fault proxy of
-/// shared/notes/infra-recipes.md, in-process. Put it in front of a listener and point the
+/// A TCP proxy on loopback that a test can cut, black-hole and heal, in-process. Put it in front of a listener and point the
 /// client at `port`.
 public final class FaultProxy: Sendable {
     /// What the proxy does with traffic.

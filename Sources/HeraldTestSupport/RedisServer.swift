@@ -120,8 +120,7 @@ public final class RedisServer: @unchecked Sendable {
     }
 }
 
-/// A master, a replica and three sentinels (quorum 2, down-after 1 s), as in
-/// shared/notes/infra-recipes.md §3: for failover tests.
+/// A master, a replica and three sentinels (quorum 2, down-after 1 s): for failover tests.
 public final class RedisSentinelSet: Sendable {
     public let master: RedisServer
     public let replica: RedisServer

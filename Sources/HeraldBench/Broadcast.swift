@@ -26,7 +26,7 @@ struct Broadcast: AsyncParsableCommand {
             let node = deployment.nodes[0]
             let log = DeliveryLog(sequences: rounds)
             let fleet = DeviceFleet(
-                settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(load.localHosts), acknowledges: false), log: log
+                settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(load.localHosts), acknowledges: false, transport: try deployment.clientTransport()), log: log
             )
             try await fleet.connect(0..<devices)
             let api = try await HTTPConnection.connect(host: node.host, port: node.httpPort, apiKey: deployment.apiKey)

@@ -31,7 +31,7 @@ struct Cluster: AsyncParsableCommand {
         try await Deployment.run(servers, nodes: 2) { deployment in
             let (a, b) = (deployment.nodes[0], deployment.nodes[1])
             let log = DeliveryLog(sequences: messages * 3)
-            let fleet = DeviceFleet(settings: .init(host: b.host, port: b.devicePort, localHosts: splitList(load.localHosts)), log: log)
+            let fleet = DeviceFleet(settings: .init(host: b.host, port: b.devicePort, localHosts: splitList(load.localHosts), transport: try deployment.clientTransport()), log: log)
             try await fleet.connect(0..<devices)
             let phases: [(String, Node, Double?, Int)] = [
                 ("same node, \(Int(rate))/s", b, rate, 1), ("cross-node, \(Int(rate))/s", a, rate, 1), ("cross-node, full speed", a, nil, batch),

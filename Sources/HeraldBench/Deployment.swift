@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HeraldClient
 import HeraldTestSupport
 
 /// Where the servers under test come from: started by the bench (a release `herald`, and a
@@ -28,6 +29,12 @@ struct ServerOptions: ParsableArguments {
     @Option(parsing: .singleValue, help: ArgumentHelp("Extra environment for the nodes the bench starts (NAME=VALUE; repeatable).", valueName: "env"))
     var nodeEnv: [String] = []
 
+    @Option(help: "How the devices reach the nodes: tcp, tls, ws or wss. For the nodes it starts, the bench makes a self-signed ECDSA certificate (openssl) and turns the listener on.")
+    var transport: BenchTransport = .tcp
+
+    @Option(help: "The CA file (PEM) the devices trust, for --transport tls or wss with --target nodes.")
+    var caFile: String?
+
     /// The store the run's report names.
     var storeLabel: String { redis ? "redis" : (target.isEmpty ? "memory" : "target") }
 }
@@ -36,6 +43,29 @@ struct ServerOptions: ParsableArguments {
 struct DeviceLoadOptions: ParsableArguments {
     @Option(help: "Payload bytes per message (at least 32).") var payloadBytes = 64
     @Option(help: "Local addresses the devices connect from, comma-separated.") var localHosts = "127.0.0.2,127.0.0.3"
+}
+
+/// The device transports herald-bench can drive (protocol.md §1).
+enum BenchTransport: String, ExpressibleByArgument, CaseIterable, Sendable {
+    case tcp, tls, ws, wss
+
+    var usesTLS: Bool { self == .tls || self == .wss }
+    var usesWebSocket: Bool { self == .ws || self == .wss }
+
+    /// The node variable of this transport's listener.
+    var listenerVariable: String {
+        ["tcp": "HERALD_TCP_ADDR", "tls": "HERALD_TLS_ADDR", "ws": "HERALD_WS_ADDR", "wss": "HERALD_WSS_ADDR"][rawValue]!
+    }
+
+    /// The client side: a TLS context trusting `caFile` when the transport uses TLS, a
+    /// WebSocket upgrade on /ws when it uses WebSocket. Every connection of a process
+    /// shares the one context.
+    func client(caFile: String?) throws -> DeviceClientTransport {
+        guard usesTLS else { return DeviceClientTransport(tls: nil, webSocketPath: usesWebSocket ? "/ws" : nil) }
+        guard let caFile else { throw ValidationError("--transport \(rawValue) needs --ca-file for --target nodes") }
+        let context = try DeviceClientTransport.TLS.context(caFile: caFile)
+        return DeviceClientTransport(tls: .init(context: context, serverName: nil), webSocketPath: usesWebSocket ? "/ws" : nil)
+    }
 }
 
 /// One node under test.
@@ -51,16 +81,25 @@ final class Deployment: Sendable {
     let nodes: [Node]
     let redisPID: Int32?
     let apiKey: String?
+    /// The devices' transport; `devicePort` of each node is its listener.
+    let transport: BenchTransport
+    /// The CA the devices trust (TLS transports).
+    let caFile: String?
     private let children: [ChildProcess]
     private let directory: String?
 
-    private init(nodes: [Node], redisPID: Int32?, apiKey: String?, children: [ChildProcess], directory: String?) {
+    private init(nodes: [Node], redisPID: Int32?, apiKey: String?, transport: BenchTransport, caFile: String?, children: [ChildProcess], directory: String?) {
         self.nodes = nodes
         self.redisPID = redisPID
         self.apiKey = apiKey
+        self.transport = transport
+        self.caFile = caFile
         self.children = children
         self.directory = directory
     }
+
+    /// The devices' side of the transport (one TLS context for this process).
+    func clientTransport() throws -> DeviceClientTransport { try transport.client(caFile: caFile) }
 
     /// Starts the servers, runs `body` with them and stops them, whether `body` throws or not.
     static func run<Result>(_ options: ServerOptions, nodes count: Int, _ body: (Deployment) async throws -> Result) async throws -> Result {
@@ -86,7 +125,10 @@ final class Deployment: Sendable {
                 return Node(host: parts[0], devicePort: device, httpPort: http, pid: parts.count > 3 ? Int32(parts[3]) : nil)
             }
             guard nodes.count >= count else { throw ValidationError("this scenario needs \(count) --target nodes") }
-            let deployment = Deployment(nodes: nodes, redisPID: options.targetRedisPid, apiKey: options.apiKey, children: [], directory: nil)
+            let deployment = Deployment(
+                nodes: nodes, redisPID: options.targetRedisPid, apiKey: options.apiKey, transport: options.transport, caFile: options.caFile,
+                children: [], directory: nil
+            )
             try await deployment.waitReady()
             return deployment
         }
@@ -103,6 +145,12 @@ final class Deployment: Sendable {
                 guard let equals = entry.firstIndex(of: "=") else { throw ValidationError("--node-env is NAME=VALUE, not \(entry)") }
                 environment[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
             }
+            var caFile: String?
+            if options.transport.usesTLS {
+                caFile = try makeCertificate(in: directory)
+                environment["HERALD_TLS_CERT"] = caFile
+                environment["HERALD_TLS_KEY"] = "\(directory)/key.pem"
+            }
             var redisPID: Int32?
             if options.redis || count > 1 {
                 let port = try LoopbackPort.free()
@@ -118,18 +166,24 @@ final class Deployment: Sendable {
             var nodes: [Node] = []
             for index in 0..<count {
                 let (device, http, relay) = (try LoopbackPort.free(), try LoopbackPort.free(), try LoopbackPort.free())
+                // Only the run's transport listens for devices: no listener on a conventional
+                // port that two nodes (or another run) would share.
                 var env = [
-                    "HERALD_NODE_ID": "bench-n\(index)", "HERALD_TCP_ADDR": "127.0.0.1:\(device)", "HERALD_HTTP_ADDR": "127.0.0.1:\(http)",
+                    "HERALD_TCP_ADDR": "", "HERALD_TLS_ADDR": "", "HERALD_WS_ADDR": "", "HERALD_WSS_ADDR": "", "HERALD_HTTPS_ADDR": "",
+                    "HERALD_NODE_ID": "bench-n\(index)", "HERALD_HTTP_ADDR": "127.0.0.1:\(http)",
                     "HERALD_RELAY_ADDR": "127.0.0.1:\(relay)", "HERALD_CLUSTER_SECRET": "herald-bench-cluster-secret-of-32-bytes-or-more",
                     "HERALD_LOG_LEVEL": "error", "HERALD_MAX_PENDING": "10000000", "HERALD_MAX_FRAME_RATE": "1000000",
                     "HERALD_HEARTBEAT_MIN_S": "1",
                 ]
+                env[options.transport.listenerVariable] = "127.0.0.1:\(device)"
                 env.merge(environment) { $1 }
                 let child = try ChildProcess(name: "herald n\(index)", executable: herald, arguments: ["serve"], environment: env)
                 children.append(child)
                 nodes.append(Node(host: "127.0.0.1", devicePort: device, httpPort: http, pid: child.pid))
             }
-            let deployment = Deployment(nodes: nodes, redisPID: redisPID, apiKey: nil, children: children, directory: directory)
+            let deployment = Deployment(
+                nodes: nodes, redisPID: redisPID, apiKey: nil, transport: options.transport, caFile: caFile, children: children, directory: directory
+            )
             try await deployment.waitReady()
             return deployment
         } catch {
@@ -180,6 +234,25 @@ final class Deployment: Sendable {
         for child in children.reversed() { await child.stop() }
         if let directory { try? FileManager.default.removeItem(atPath: directory) }
     }
+}
+
+/// A self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost in `directory`
+/// (cert.pem, key.pem), made by openssl; returns the certificate's path, which the devices
+/// also trust.
+private func makeCertificate(in directory: String) throws -> String {
+    let openssl = try which("openssl")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: openssl)
+    process.arguments = [
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "\(directory)/key.pem",
+        "-out", "\(directory)/cert.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ]
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { throw BenchError("openssl could not make a certificate (status \(process.terminationStatus))") }
+    return "\(directory)/cert.pem"
 }
 
 /// The path of `command` on PATH (or `command` itself if it holds a slash).

@@ -1,3 +1,4 @@
+import HeraldClient
 import Histogram
 import NIOCore
 import NIOPosix
@@ -84,6 +85,8 @@ final class DeviceFleet: Sendable {
         var heartbeatSeconds: UInt16 = 600
         var pings = false
         var acknowledges = true
+        /// TLS and WebSocket beneath the device protocol, as the client library does them.
+        var transport = DeviceClientTransport.tcp
     }
 
     let settings: Settings
@@ -113,7 +116,12 @@ final class DeviceFleet: Sendable {
                     .connectTimeout(.seconds(10))
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(BenchDeviceHandler(fleet: self, clientID: "\(self.settings.prefix)\(device)"))
+                            let clientID = "\(self.settings.prefix)\(device)"
+                            try self.settings.transport.install(
+                                on: channel, host: self.settings.host, port: self.settings.port,
+                                session: { BenchDeviceHandler(fleet: self, clientID: clientID) },
+                                failed: { _ in channel.close(promise: nil) }
+                            )
                         }
                     }
                 if !settings.localHosts.isEmpty {
@@ -178,7 +186,18 @@ private final class BenchDeviceHandler: ChannelInboundHandler {
         self.clientID = clientID
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Over WebSocket the handler joins an active channel; it may write once the upgrade is done.
+        if event is DeviceTransportReady { sayHello(context: context) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        sayHello(context: context)
+        context.fireChannelActive()
+    }
+
+    private func sayHello(context: ChannelHandlerContext) {
         let hello = Frame.hello(Hello(clientID: clientID, heartbeatSeconds: fleet.settings.heartbeatSeconds))
         context.writeAndFlush(wrapOutboundOut(hello.encoded(allocator: context.channel.allocator)), promise: nil)
     }

@@ -32,7 +32,7 @@ struct Idle: AsyncParsableCommand {
         guard steps > 0, devices >= steps, perProcess > 0 else { throw ValidationError("need devices >= steps > 0") }
         var report = Report(scenario: "idle", parameters: [
             "devices": "\(devices)", "steps": "\(steps)", "per_process": "\(perProcess)", "heartbeat_s": "\(heartbeat)",
-            "idle_s": "\(idleSeconds)", "store": servers.storeLabel,
+            "idle_s": "\(idleSeconds)", "store": servers.storeLabel, "transport": servers.transport.rawValue,
         ])
         try await Deployment.run(servers, nodes: 1) { deployment in
             var workers: [ChildProcess] = []
@@ -60,7 +60,8 @@ struct Idle: AsyncParsableCommand {
                             arguments: [
                                 "idle-worker", "--host", node.host, "--port", "\(node.devicePort)", "--first", "\(opened)", "--count", "\(count)",
                                 "--local-host", locals.isEmpty ? "" : locals[workers.count % locals.count], "--heartbeat", "\(heartbeat)",
-                            ],
+                                "--transport", deployment.transport.rawValue,
+                            ] + (deployment.caFile.map { ["--ca-file", $0] } ?? []),
                             capturesOutput: true
                         )
                         workers.append(worker)
@@ -124,11 +125,16 @@ struct IdleWorker: AsyncParsableCommand {
     @Option var count: Int
     @Option var localHost = ""
     @Option var heartbeat: UInt16 = 30
+    @Option var transport: BenchTransport = .tcp
+    @Option var caFile: String?
 
     func run() async throws {
         raiseOpenFileLimit()
         let fleet = DeviceFleet(
-            settings: .init(host: host, port: port, prefix: "idle-", localHosts: localHost.isEmpty ? [] : [localHost], heartbeatSeconds: heartbeat, pings: true),
+            settings: .init(
+                host: host, port: port, prefix: "idle-", localHosts: localHost.isEmpty ? [] : [localHost], heartbeatSeconds: heartbeat, pings: true,
+                transport: try transport.client(caFile: caFile)
+            ),
             log: nil
         )
         try await fleet.connect(first..<(first + count))

@@ -18,7 +18,8 @@ struct Storm: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Device ports, host:port, comma-separated.") var servers: String
+    @Option(help: "Device listeners, comma-separated: host:port (TCP) or tcp://, tls://, ws://, wss:// URLs, all of one scheme.") var servers: String
+    @Option(help: "The CA file (PEM) the devices trust over tls:// and wss://.") var caFile: String?
     @Option(help: "Index in --servers of the server every device connects to first.") var first = 0
     @Option(help: "How many devices.") var devices = 15_000
     @Option(help: "Client ids are <prefix><n>.") var prefix = "storm-"
@@ -29,13 +30,17 @@ struct Storm: AsyncParsableCommand {
 
     func run() async throws {
         raiseOpenFileLimit()
-        let addresses = try servers.split(separator: ",").map { entry -> (host: String, port: Int) in
-            guard let colon = entry.lastIndex(of: ":"), let port = Int(entry[entry.index(after: colon)...]) else {
-                throw ValidationError("bad server address \(entry)")
-            }
-            return (String(entry[..<colon]), port)
+        let urls = try servers.split(separator: ",").map { entry in
+            guard let url = DeviceServerURL(String(entry)) else { throw ValidationError("bad server address \(entry)") }
+            return url
         }
-        guard addresses.indices.contains(first) else { throw ValidationError("--first out of range") }
+        guard urls.indices.contains(first) else { throw ValidationError("--first out of range") }
+        guard Set(urls.map(\.scheme)).count == 1 else { throw ValidationError("--servers must all use one scheme") }
+        let addresses = urls.map { (host: $0.host, port: $0.port) }
+        // One TLS context for every device: it is what the library gives a process.
+        let transport = urls[first].transport(
+            tls: urls[first].usesTLS ? .init(context: try DeviceClientTransport.TLS.context(caFile: caFile), serverName: nil) : nil
+        )
         let locals = localHosts.split(separator: ",").map(String.init)
         let counters = StormCounters()
         let start = ContinuousClock.now
@@ -61,6 +66,7 @@ struct Storm: AsyncParsableCommand {
                     heartbeatSeconds: heartbeat, localHost: locals.isEmpty ? nil : locals[index % locals.count]
                 )
                 configuration.sendsPings = true
+                configuration.transport = transport
                 let alternates = addresses.enumerated().filter { $0.offset != first }.map(\.element)
                 let device = ReconnectingDevice(configuration: configuration, alternates: alternates)
                 group.addTask {

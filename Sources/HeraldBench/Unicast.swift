@@ -34,12 +34,12 @@ struct Unicast: AsyncParsableCommand {
         let phases = try parseRates(rates)
         var report = Report(scenario: "unicast", parameters: [
             "devices": "\(devices)", "messages": "\(messages)", "rates": rates, "batch": "\(batch)", "connections": "\(PushLoad.connections(connections, devices: devices))",
-            "payload_bytes": "\(load.payloadBytes)", "store": servers.storeLabel,
+            "payload_bytes": "\(load.payloadBytes)", "store": servers.storeLabel, "transport": servers.transport.rawValue,
         ])
         try await Deployment.run(servers, nodes: 1) { deployment in
             let node = deployment.nodes[0]
             let log = DeliveryLog(sequences: messages * phases.count)
-            let fleet = DeviceFleet(settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(load.localHosts)), log: log)
+            let fleet = DeviceFleet(settings: .init(host: node.host, port: node.devicePort, localHosts: splitList(load.localHosts), transport: try deployment.clientTransport()), log: log)
             try await fleet.connect(0..<devices)
             for (index, rate) in phases.enumerated() {
                 let phase = UnicastPhase(

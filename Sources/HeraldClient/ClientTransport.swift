@@ -50,8 +50,13 @@ public struct DeviceClientTransport: Sendable {
         self.webSocketPath = webSocketPath
     }
 
-    /// Adds the transport's handlers, then (once a WebSocket upgrade, if any, is done) `session`.
-    func install(on channel: any Channel, host: String, port: Int, session: @escaping @Sendable () -> any ChannelHandler, failed: @escaping @Sendable (any Error) -> Void) throws {
+    /// Adds the transport's handlers, then (once a WebSocket upgrade, if any, is done) `session`;
+    /// `failed` is called if the upgrade is refused or fails. For clients that drive the
+    /// device protocol themselves (herald-bench's lean devices): `session` is added either
+    /// before the channel is active (TCP, TLS) or during the upgrade (WebSocket), so it should
+    /// say HELLO in `channelActive`, or on ``DeviceTransportReady`` when the channel was
+    /// already active (a write before the upgrade has finished would be lost).
+    public func install(on channel: any Channel, host: String, port: Int, session: @escaping @Sendable () -> any ChannelHandler, failed: @escaping @Sendable (any Error) -> Void) throws {
         let operations = channel.pipeline.syncOperations
         if let tls {
             let serverName = tls.serverName.flatMap { name in (try? SocketAddress(ipAddress: name, port: 0)) == nil ? name : nil }
@@ -94,8 +99,9 @@ public struct DeviceClientTransport: Sendable {
     }
 }
 
-/// Fired through the pipeline once the WebSocket upgrade is complete.
-struct DeviceTransportReady {}
+/// Fired through the pipeline once the WebSocket upgrade is complete: the moment a
+/// session added by ``DeviceClientTransport/install(on:host:port:session:failed:)`` may write.
+public struct DeviceTransportReady: Sendable {}
 
 /// The client side of protocol.md §1 over WebSocket: each frame out is one masked binary
 /// message, each binary message in one frame's bytes.

@@ -14,7 +14,8 @@ struct Storm: AsyncParsableCommand {
             Every device starts on the server at --first and, when its connection fails or ends,
             moves to another of --servers at random after the library's jittered backoff. One
             JSON object per --report-ms on standard output: seconds since start, devices
-            connected now, successful connects so far, PUSH frames received. Runs until killed.
+            connected now (and by node id, from WELCOME), successful connects so far, PUSH frames
+            received. Runs until killed.
             """
     )
 
@@ -52,7 +53,8 @@ struct Storm: AsyncParsableCommand {
                     let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
                     print(
                         #"{"t": \#((seconds * 1000).rounded() / 1000), "connected": \#(counters.connected.load(ordering: .relaxed)), "#
-                            + #""connects": \#(counters.connects.load(ordering: .relaxed)), "pushes": \#(counters.pushes.load(ordering: .relaxed))}"#
+                            + #""connects": \#(counters.connects.load(ordering: .relaxed)), "pushes": \#(counters.pushes.load(ordering: .relaxed)), "#
+                            + #""by_node": {\#(counters.byNodeJSON())}}"#
                     )
                     fflush(nil)
                     try? await Task.sleep(for: interval)
@@ -69,16 +71,17 @@ struct Storm: AsyncParsableCommand {
                 configuration.transport = transport
                 let alternates = addresses.enumerated().filter { $0.offset != first }.map(\.element)
                 let device = ReconnectingDevice(configuration: configuration, alternates: alternates)
+                let node = Mutex<String?>(nil)
                 group.addTask {
                     await device.run(
                         onPush: { _, _ in counters.pushes.add(1, ordering: .relaxed) },
                         onState: { state in
                             switch state {
-                            case .connected:
-                                counters.connected.add(1, ordering: .relaxed)
-                                counters.connects.add(1, ordering: .relaxed)
+                            case .connected(let nodeID):
+                                node.withLock { $0 = nodeID }
+                                counters.connected(to: nodeID)
                             case .disconnected:
-                                counters.connected.subtract(1, ordering: .relaxed)
+                                counters.disconnected(from: node.withLock { $0 })
                             }
                         }
                     )
@@ -92,4 +95,21 @@ final class StormCounters: Sendable {
     let connected = Atomic<Int>(0)
     let connects = Atomic<Int>(0)
     let pushes = Atomic<Int>(0)
+    private let byNode = Mutex<[String: Int]>([:])
+
+    func connected(to nodeID: String) {
+        connected.add(1, ordering: .relaxed)
+        connects.add(1, ordering: .relaxed)
+        byNode.withLock { $0[nodeID, default: 0] += 1 }
+    }
+
+    func disconnected(from nodeID: String?) {
+        connected.subtract(1, ordering: .relaxed)
+        if let nodeID { byNode.withLock { $0[nodeID, default: 0] -= 1 } }
+    }
+
+    /// The devices connected to each node, as the members of a JSON object.
+    func byNodeJSON() -> String {
+        byNode.withLock { $0.sorted { $0.key < $1.key }.map { #""\#($0.key)": \#($0.value)"# }.joined(separator: ", ") }
+    }
 }

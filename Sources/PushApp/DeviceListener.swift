@@ -56,6 +56,7 @@ final class DeviceListener: Service, HealthReporting {
                     .bind(host: address.host, port: address.port)
                     .get()
                 channels[transport.kind] = channel
+                transport.handshakeGate?.attach(channel)
                 logger.info("device listener bound", metadata: [
                     "transport": "\(transport.kind.rawValue)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
                 ])

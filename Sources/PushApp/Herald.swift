@@ -30,6 +30,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HERALD_TLS_CERT: PEM certificate, then its chain (turns on the TLS listeners).") var tlsCert: String?
     @Option(help: "HERALD_TLS_KEY: PEM private key of the certificate, ECDSA or RSA.") var tlsKey: String?
     @Option(help: "HERALD_TLS_CLIENT_CA: PEM CA that device certificates must chain to (mutual TLS).") var tlsClientCA: String?
+    @Option(help: "HERALD_TLS_MAX_HANDSHAKES: TLS handshakes in progress per listener before it stops accepting (1024; 0: no bound).") var tlsMaxHandshakes: String?
     @Option(help: "HERALD_TLS_ADDR: devices over TLS, host:port (default 0.0.0.0:9443 with a certificate; empty: off).") var tlsAddr: String?
     @Option(help: "HERALD_WS_ADDR: devices over WebSocket, host:port (off unless set, or --ws).") var wsAddr: String?
     @Option(help: "HERALD_WSS_ADDR: devices over WebSocket in TLS (default 0.0.0.0:9444 with a certificate; empty: off).") var wssAddr: String?
@@ -60,7 +61,7 @@ struct Serve: AsyncParsableCommand {
         var values = ProcessEnvironment.variables.filter { $0.key.hasPrefix("HERALD_") }
         let flags: [(String, String?)] = [
             ("HERALD_NODE_ID", nodeID), ("HERALD_REDIS_URL", redisURL), ("HERALD_TCP_ADDR", tcpAddr), ("HERALD_HTTP_ADDR", httpAddr),
-            ("HERALD_TLS_CERT", tlsCert), ("HERALD_TLS_KEY", tlsKey), ("HERALD_TLS_CLIENT_CA", tlsClientCA),
+            ("HERALD_TLS_CERT", tlsCert), ("HERALD_TLS_KEY", tlsKey), ("HERALD_TLS_CLIENT_CA", tlsClientCA), ("HERALD_TLS_MAX_HANDSHAKES", tlsMaxHandshakes),
             ("HERALD_TLS_ADDR", tlsAddr), ("HERALD_WS_ADDR", wsAddr), ("HERALD_WSS_ADDR", wssAddr), ("HERALD_HTTPS_ADDR", httpsAddr),
             ("HERALD_WS_ALLOWED_ORIGINS", wsAllowedOrigins), ("HERALD_PROXY_PROTOCOL", proxyProtocol),
             ("HERALD_TRUSTED_PROXIES", trustedProxies),

@@ -361,10 +361,16 @@ final class HeraldNode: Sendable {
                 kind: kind, tls: tls, webSocket: webSocket,
                 proxyProtocol: configuration.proxyProtocol.contains(kind), trustedProxies: configuration.trustedProxies,
                 helloTimeout: configuration.session.helloTimeout,
-                metrics: transportMetrics, startSession: start
+                metrics: transportMetrics, handshakeGate: handshakeGate(for: kind), startSession: start
             )
             return (transport, SocketAddressSpec(host: address.host, port: port(of: kind.rawValue) ?? address.port))
         }
+    }
+
+    /// A new gate for a TLS listener's handshakes, unless HERALD_TLS_MAX_HANDSHAKES is 0.
+    private func handshakeGate(for kind: DeviceTransportKind) -> HandshakeGate? {
+        guard kind.usesTLS, configuration.tlsMaxHandshakes > 0 else { return nil }
+        return HandshakeGate(limit: configuration.tlsMaxHandshakes) { [transportMetrics] in transportMetrics.acceptPaused() }
     }
 
     private func makeHTTPServer(name: String, address: SocketAddressSpec, tls: TLSCredentials?) -> some Service {

@@ -60,6 +60,8 @@ struct NodeConfiguration: Sendable {
     var maxPayload: Int
     var window: Int
     var helloTimeoutSeconds: Int
+    /// TLS handshakes a listener has in progress before it stops accepting (0: no bound).
+    var tlsMaxHandshakes: Int
     var heartbeatSeconds: Int
     var heartbeatMinSeconds: Int
     var heartbeatMaxSeconds: Int
@@ -97,7 +99,7 @@ struct NodeConfiguration: Sendable {
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
-        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_PROXY_PROTOCOL", "HERALD_TRUSTED_PROXIES", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_MAX_HANDSHAKES", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_PROXY_PROTOCOL", "HERALD_TRUSTED_PROXIES", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
@@ -223,6 +225,7 @@ struct NodeConfiguration: Sendable {
             maxPayload: maxPayload,
             window: try reader.int("HERALD_WINDOW", default: 64, range: 1...65535),
             helloTimeoutSeconds: try reader.int("HERALD_HELLO_TIMEOUT_S", default: 10, range: 1...3600),
+            tlsMaxHandshakes: try reader.int("HERALD_TLS_MAX_HANDSHAKES", default: 1024, range: 0...1_000_000),
             heartbeatSeconds: heartbeat,
             heartbeatMinSeconds: heartbeatMin,
             heartbeatMaxSeconds: heartbeatMax,

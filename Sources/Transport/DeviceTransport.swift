@@ -44,6 +44,8 @@ public struct DeviceTransport: Sendable {
     public let helloTimeout: TimeAmount
     /// Counters and throttled log lines.
     public let metrics: TransportMetrics
+    /// Bounds the TLS handshakes in progress (tls and wss; nil: no bound).
+    public let handshakeGate: HandshakeGate?
     /// Starts the device session on `channel`: creates its `Connection` with the peer's
     /// facts and the accept time, and adds `DeviceChannelHandler` last in the pipeline.
     public let startSession: @Sendable (_ channel: any Channel, _ peer: TransportPeer, _ acceptedAt: NIODeadline) throws -> Void
@@ -52,7 +54,7 @@ public struct DeviceTransport: Sendable {
     public init(
         kind: DeviceTransportKind, tls: TLSCredentials?, webSocket: WebSocketOptions,
         proxyProtocol: Bool = false, trustedProxies: TrustedProxies = .none, helloTimeout: TimeAmount,
-        metrics: TransportMetrics,
+        metrics: TransportMetrics, handshakeGate: HandshakeGate? = nil,
         startSession: @escaping @Sendable (_ channel: any Channel, _ peer: TransportPeer, _ acceptedAt: NIODeadline) throws -> Void
     ) {
         precondition(!kind.usesTLS || tls != nil, "a \(kind) listener needs TLS credentials")
@@ -63,6 +65,7 @@ public struct DeviceTransport: Sendable {
         self.trustedProxies = trustedProxies
         self.helloTimeout = helloTimeout
         self.metrics = metrics
+        self.handshakeGate = kind.usesTLS ? handshakeGate : nil
         self.startSession = startSession
     }
 
@@ -96,6 +99,8 @@ final class TransportSetup: Sendable {
         var timer: Scheduled<Void>?
         /// The handshake finished, or its failure was counted.
         var tlsSettled = false
+        /// The handshake holds a place in the listener's `HandshakeGate`.
+        var gated = false
         /// The device's address from a PROXY header or `X-Forwarded-For`.
         var forwarded: SocketAddress?
         var sessionStarted = false
@@ -111,12 +116,31 @@ final class TransportSetup: Sendable {
             let current = state.value
             guard !current.sessionStarted else { return }
             if transport.kind.usesTLS, !current.tlsSettled {
-                current.tlsSettled = true
                 transport.metrics.handshakeFailed(.timeout, peer: current.forwarded ?? channel.remoteAddress, detail: "no complete handshake within the hello timeout")
+                _ = TransportSetup.settle(current, transport)
             }
             channel.close(promise: nil)
         }
-        channel.closeFuture.whenComplete { _ in state.value.timer?.cancel() }
+        channel.closeFuture.whenComplete { _ in
+            let current = state.value
+            current.timer?.cancel()
+            TransportSetup.leaveGate(current, transport)
+        }
+    }
+
+    /// Marks the handshake settled, once: true the first time. Frees its place in the gate.
+    private static func settle(_ current: State, _ transport: DeviceTransport) -> Bool {
+        guard !current.tlsSettled else { return false }
+        current.tlsSettled = true
+        leaveGate(current, transport)
+        return true
+    }
+
+    /// Frees the handshake's place in the gate, if it holds one (at most once).
+    private static func leaveGate(_ current: State, _ transport: DeviceTransport) {
+        guard current.gated else { return }
+        current.gated = false
+        transport.handshakeGate?.leave()
     }
 
     /// The device's address as far as it is known: a trusted proxy's word, else the socket's.
@@ -132,6 +156,10 @@ final class TransportSetup: Sendable {
         state.value.forwarded = forwarded
         if let tls = transport.tls, transport.kind.usesTLS {
             let handler = NIOSSLServerHandler(context: tls.context)
+            if let gate = transport.handshakeGate, !state.value.tlsSettled {
+                state.value.gated = true
+                gate.enter()
+            }
             try channel.pipeline.syncOperations.addHandlers(handler, TLSHandshakeWatcher(setup: self, mutual: tls.isMutual))
         } else {
             try transportUp(peer)
@@ -145,14 +173,14 @@ final class TransportSetup: Sendable {
 
     /// The TLS handshake is done.
     func tlsCompleted() {
-        state.value.tlsSettled = true
+        _ = Self.settle(state.value, transport)
     }
 
     /// The TLS handshake failed or the socket closed during it: counted once.
     func tlsFailed(_ reason: HandshakeFailure, detail: String) {
         guard !state.value.tlsSettled else { return }
-        state.value.tlsSettled = true
         transport.metrics.handshakeFailed(reason, peer: deviceAddress, detail: detail)
+        _ = Self.settle(state.value, transport)
     }
 
     /// TLS, if any, is up: the WebSocket upgrade comes next, or the session starts.

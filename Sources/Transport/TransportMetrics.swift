@@ -13,6 +13,7 @@ public final class TransportMetrics: Sendable {
     private let failures = Mutex<[String: Counter]>([:])
     private let handshakes: Counter
     private let proxyRefusals: Counter
+    private let acceptPauses: Counter
     private let webSocketCloses = Mutex<[UInt16: Counter]>([:])
     private let throttle = Mutex<[String: Throttled]>([:])
 
@@ -27,12 +28,18 @@ public final class TransportMetrics: Sendable {
         self.logger = logger
         handshakes = Counter(label: "herald_tls_handshakes_total", factory: factory)
         proxyRefusals = Counter(label: "herald_proxy_protocol_refused_total", factory: factory)
+        acceptPauses = Counter(label: "herald_tls_accept_paused_total", factory: factory)
         for reason in HandshakeFailure.allCases { _ = failureCounter(reason.rawValue) }
     }
 
     /// A TLS handshake completed (full or resumed: NIOSSL does not say which).
     public func handshakeCompleted() {
         handshakes.increment()
+    }
+
+    /// A TLS listener stopped accepting: `HERALD_TLS_MAX_HANDSHAKES` handshakes were in progress.
+    public func acceptPaused() {
+        acceptPauses.increment()
     }
 
     /// A TLS handshake failed: counted in `herald_tls_handshake_failures_total{reason}` and

@@ -171,6 +171,25 @@ struct TransportTests {
         }
     }
 
+    @Test("HERALD_TLS_MAX_HANDSHAKES: with the handshakes in progress at the bound the TLS listener stops accepting, and takes the next device once one is over")
+    func handshakeBound() async throws {
+        let pki = try await TestPKI.make()
+        defer { pki.remove() }
+        let environment = pki.environment.merging(["HERALD_TLS_MAX_HANDSHAKES": "2", "HERALD_HELLO_TIMEOUT_S": "1"]) { $1 }
+        try await TestNode.with(environment) { node in
+            // Two sockets that never send a ClientHello hold both places until the hello timeout.
+            let stalled = [try await RawConnection.connect(port: try node.port("tls")), try await RawConnection.connect(port: try node.port("tls"))]
+            try await eventually("the listener paused") { try await node.metric("herald_tls_accept_paused_total") >= 1 }
+            // This device waits in the listen backlog: its handshake can only begin, and its
+            // WELCOME only come, once a stalled handshake has timed out.
+            let device = try await withTimeout("a device past the bound", .seconds(15)) { try await node.device("patient", over: "tls", pki: pki) }
+            #expect(try await node.metric(#"herald_tls_handshake_failures_total{reason="timeout"}"#) >= 1)
+            let id = try await node.push("patient", "after the wait")
+            #expect(try await device.pushes(1).map(\.id) == [id])
+            for connection in stalled { await connection.close() }
+        }
+    }
+
     @Test("mutual TLS: a device certificate naming the client id is accepted, another id is 401, no certificate fails the handshake")
     func mutualTLS() async throws {
         let pki = try await TestPKI.make(devices: ["dev-1"])

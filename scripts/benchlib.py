@@ -21,13 +21,14 @@ def start_redis(workdir, port, *extra):
     return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
                              "--save", "", "--appendonly", "no", "--logfile", os.path.join(workdir, "redis.log"), *extra])
 
-def start_herald(binary, http_port, **variables):
-    """Starts `herald serve` with HERALD_<name>=value for each keyword and waits for /readyz."""
+def start_herald(binary, http_port, prefix=(), ready_seconds=20, **variables):
+    """Starts `herald serve` (after the `prefix` command, such as valgrind, if given) with
+    HERALD_<name>=value for each keyword and waits for /readyz."""
     env = dict(os.environ, HERALD_HTTP_ADDR=f"127.0.0.1:{http_port}", HERALD_LOG_LEVEL="error",
                HERALD_MAX_PENDING="1000000", HERALD_MAX_FRAME_RATE="1000000")
     env.update({f"HERALD_{k.upper()}": str(v) for k, v in variables.items()})
-    process = subprocess.Popen([binary, "serve"], env=env)
-    for _ in range(400):
+    process = subprocess.Popen([*prefix, binary, "serve"], env=env)
+    for _ in range(ready_seconds * 20):
         try:
             c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=1); c.request("GET", "/readyz")
             if c.getresponse().status == 200: return process

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import HeraldClient
 import Logging
 import NIOCore
@@ -8,8 +9,34 @@ import ServiceLifecycle
 import Glibc
 #endif
 
-/// The `herald` executable.
+/// The process's entry. The command runs on Swift's global executor while the main thread
+/// waits on a semaphore, rather than parking in `dispatch_main` as an `async` main does:
+/// valgrind 3.19 (Debian 12's) crashes in libdispatch's `sigsuspend` there, and counting the
+/// push path's instructions with callgrind (`scripts/count-instructions`) needs valgrind.
+/// Nothing in Herald runs on the main actor or the main queue.
 @main
+enum HeraldEntry {
+    static func main() {
+        let done = DispatchSemaphore(value: 0)
+        // What `AsyncParsableCommand.main()` does, off the main actor it is isolated to.
+        Task.detached {
+            do {
+                var command = try Herald.parseAsRoot()
+                if var asyncCommand = command as? any AsyncParsableCommand {
+                    try await asyncCommand.run()
+                } else {
+                    try command.run()
+                }
+            } catch {
+                Herald.exit(withError: error)
+            }
+            done.signal()
+        }
+        done.wait()
+    }
+}
+
+/// The `herald` executable.
 struct Herald: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "herald",

@@ -47,6 +47,10 @@ def frame(kind, body):
 def string(value):
     data = value.encode(); return struct.pack(">H", len(data)) + data
 
+def hello(client_id, heartbeat=600):
+    """A HELLO frame (protocol.md §1): version 1, the client id, no token, the heartbeat."""
+    return frame(1, bytes([1]) + string(client_id) + string("") + struct.pack(">H", heartbeat))
+
 class Devices(threading.Thread):
     """Devices dev<first>..dev<first+count-1> in one thread: HELLO, then ACK every PUSH.
     `on_push(message_id, payload, now)` is called for each PUSH, if given."""
@@ -57,7 +61,7 @@ class Devices(threading.Thread):
         self.socks = []
         for i in range(first, first + count):
             s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(frame(1, bytes([1]) + string(f"dev{i}") + string("") + struct.pack(">H", 600)))
+            s.sendall(hello(f"dev{i}"))
             self.socks.append(s)
         self.buffers = {s.fileno(): b"" for s in self.socks}
         self.by_fd = {s.fileno(): s for s in self.socks}

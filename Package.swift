@@ -155,6 +155,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Crypto", package: "swift-crypto"),   // HS256 device tokens (storm --jwt-secret)
             ],
             swiftSettings: swiftSettings
         ),
@@ -209,7 +210,10 @@ let package = Package(
         ),
         .testTarget(
             name: "ActorsTests",
-            dependencies: ["Actors", "HeraldTestSupport", .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: [
+                "Actors", "HeraldTestSupport", .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -18,6 +18,9 @@ public final class AuthFailureLimiter: Sendable {
     private let burst: Double
     private let capacity: Int
     private let buckets = Mutex<[String: Bucket]>([:])
+    /// How many addresses `buckets` holds, readable without its lock: while no address has a
+    /// failure on record (a storm of good tokens), a HELLO takes no process-wide lock at all.
+    private let tracked = Atomic<Int>(0)
 
     /// Creates a limiter; `burst` 0 turns it off.
     public init(burst: Int, capacity: Int = 100_000) {
@@ -30,12 +33,13 @@ public final class AuthFailureLimiter: Sendable {
 
     /// Whether `address` may try to authenticate now (it has failures left).
     public func allows(_ address: String, nowNanoseconds: Int64) -> Bool {
-        guard isEnabled else { return true }
+        guard isEnabled, tracked.load(ordering: .relaxed) > 0 else { return true }
         return buckets.withLock { buckets in
             guard var bucket = buckets[address] else { return true }
             refill(&bucket, now: nowNanoseconds)
             if bucket.tokens >= burst {
                 buckets[address] = nil  // full again: nothing to remember
+                tracked.store(buckets.count, ordering: .relaxed)
                 return true
             }
             buckets[address] = bucket
@@ -52,6 +56,7 @@ public final class AuthFailureLimiter: Sendable {
             bucket.tokens = max(0, bucket.tokens - 1)
             buckets[address] = bucket
             if buckets.count > capacity { forgetFullest(&buckets, now: nowNanoseconds) }
+            tracked.store(buckets.count, ordering: .relaxed)
         }
     }
 

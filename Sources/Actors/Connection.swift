@@ -26,109 +26,89 @@ public actor Connection {
     public nonisolated let peer: TransportPeer
 
     private let services: DeviceServices
+    /// The whole session: every rule and every piece of state. What follows are only the
+    /// handles of the timers it asked for.
     private var machine: ConnectionStateMachine
-    /// When the hello timeout runs out: `helloTimeout` after the socket's accept, whatever
-    /// time its transport (TLS handshake, WebSocket upgrade) took.
-    private let helloDeadline: NIODeadline
-    private var sessionBegun = false
-    private var lastReceived: NIODeadline
-    private var heartbeat: TimeAmount = .seconds(30)
     private var helloTimer: Scheduled<Void>?
+    private var stallTimer: Scheduled<Void>?
     /// The loop's heartbeat sweep, once the session is watched by it.
     private var sweep: LoopSweep?
-    private var stallTimer: Scheduled<Void>?
-    /// Token bucket for non-ACK frames: tokens left, and when they were last counted.
-    private var frameTokens: Int32
-    private var frameTokensAt: NIODeadline
-    private var draining = false
-    private var sentGoAway = false
-    private var closing = false
 
     /// Creates the connection for a channel whose transport is up (for plain TCP: freshly
-    /// accepted), accepted at `acceptedAt`. Call on the channel's loop.
-    public init(channel: any Channel, services: DeviceServices, peer: TransportPeer = .tcp, acceptedAt: NIODeadline = .now()) {
+    /// accepted), accepted at `acceptedAt` (default: now). Call on the channel's loop. Time is
+    /// the loop's (`EventLoop.now`), so a test's loop with a manual clock drives every timer.
+    public init(channel: any Channel, services: DeviceServices, peer: TransportPeer = .tcp, acceptedAt: NIODeadline? = nil) {
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.services = services
         self.peer = peer
-        self.helloDeadline = acceptedAt + services.configuration.helloTimeout
         self.session = services.nextSession()
-        self.machine = ConnectionStateMachine(window: services.configuration.window)
-        self.lastReceived = .now()
-        self.frameTokens = Int32(clamping: 2 * services.configuration.maxFramesPerSecond)
-        self.frameTokensAt = .now()
+        self.machine = ConnectionStateMachine(configuration: services.configuration, acceptedAt: acceptedAt ?? channel.eventLoop.now)
     }
 
     /// The client id, once the device is authenticated.
     public var clientID: String? { machine.clientID }
 
     /// Whether input should still be decoded (false once an ERROR was sent).
-    public var isReading: Bool { !closing }
+    public var isReading: Bool { machine.isReading }
 
-    // MARK: Socket events (from the channel handler)
+    // MARK: Socket events (from the channel handler, on the loop)
 
     /// The socket is open and its transport up: the session begins (the hello timeout runs
     /// from the accept). Called once; later calls do nothing.
     public func activated() {
-        guard !sessionBegun else { return }
-        sessionBegun = true
         let open = services.metrics.connectionOpened(1)
         let limit = services.configuration.maxConnections
-        if limit > 0, open > limit {
-            return fail(.tooManyRequests, "too many connections")
-        }
-        lastReceived = .now()
-        helloTimer = eventLoop.scheduleTask(deadline: helloDeadline) { [self] in
-            assumeIsolated { $0.helloTimedOut() }
+        switch machine.activated(now: eventLoop.now, overConnectionLimit: limit > 0 && open > limit) {
+        case .scheduleHelloTimeout(let deadline):
+            helloTimer = eventLoop.scheduleTask(deadline: deadline) { [self] in
+                assumeIsolated { $0.perform($0.machine.helloTimerFired(now: $0.eventLoop.now)) }
+            }
+        case .fail(let code, let reason):
+            fail(code, reason)
+        case .none:
+            services.metrics.connectionOpened(-1)
         }
     }
 
     /// A complete frame arrived.
     public func received(_ frame: Frame) {
-        guard !closing else { return }
-        lastReceived = .now()
-        if case .ack = frame {} else if !takeFrameToken() {
-            return fail(.tooManyRequests, "frames too fast")
-        }
-        let configuration = services.configuration
-        perform(machine.received(frame, heartbeat: configuration.clampedHeartbeat))
+        perform(machine.received(frame, now: eventLoop.now))
     }
 
     /// The decoder rejected the input.
     public func malformed(_ error: FrameError) {
-        guard !closing else { return }
         perform(machine.malformed(error))
     }
 
     /// The socket closed.
     public func deactivated() {
-        guard sessionBegun else { return }
-        machine.closed()
-        closing = true
+        guard let teardown = machine.deactivated() else { return }
         helloTimer?.cancel()
+        stallTimer?.cancel()
         sweep?.remove(self)
         sweep = nil
-        stallTimer?.cancel()
         services.metrics.connectionOpened(-1)
-        if let clientID = registeredClientID {
-            if services.registry.unregister(clientID, self) {
-                services.cluster.disconnected(clientID: clientID, session: session)
-            }
-            registeredClientID = nil
+        if let clientID = teardown.unregister, services.registry.unregister(clientID, self) {
+            services.cluster.disconnected(clientID: clientID, session: session)
         }
     }
 
     /// The socket's write buffer crossed a water mark.
     public func writabilityChanged(_ writable: Bool) {
-        if writable {
-            stallTimer?.cancel()
-            stallTimer = nil
-        } else if stallTimer == nil {
-            stallTimer = eventLoop.scheduleTask(in: services.configuration.stallTimeout) { [self] in
+        let action = machine.writabilityChanged(writable, now: eventLoop.now)
+        switch action.stallTimer {
+        case .start(let deadline):
+            stallTimer = eventLoop.scheduleTask(deadline: deadline) { [self] in
                 assumeIsolated { $0.stalled() }
             }
+        case .cancel:
+            stallTimer?.cancel()
+            stallTimer = nil
+        case .keep:
+            break
         }
-        if let fetch = machine.writabilityChanged(writable) { startFetch(fetch) }
+        if let fetch = action.fetch { startFetch(fetch) }
     }
 
     // MARK: From the rest of the node
@@ -142,28 +122,27 @@ public actor Connection {
     /// was down): read them. Callable from any thread.
     public nonisolated func nudge() {
         onLoop { connection in
-            guard !connection.closing, let fetch = connection.machine.nudged() else { return }
-            connection.startFetch(fetch)
+            if let fetch = connection.machine.nudged() { connection.startFetch(fetch) }
         }
     }
 
     /// A broadcast frame (an encoded PUSH). Call on this connection's loop.
     public func sendBroadcast(_ frame: ByteBuffer) {
-        guard machine.clientID != nil, !closing, channel.isWritable else { return }
+        guard machine.acceptsBroadcast else { return }
         channel.writeAndFlush(frame, promise: nil)
         services.metrics.broadcastsDelivered.increment()
     }
 
     /// A newer connection took this client id over: ERROR 409 and close. Callable from any thread.
     public nonisolated func replace() {
-        onLoop { $0.fail(.replaced, "replaced by a newer connection") }
+        onLoop { $0.perform($0.machine.fail(.replaced, "replaced by a newer connection")) }
     }
 
     /// Closes the connection without an ERROR (the API's kick, the drain timeout).
     /// Callable from any thread.
     public nonisolated func close() {
         onLoop { connection in
-            connection.closing = true
+            connection.machine.closeRequested()
             connection.channel.close(promise: nil)
         }
     }
@@ -172,14 +151,9 @@ public actor Connection {
     /// Callable from any thread.
     public nonisolated func goAway(reason: String) {
         onLoop { connection in
-            connection.draining = true
-            guard !connection.sentGoAway, !connection.closing else { return }
-            connection.sentGoAway = true
             let after = connection.services.configuration.reconnectAfterMilliseconds
-            connection.channel.writeAndFlush(
-                Frame.goaway(reconnectAfterMilliseconds: after, reason: reason).encoded(allocator: connection.channel.allocator),
-                promise: nil
-            )
+            guard let frame = connection.machine.goAway(reason: reason, reconnectAfterMilliseconds: after) else { return }
+            connection.channel.writeAndFlush(frame.encoded(allocator: connection.channel.allocator), promise: nil)
         }
     }
 
@@ -193,8 +167,6 @@ public actor Connection {
 
     // MARK: Actions
 
-    private var registeredClientID: String?
-
     private func perform(_ action: ConnectionStateMachine.FrameAction) {
         switch action {
         case .none:
@@ -204,23 +176,26 @@ public actor Connection {
         case .authenticate(let clientID, let token):
             helloTimer?.cancel()
             helloTimer = nil
-            guard !draining else { return fail(.unavailable, "server is draining") }
             let limiter = services.authFailures
             let address = remoteHost
             guard limiter.allows(address, nowNanoseconds: Self.nanosecondsNow()) else {
-                return fail(.tooManyRequests, "too many failed authentications from this address")
+                return perform(machine.fail(.tooManyRequests, "too many failed authentications from this address"))
             }
-            let authenticator = services.authenticator
             // With mutual TLS the certificate must name the client id (Docs/protocol.md), and
-            // the token is checked as well when device tokens are configured.
+            // the token is checked as well when device tokens are configured. The check runs
+            // here, on the loop: it is synchronous and shares nothing across loops.
             let certified = peer.certificateNames.map { $0.contains(clientID) } ?? true
-            Task { [self] in
-                let accepted = certified ? await authenticator.authenticate(clientID: clientID, token: token) : false
-                if !accepted { limiter.failed(address, nowNanoseconds: Self.nanosecondsNow()) }
-                authenticationFinished(accepted)
+            guard certified && services.authenticator.authenticate(clientID: clientID, token: token) else {
+                limiter.failed(address, nowNanoseconds: Self.nanosecondsNow())
+                return perform(machine.authenticationFailed())
             }
-        case .acknowledge(let messageID, let fetch):
-            acknowledge(messageID)
+            start(machine.authenticated())
+        case .acknowledge(let scheduleRecord, let fetch):
+            // Recorded after the rest of this read burst, so a device ACKing a window of
+            // messages costs one store call, not one per message.
+            if scheduleRecord {
+                eventLoop.execute { [self] in assumeIsolated { $0.recordAcknowledged() } }
+            }
             if let fetch { startFetch(fetch) }
         case .fail(let code, let reason):
             fail(code, reason)
@@ -237,36 +212,34 @@ public actor Connection {
         Int64(truncatingIfNeeded: NIODeadline.now().uptimeNanoseconds)
     }
 
-    private func authenticationFinished(_ accepted: Bool) {
-        guard accepted else {
-            if case .fail(let code, let reason) = machine.authenticationFailed() { fail(code, reason) }
+    private func start(_ action: ConnectionStateMachine.StartAction) {
+        switch action {
+        case .none:
             return
-        }
-        guard case .start(let clientID, let heartbeatSeconds, let fetch) = machine.authenticated() else { return }
-        if draining { return fail(.unavailable, "server is draining") }
-        registeredClientID = clientID
-        services.registry.register(clientID, self)?.replace()
-        heartbeat = .seconds(Int64(heartbeatSeconds))
-        channel.writeAndFlush(
-            Frame.welcome(heartbeatSeconds: heartbeatSeconds, nodeID: services.configuration.nodeID)
-                .encoded(allocator: channel.allocator),
-            promise: nil
-        )
-        let sweep = services.heartbeats.sweep(for: eventLoop)
-        sweep.add(self)
-        self.sweep = sweep
-        // The first read waits for the route table to name this connection: a message stored
-        // before the route write is found by this read, one stored after it is routed here.
-        let cluster = services.cluster
-        let session = session
-        Task { [self] in
-            await cluster.connected(clientID: clientID, session: session)
-            if let fetch { startFetch(fetch) }
+        case .fail(let code, let reason):
+            return fail(code, reason)
+        case .start(let clientID, let heartbeatSeconds, let fetch):
+            services.registry.register(clientID, self)?.replace()
+            channel.writeAndFlush(
+                Frame.welcome(heartbeatSeconds: heartbeatSeconds, nodeID: services.configuration.nodeID)
+                    .encoded(allocator: channel.allocator),
+                promise: nil
+            )
+            let sweep = services.heartbeats.sweep(for: eventLoop)
+            sweep.add(self)
+            self.sweep = sweep
+            // The first read waits for the route table to name this connection: a message stored
+            // before the route write is found by this read, one stored after it is routed here.
+            let cluster = services.cluster
+            let session = session
+            Task { [self] in
+                await cluster.connected(clientID: clientID, session: session)
+                if let fetch { startFetch(fetch) }
+            }
         }
     }
 
     private func stored(_ message: StoredMessage) {
-        guard !closing else { return }
         send(machine.stored(message, nowMillis: WallClock.millisecondsSinceEpoch()))
     }
 
@@ -304,90 +277,47 @@ public actor Connection {
         }
     }
 
-    /// ACKs received in this loop tick, recorded together in one store call at its end.
-    private var acknowledged: [String] = []
-
-    private func acknowledge(_ messageID: String) {
-        acknowledged.append(messageID)
-        guard acknowledged.count == 1 else { return }
-        // Runs after the rest of this read burst, so a device ACKing a window of messages
-        // costs one store round trip, not one per message.
-        eventLoop.execute { [self] in assumeIsolated { $0.recordAcknowledged() } }
-    }
-
     private func recordAcknowledged() {
-        let messageIDs = acknowledged
-        acknowledged = []
-        guard let clientID = machine.clientID, !messageIDs.isEmpty else { return }
-        let store = services.store
-        let metrics = services.metrics
-        let logger = services.logger
-        // Isolated to this actor, so the store call starts on this loop (where a per-loop
-        // store connection lives) rather than on the shared pool.
-        Task { [self] in
-            _ = self
-            do {
-                let removed = try await store.acknowledge(clientID: clientID, messageIDs: messageIDs)
-                metrics.pushesAcknowledged.increment(by: Int64(removed))
-            } catch {
-                // The messages stay stored and are sent again on the next connection.
-                logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
-            }
-        }
+        guard let (clientID, messageIDs) = machine.takeAcknowledged() else { return }
+        // A task isolated to this actor (it calls an isolated method), so the store call starts
+        // on this loop, where a per-loop store connection lives, not on the shared pool.
+        Task { [self] in await removeFromStore(clientID: clientID, messageIDs: messageIDs) }
     }
 
-    /// Spends one token of the frame-rate bucket (refilled at `maxFramesPerSecond`, holding at
-    /// most two seconds' worth); false when it is empty.
-    private func takeFrameToken() -> Bool {
-        let rate = Int64(services.configuration.maxFramesPerSecond)
-        let now = lastReceived
-        let elapsed = (now - frameTokensAt).nanoseconds
-        let refill = elapsed * rate / 1_000_000_000
-        if refill > 0 {
-            frameTokens = Int32(clamping: min(Int64(frameTokens) + refill, 2 * rate))
-            frameTokensAt = frameTokensAt + .nanoseconds(refill * 1_000_000_000 / rate)
+    private func removeFromStore(clientID: String, messageIDs: [String]) async {
+        do {
+            let removed = try await services.store.acknowledge(clientID: clientID, messageIDs: messageIDs)
+            services.metrics.pushesAcknowledged.increment(by: Int64(removed))
+        } catch {
+            // The messages stay stored and are sent again on the next connection.
+            services.logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
         }
-        guard frameTokens > 0 else { return false }
-        frameTokens -= 1
-        return true
     }
 
     // MARK: Timers
 
-    private func helloTimedOut() {
-        guard !machine.helloReceived, !closing else { return }
-        machine.closed()
-        fail(.helloTimeout, "no HELLO within \(services.configuration.helloTimeout.nanoseconds / 1_000_000_000) s")
-    }
-
     /// Closes a device silent for 2 x heartbeat (the loop's sweep calls this once a second).
     func checkHeartbeat(now: NIODeadline) {
-        guard !closing, now >= lastReceived + heartbeat * 2 else { return }
-        services.logger.debug("closing silent connection", metadata: ["herald.client": "\(machine.clientID ?? "")"])
-        machine.closed()
-        closing = true
+        guard machine.heartbeatCheck(now: now) else { return }
+        services.logger.debug("closing silent connection", metadata: ["herald.client": "\(machine.loggedClientID)"])
         channel.close(promise: nil)
     }
 
     private func stalled() {
         stallTimer = nil
-        guard !channel.isWritable, !closing else { return }
-        services.logger.info("closing a device that stopped reading", metadata: ["herald.client": "\(machine.clientID ?? "")"])
-        machine.closed()
-        closing = true
+        guard machine.stallTimerFired() else { return }
+        services.logger.info("closing a device that stopped reading", metadata: ["herald.client": "\(machine.loggedClientID)"])
         channel.close(promise: nil)
     }
 
     /// Sends ERROR and closes: the write side closes at once (FIN after the ERROR frame), and
     /// the socket shortly after, so that the device reads the ERROR before the close.
+    /// The machine has already closed the session.
     private func fail(_ code: ErrorCode, _ reason: String) {
-        guard !closing else { return }
-        closing = true
-        machine.closed()
         services.metrics.frameError(code.rawValue)
         services.logger.debug(
             "closing with ERROR", metadata: [
-                "code": "\(code.rawValue)", "reason": "\(reason)", "herald.client": "\(registeredClientID ?? "")",
+                "code": "\(code.rawValue)", "reason": "\(reason)", "herald.client": "\(machine.loggedClientID)",
                 "peer": "\(remoteHost)", "transport": "\(peer.transport)",
             ]
         )

@@ -1,8 +1,18 @@
+import NIOCore
 import PushProtocol
 
-/// The session rules of protocol.md §1 for one connection, without I/O, time or concurrency:
-/// each input returns what the connection must do. The `Connection` actor feeds it and
-/// carries out the actions.
+/// Everything one device connection remembers, and every session rule of protocol.md §1,
+/// without I/O or concurrency: each input (a frame, a timer, a store result, a request from
+/// the node) returns what the connection must do, and time is passed in. The `Connection`
+/// actor feeds it and carries out the actions; it keeps no state of its own beyond the
+/// handles of the timers this machine asks for.
+///
+/// The rules it holds: HELLO first and once, within the hello timeout from the accept; the
+/// token check; the heartbeat (closed after two silent heartbeats); the frame-rate bucket
+/// (ACKs are free); the window of unacknowledged PUSHes, in order, with store reads and
+/// refills one at a time; ACKs batched per loop tick; no PUSH while the socket is not
+/// writable, and a close when it stays so for the stall timeout; draining (GOAWAY once,
+/// HELLO refused with 503); and once an ERROR is sent or the connection closes, nothing more.
 public struct ConnectionStateMachine: Sendable {
     /// A read of the store the connection must make: `limit` messages after `after`.
     public struct Fetch: Sendable, Hashable {
@@ -18,16 +28,29 @@ public struct ConnectionStateMachine: Sendable {
         }
     }
 
-    /// What to do with a frame the device sent.
+    /// What to do once the transport is up.
+    public enum ActivateAction: Sendable, Hashable {
+        /// Call `helloTimerFired` at this deadline (cancel it on `authenticate`).
+        case scheduleHelloTimeout(NIODeadline)
+        /// Send ERROR with this code and close.
+        case fail(ErrorCode, String)
+        /// Nothing (activated before).
+        case none
+    }
+
+    /// What to do with a frame the device sent, or with anything that ends the session.
     public enum FrameAction: Sendable, Hashable {
         /// Nothing.
         case none
         /// Send this frame back (PONG).
         case reply(Frame)
-        /// Check the token, then call `authenticated` or `authenticationFailed`.
+        /// Cancel the hello timer; check the token (and the address's failure budget), then
+        /// call `authenticated`, `authenticationFailed` or `fail`.
         case authenticate(clientID: String, token: String)
-        /// Remove the message from the store, then make the read, if any.
-        case acknowledge(messageID: String, then: Fetch?)
+        /// The ACK was recorded for the store: when `scheduleRecord`, call `takeAcknowledged`
+        /// at the end of this loop tick (one store call for a burst of ACKs); then make the
+        /// read, if any.
+        case acknowledge(scheduleRecord: Bool, then: Fetch?)
         /// Send ERROR with this code and close.
         case fail(ErrorCode, String)
     }
@@ -35,8 +58,11 @@ public struct ConnectionStateMachine: Sendable {
     /// What to do once the device is authenticated.
     public enum StartAction: Sendable, Hashable {
         /// Register the client id (taking over any older connection), send WELCOME with this
-        /// heartbeat, and make the first read of the pending queue.
+        /// heartbeat, watch the session's heartbeat, and make the first read of the pending
+        /// queue once the route table names this connection.
         case start(clientID: String, heartbeatSeconds: UInt16, fetch: Fetch?)
+        /// Send ERROR with this code and close (the node began draining meanwhile).
+        case fail(ErrorCode, String)
         /// The connection ended meanwhile.
         case none
     }
@@ -50,8 +76,43 @@ public struct ConnectionStateMachine: Sendable {
         static let nothing = Delivery(send: [], fetch: nil)
     }
 
+    /// What to do when the socket's writability changes.
+    public struct WritabilityAction: Sendable, Hashable {
+        /// The stall timer: start it (call `stallTimerFired` at this deadline), cancel it, or
+        /// leave it as it is.
+        public enum Timer: Sendable, Hashable {
+            case start(NIODeadline)
+            case cancel
+            case keep
+        }
+
+        /// The stall timer.
+        public var stallTimer: Timer
+        /// Then make this read.
+        public var fetch: Fetch?
+
+        /// Creates the action.
+        public init(stallTimer: Timer, fetch: Fetch?) {
+            self.stallTimer = stallTimer
+            self.fetch = fetch
+        }
+    }
+
+    /// What to undo when the socket has closed.
+    public struct Teardown: Sendable, Hashable {
+        /// The client id to take out of the registry and the route table (nil before WELCOME).
+        public var unregister: String?
+
+        /// Creates the teardown.
+        public init(unregister: String?) {
+            self.unregister = unregister
+        }
+    }
+
     private struct Session {
         var clientID: String
+        /// Silence allowed is twice this.
+        var heartbeat: TimeAmount
         /// Message ids sent and not yet acknowledged, oldest first.
         var inflight: [String] = []
         /// The highest sequence sent on this connection.
@@ -60,24 +121,47 @@ public struct ConnectionStateMachine: Sendable {
         var fetching = false
         /// The store may hold messages this connection has not sent.
         var mayHaveMore = true
-        /// The device's socket accepts more writes.
-        var writable = true
     }
 
     private enum State {
+        /// Accepted; the transport (TLS, WebSocket) may still be coming up.
+        case accepted
         case awaitingHello
         case authenticating(clientID: String, heartbeat: UInt16)
         case active(Session)
+        /// An ERROR was sent, the node closed it, or the socket closed: nothing more happens.
         case closed
     }
 
-    private var state: State = .awaitingHello
-    private let window: Int
+    private var state: State = .accepted
+    private let configuration: SessionConfiguration
+    /// `helloTimeout` after the socket's accept, whatever time its transport took.
+    private let helloDeadline: NIODeadline
+    /// When the device last sent a frame.
+    private var lastReceived: NIODeadline
+    /// Tokens left in the frame-rate bucket, and when they were last counted.
+    private var frameTokens: Int64
+    private var frameTokensAt: NIODeadline
+    /// The socket accepts more writes.
+    private var writable = true
+    private var stallTimerRunning = false
+    /// The node is draining: HELLO is refused.
+    private var draining = false
+    private var sentGoAway = false
+    /// ACKs received in this loop tick, not yet handed to the store.
+    private var acknowledged: [String] = []
+    /// The client id this connection registered under, until the socket closes.
+    private var registeredClientID: String?
+    private var tornDown = false
 
-    /// Creates the machine for a connection that has just been accepted.
-    public init(window: Int) {
-        precondition(window > 0)
-        self.window = window
+    /// Creates the machine for a connection accepted at `acceptedAt`.
+    public init(configuration: SessionConfiguration, acceptedAt: NIODeadline) {
+        precondition(configuration.window > 0)
+        self.configuration = configuration
+        self.helloDeadline = acceptedAt + configuration.helloTimeout
+        self.lastReceived = acceptedAt
+        self.frameTokens = 2 * Int64(configuration.maxFramesPerSecond)
+        self.frameTokensAt = acceptedAt
     }
 
     /// The authenticated client id, while the session is active.
@@ -86,9 +170,12 @@ public struct ConnectionStateMachine: Sendable {
         return nil
     }
 
-    /// Whether a complete HELLO has been received.
-    public var helloReceived: Bool {
-        if case .awaitingHello = state { return false }
+    /// The client id for logs: the registered one, even after the close.
+    public var loggedClientID: String { registeredClientID ?? "" }
+
+    /// Whether input should still be decoded (false once the session is over).
+    public var isReading: Bool {
+        if case .closed = state { return false }
         return true
     }
 
@@ -98,19 +185,68 @@ public struct ConnectionStateMachine: Sendable {
         return 0
     }
 
+    // MARK: The socket
+
+    /// The socket is open and its transport up: the session begins. `overConnectionLimit`:
+    /// the node holds more device sockets than it allows.
+    public mutating func activated(now: NIODeadline, overConnectionLimit: Bool) -> ActivateAction {
+        guard case .accepted = state else { return .none }
+        state = .awaitingHello
+        lastReceived = now
+        guard !overConnectionLimit else {
+            state = .closed
+            return .fail(.tooManyRequests, "too many connections")
+        }
+        return .scheduleHelloTimeout(helloDeadline)
+    }
+
+    /// The socket closed. The teardown to make, once, if the session had begun.
+    public mutating func deactivated() -> Teardown? {
+        if case .accepted = state {
+            state = .closed
+            return nil
+        }
+        state = .closed
+        guard !tornDown else { return nil }
+        tornDown = true
+        defer { registeredClientID = nil }
+        return Teardown(unregister: registeredClientID)
+    }
+
+    /// The socket's write buffer crossed a water mark.
+    public mutating func writabilityChanged(_ writable: Bool, now: NIODeadline) -> WritabilityAction {
+        self.writable = writable
+        var timer = WritabilityAction.Timer.keep
+        if writable, stallTimerRunning {
+            stallTimerRunning = false
+            timer = .cancel
+        } else if !writable, !stallTimerRunning, isReading {
+            stallTimerRunning = true
+            timer = .start(now + configuration.stallTimeout)
+        }
+        let fetch = writable ? modifySession { session, window in Self.nextFetch(&session, window: window, writable: true) } ?? nil : nil
+        return WritabilityAction(stallTimer: timer, fetch: fetch)
+    }
+
     // MARK: Frames from the device
 
-    /// A complete frame arrived. `heartbeat` clamps the requested heartbeat.
-    public mutating func received(_ frame: Frame, heartbeat: (UInt16) -> UInt16) -> FrameAction {
+    /// A complete frame arrived at `now`.
+    public mutating func received(_ frame: Frame, now: NIODeadline) -> FrameAction {
+        guard isReading else { return .none }
+        lastReceived = now
+        if case .ack = frame {} else if !takeFrameToken(now: now) {
+            return fail(.tooManyRequests, "frames too fast")
+        }
         switch (state, frame) {
         case (.closed, _):
             return .none
-        case (.awaitingHello, .hello(let hello)):
+        case (.accepted, .hello(let hello)), (.awaitingHello, .hello(let hello)):
             guard hello.version == 1 else { return fail(.badRequest, "unsupported version \(hello.version)") }
             guard Identifiers.isValidClientID(hello.clientID) else { return fail(.badRequest, "malformed client_id") }
-            state = .authenticating(clientID: hello.clientID, heartbeat: heartbeat(hello.heartbeatSeconds))
+            guard !draining else { return fail(.unavailable, "server is draining") }
+            state = .authenticating(clientID: hello.clientID, heartbeat: configuration.clampedHeartbeat(hello.heartbeatSeconds))
             return .authenticate(clientID: hello.clientID, token: hello.token)
-        case (.awaitingHello, _):
+        case (.accepted, _), (.awaitingHello, _):
             return fail(.badRequest, "expected HELLO")
         case (_, .hello):
             return fail(.badRequest, "second HELLO")
@@ -121,14 +257,17 @@ public struct ConnectionStateMachine: Sendable {
         case (.authenticating, .ack):
             return .none
         case (.active, .ack(let id)):
+            acknowledged.append(id)
+            let scheduleRecord = acknowledged.count == 1
+            let writable = writable
             return modifySession { session, window in
+                // An id not sent on this connection may be from an earlier one. The store
+                // removes only this device's own messages, so passing it on is safe.
                 guard let index = session.inflight.firstIndex(of: id) else {
-                    // Not sent on this connection: it may be from an earlier one. The store
-                    // removes only this device's own messages, so passing it on is safe.
-                    return .acknowledge(messageID: id, then: nil)
+                    return .acknowledge(scheduleRecord: scheduleRecord, then: nil)
                 }
                 session.inflight.remove(at: index)
-                return .acknowledge(messageID: id, then: Self.nextFetch(&session, window: window))
+                return .acknowledge(scheduleRecord: scheduleRecord, then: Self.nextFetch(&session, window: window, writable: writable))
             } ?? .none
         case (_, .welcome), (_, .push), (_, .error), (_, .goaway):
             return fail(.badRequest, "\(frame.type) is not sent by devices")
@@ -140,14 +279,28 @@ public struct ConnectionStateMachine: Sendable {
         fail(error.code, error.reason)
     }
 
+    /// The ACKs to hand to the store now (all received since the last call), with the
+    /// device's client id; nil when there are none or the session is over.
+    public mutating func takeAcknowledged() -> (clientID: String, messageIDs: [String])? {
+        let messageIDs = acknowledged
+        acknowledged = []
+        guard let clientID, !messageIDs.isEmpty else { return nil }
+        return (clientID, messageIDs)
+    }
+
     // MARK: Authentication
 
     /// The token was accepted.
     public mutating func authenticated() -> StartAction {
         guard case .authenticating(let clientID, let heartbeat) = state else { return .none }
-        var session = Session(clientID: clientID)
-        let fetch = Self.nextFetch(&session, window: window)
+        if draining {
+            state = .closed
+            return .fail(.unavailable, "server is draining")
+        }
+        var session = Session(clientID: clientID, heartbeat: .seconds(Int64(heartbeat)))
+        let fetch = Self.nextFetch(&session, window: configuration.window, writable: writable)
         state = .active(session)
+        registeredClientID = clientID
         return .start(clientID: clientID, heartbeatSeconds: heartbeat, fetch: fetch)
     }
 
@@ -157,14 +310,76 @@ public struct ConnectionStateMachine: Sendable {
         return fail(.unauthorized, "authentication failed")
     }
 
+    // MARK: Timers
+
+    /// The hello timer fired at `now`: 408 unless a HELLO came in time.
+    public mutating func helloTimerFired(now: NIODeadline) -> FrameAction {
+        switch state {
+        case .accepted, .awaitingHello:
+            guard now >= helloDeadline else { return .none }
+            return fail(.helloTimeout, "no HELLO within \(configuration.helloTimeout.nanoseconds / 1_000_000_000) s")
+        case .authenticating, .active, .closed:
+            return .none
+        }
+    }
+
+    /// The loop's heartbeat sweep at `now`: whether to close the connection because the device
+    /// has been silent for two heartbeats (closed without an ERROR: nobody is listening).
+    public mutating func heartbeatCheck(now: NIODeadline) -> Bool {
+        guard case .active(let session) = state, now >= lastReceived + session.heartbeat * 2 else { return false }
+        state = .closed
+        return true
+    }
+
+    /// The stall timer fired: whether to close the connection (the socket is still not
+    /// writable: the device stopped reading).
+    public mutating func stallTimerFired() -> Bool {
+        guard stallTimerRunning else { return false }
+        stallTimerRunning = false
+        guard !writable, isReading else { return false }
+        state = .closed
+        return true
+    }
+
+    // MARK: Requests from the node
+
+    /// The node is draining: the GOAWAY to send (once, while the session lasts); from now on
+    /// a HELLO, or a token accepted later, is answered 503.
+    public mutating func goAway(reason: String, reconnectAfterMilliseconds: UInt32) -> Frame? {
+        draining = true
+        guard !sentGoAway, isReading else { return nil }
+        sentGoAway = true
+        return .goaway(reconnectAfterMilliseconds: reconnectAfterMilliseconds, reason: reason)
+    }
+
+    /// The node closes the connection without an ERROR (the API's kick, the drain timeout).
+    public mutating func closeRequested() {
+        state = .closed
+    }
+
+    /// The node ends the session with an ERROR (a newer connection took the client id over,
+    /// the address's failure budget is spent): the ERROR to send, if the session is not over.
+    public mutating func fail(_ code: ErrorCode, _ reason: String) -> FrameAction {
+        guard isReading else { return .none }
+        state = .closed
+        return .fail(code, reason)
+    }
+
+    /// Whether a broadcast may be written now: the session is active and the socket writable.
+    public var acceptsBroadcast: Bool {
+        guard writable, case .active = state else { return false }
+        return true
+    }
+
     // MARK: Delivery
 
     /// A message was stored for this device (the notification from the push path).
     /// Sent at once when it is the next in order and the window has room; otherwise read later.
     public mutating func stored(_ message: StoredMessage, nowMillis: Int64) -> Delivery {
-        modifySession { session, window in
+        let writable = writable
+        return modifySession { session, window in
             guard message.sequence > session.lastSent else { return .nothing }
-            if message.sequence == session.lastSent + 1, session.writable, session.inflight.count < window,
+            if message.sequence == session.lastSent + 1, writable, session.inflight.count < window,
                 message.expiresAtMillis > nowMillis
             {
                 session.lastSent = message.sequence
@@ -172,13 +387,14 @@ public struct ConnectionStateMachine: Sendable {
                 return Delivery(send: [message], fetch: nil)
             }
             session.mayHaveMore = true
-            return Delivery(send: [], fetch: Self.nextFetch(&session, window: window))
+            return Delivery(send: [], fetch: Self.nextFetch(&session, window: window, writable: writable))
         } ?? .nothing
     }
 
     /// A read asked for by `fetch` returned `messages`.
     public mutating func fetched(_ messages: [StoredMessage], for fetch: Fetch) -> Delivery {
-        modifySession { session, window in
+        let writable = writable
+        return modifySession { session, window in
             session.fetching = false
             var send: [StoredMessage] = []
             for message in messages where message.sequence > session.lastSent {
@@ -188,22 +404,23 @@ public struct ConnectionStateMachine: Sendable {
                 send.append(message)
             }
             if messages.count >= fetch.limit { session.mayHaveMore = true }
-            return Delivery(send: send, fetch: Self.nextFetch(&session, window: window))
+            return Delivery(send: send, fetch: Self.nextFetch(&session, window: window, writable: writable))
         } ?? .nothing
     }
 
     /// The store may hold messages this connection was not told of: the read to make, if
     /// one is not already under way.
     public mutating func nudged() -> Fetch? {
-        modifySession { session, window in
+        let writable = writable
+        return modifySession { session, window in
             session.mayHaveMore = true
-            return Self.nextFetch(&session, window: window)
+            return Self.nextFetch(&session, window: window, writable: writable)
         } ?? nil
     }
 
-    /// A read failed; it is retried when `retry` is called.
+    /// A read failed; it is retried when `retry` is called (a second later).
     public mutating func fetchFailed() {
-        modifySession { session, window in
+        modifySession { session, _ in
             session.fetching = false
             session.mayHaveMore = true
         }
@@ -211,23 +428,7 @@ public struct ConnectionStateMachine: Sendable {
 
     /// Time to try a failed read again (or any time more may be waiting).
     public mutating func retry() -> Fetch? {
-        modifySession { session, window in
-            session.mayHaveMore = true
-            return Self.nextFetch(&session, window: window)
-        } ?? nil
-    }
-
-    /// The socket's writability changed: no PUSH is written while it is not writable.
-    public mutating func writabilityChanged(_ writable: Bool) -> Fetch? {
-        modifySession { session, window in
-            session.writable = writable
-            return writable ? Self.nextFetch(&session, window: window) : nil
-        } ?? nil
-    }
-
-    /// The connection is over (closed by either side, replaced, or failed).
-    public mutating func closed() {
-        state = .closed
+        nudged()
     }
 
     // MARK: -
@@ -237,19 +438,30 @@ public struct ConnectionStateMachine: Sendable {
     private mutating func modifySession<Result>(_ body: (inout Session, _ window: Int) -> Result) -> Result? {
         guard case .active(var session) = state else { return nil }
         state = .closed
-        let result = body(&session, window)
+        let result = body(&session, configuration.window)
         state = .active(session)
         return result
     }
 
-    private mutating func fail(_ code: ErrorCode, _ reason: String) -> FrameAction {
-        state = .closed
-        return .fail(code, reason)
+    /// Spends one token of the frame-rate bucket (refilled at `maxFramesPerSecond`, holding at
+    /// most two seconds' worth); false when it is empty.
+    private mutating func takeFrameToken(now: NIODeadline) -> Bool {
+        let rate = Int64(configuration.maxFramesPerSecond)
+        guard rate > 0 else { return false }
+        let elapsed = (now - frameTokensAt).nanoseconds
+        let refill = elapsed * rate / 1_000_000_000
+        if refill > 0 {
+            frameTokens = min(frameTokens + refill, 2 * rate)
+            frameTokensAt = frameTokensAt + .nanoseconds(refill * 1_000_000_000 / rate)
+        }
+        guard frameTokens > 0 else { return false }
+        frameTokens -= 1
+        return true
     }
 
     /// The read to make now, if any: one at a time, only with room in the window.
-    private static func nextFetch(_ session: inout Session, window: Int) -> Fetch? {
-        guard session.mayHaveMore, !session.fetching, session.writable, session.inflight.count < window else {
+    private static func nextFetch(_ session: inout Session, window: Int, writable: Bool) -> Fetch? {
+        guard session.mayHaveMore, !session.fetching, writable, session.inflight.count < window else {
             return nil
         }
         session.fetching = true

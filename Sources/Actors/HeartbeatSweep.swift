@@ -11,16 +11,25 @@ import Synchronization
 public final class HeartbeatSweeps: Sendable {
     /// How often each loop sweeps.
     public let interval: TimeAmount
-    private let sweeps = Mutex<[ObjectIdentifier: LoopSweep]>([:])
+    /// The sweeps of the loops named at init: read without a lock, so a session's start on
+    /// one loop never waits on another's.
+    private let fixed: [ObjectIdentifier: LoopSweep]
+    /// Sweeps of other loops (tests' loops), made on first use.
+    private let others = Mutex<[ObjectIdentifier: LoopSweep]>([:])
 
-    /// Creates the sweeps (one per event loop, made when the loop's first session starts).
-    public init(interval: TimeAmount = .seconds(1)) {
+    /// Creates the sweeps: one for each of `loops` now, one for any other loop when its first
+    /// session starts.
+    public init(interval: TimeAmount = .seconds(1), loops: [any EventLoop] = []) {
         self.interval = interval
+        self.fixed = Dictionary(
+            loops.map { (ObjectIdentifier($0), LoopSweep(loop: $0, interval: interval)) }, uniquingKeysWith: { first, _ in first }
+        )
     }
 
     /// The sweep of `loop`.
     func sweep(for loop: any EventLoop) -> LoopSweep {
-        sweeps.withLock { sweeps in
+        if let sweep = fixed[ObjectIdentifier(loop)] { return sweep }
+        return others.withLock { sweeps in
             if let sweep = sweeps[ObjectIdentifier(loop)] { return sweep }
             let sweep = LoopSweep(loop: loop, interval: interval)
             sweeps[ObjectIdentifier(loop)] = sweep
@@ -61,7 +70,7 @@ final class LoopSweep: @unchecked Sendable {
     }
 
     private func run() {
-        let now = NIODeadline.now()
+        let now = loop.now
         // A connection closed by its check leaves `connections` meanwhile: this iterates a copy.
         for connection in connections.values {
             connection.assumeIsolated { $0.checkHeartbeat(now: now) }

@@ -2,6 +2,8 @@ import ArgumentParser
 #if canImport(Glibc)
 import Glibc
 #endif
+import Crypto
+import FoundationEssentials
 import HeraldClient
 import Synchronization
 
@@ -28,6 +30,8 @@ struct Storm: AsyncParsableCommand {
     @Option(help: "Heartbeat to ask for, in seconds.") var heartbeat: UInt16 = 600
     @Option(help: "First connects per second (the ramp up, not the storm).") var rampPerSecond = 5_000
     @Option(help: "Report interval in milliseconds.") var reportMs = 200
+    @Option(help: "Sign each device an HS256 token (sub: its client id) under this secret (the nodes' HERALD_DEVICE_JWT_SECRET).")
+    var jwtSecret: String?
 
     func run() async throws {
         raiseOpenFileLimit()
@@ -65,6 +69,7 @@ struct Storm: AsyncParsableCommand {
                 if index > 0, index % batch == 0 { try? await Task.sleep(for: .milliseconds(50)) }
                 var configuration = DeviceClientConfiguration(
                     host: addresses[first].host, port: addresses[first].port, clientID: "\(prefix)\(index)",
+                    token: jwtSecret.map { DeviceToken.hs256(sub: "\(prefix)\(index)", secret: $0) } ?? "",
                     heartbeatSeconds: heartbeat, localHost: locals.isEmpty ? nil : locals[index % locals.count]
                 )
                 configuration.sendsPings = true
@@ -111,5 +116,21 @@ final class StormCounters: Sendable {
     /// The devices connected to each node, as the members of a JSON object.
     func byNodeJSON() -> String {
         byNode.withLock { $0.sorted { $0.key < $1.key }.map { #""\#($0.key)": \#($0.value)"# }.joined(separator: ", ") }
+    }
+}
+
+/// Device tokens as a backend would mint them (protocol.md §1, rule 2).
+enum DeviceToken {
+    /// A compact JWS: header `{"alg":"HS256","typ":"JWT"}`, claims `{"sub": sub}`, no expiry.
+    static func hs256(sub: String, secret: String) -> String {
+        let header = base64URL(Data(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
+        let claims = base64URL(try! JSONEncoder().encode(["sub": sub]))
+        let input = header + "." + claims
+        let mac = HMAC<SHA256>.authenticationCode(for: Data(input.utf8), using: SymmetricKey(data: Data(secret.utf8)))
+        return input + "." + base64URL(Data(mac))
+    }
+
+    private static func base64URL(_ data: Data) -> String {
+        String(data.base64EncodedString().compactMap { $0 == "+" ? "-" : $0 == "/" ? "_" : $0 == "=" ? nil : $0 })
     }
 }

@@ -68,7 +68,7 @@ final class HeraldNode: Sendable {
     ) async throws -> HeraldNode {
         let authenticator: any DeviceAuthenticator
         if let secret = configuration.deviceJWTSecret {
-            authenticator = await JWTDeviceAuthenticator(secret: secret)
+            authenticator = JWTDeviceAuthenticator(secret: secret)
         } else {
             logger.warning("HERALD_DEVICE_JWT_SECRET is not set: device authentication is off, any token is accepted")
             authenticator = OpenDeviceAuthenticator()
@@ -135,7 +135,8 @@ final class HeraldNode: Sendable {
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,
             authenticator: authenticator, metrics: metrics, logger: logger, cluster: link,
-            authFailures: AuthFailureLimiter(burst: configuration.maxAuthFailures)
+            authFailures: AuthFailureLimiter(burst: configuration.maxAuthFailures),
+            heartbeats: HeartbeatSweeps(loops: Array(group.makeIterator()))
         )
         let root = Supervisor(
             name: "herald", strategy: .oneForOne, intensity: RestartIntensity(maxRestarts: 5, period: .seconds(30)),

@@ -11,21 +11,44 @@ private func clamp(_ requested: UInt16) -> UInt16 {
     SessionConfiguration(nodeID: "n").clampedHeartbeat(requested)
 }
 
-/// A machine past HELLO and authentication, with its first read answered by `stored`.
-private func activeMachine(window: Int = 3, stored: [StoredMessage] = []) -> (ConnectionStateMachine, ConnectionStateMachine.Delivery) {
-    var machine = ConnectionStateMachine(window: window)
-    _ = machine.received(.hello(Hello(clientID: "alice")), heartbeat: clamp)
+/// Time as the tests pass it in: `t(s)` is `s` seconds after the accept.
+private func t(_ seconds: Double) -> NIODeadline {
+    .uptimeNanoseconds(1_000_000_000_000 + UInt64(seconds * 1e9))
+}
+
+private func configuration(
+    window: Int = 64, helloTimeout: TimeAmount = .seconds(10), stallTimeout: TimeAmount = .seconds(60), framesPerSecond: Int = 20
+) -> SessionConfiguration {
+    SessionConfiguration(nodeID: "n", window: window, helloTimeout: helloTimeout, stallTimeout: stallTimeout, maxFramesPerSecond: framesPerSecond)
+}
+
+/// A machine accepted at t(0) and activated.
+private func newMachine(_ configuration: SessionConfiguration = configuration()) -> ConnectionStateMachine {
+    var machine = ConnectionStateMachine(configuration: configuration, acceptedAt: t(0))
+    _ = machine.activated(now: t(0), overConnectionLimit: false)
+    return machine
+}
+
+/// A machine past HELLO (heartbeat `heartbeat`, at t(0)) and authentication, with its first
+/// read answered by `stored`.
+private func activeMachine(
+    window: Int = 3, stored: [StoredMessage] = [], heartbeat: UInt16 = 30
+) -> (ConnectionStateMachine, ConnectionStateMachine.Delivery) {
+    var machine = newMachine(configuration(window: window))
+    _ = machine.received(.hello(Hello(clientID: "alice", heartbeatSeconds: heartbeat)), now: t(0))
     guard case .start(_, _, let fetch?) = machine.authenticated() else { fatalError("no first read") }
     let delivery = machine.fetched(stored, for: fetch)
     return (machine, delivery)
 }
 
-@Suite("Connection state machine", .timeLimit(.minutes(1)))
+@Suite("Connection state machine: every session rule, time passed in", .timeLimit(.minutes(1)))
 struct ConnectionStateMachineTests {
+    // MARK: HELLO and authentication (protocol.md §1 rules 1-2)
+
     @Test("a valid HELLO asks for authentication with the clamped heartbeat, then starts the session")
     func helloThenStart() {
-        var machine = ConnectionStateMachine(window: 64)
-        #expect(machine.received(.hello(Hello(clientID: "alice", token: "t", heartbeatSeconds: 1)), heartbeat: clamp)
+        var machine = newMachine()
+        #expect(machine.received(.hello(Hello(clientID: "alice", token: "t", heartbeatSeconds: 1)), now: t(1))
             == .authenticate(clientID: "alice", token: "t"))
         #expect(machine.authenticated() == .start(clientID: "alice", heartbeatSeconds: 5, fetch: .init(after: 0, limit: 64)))
         #expect(machine.clientID == "alice")
@@ -47,53 +70,148 @@ struct ConnectionStateMachineTests {
         ]
     )
     func beforeHello(frame: Frame) {
-        var machine = ConnectionStateMachine(window: 64)
-        guard case .fail(.badRequest, _) = machine.received(frame, heartbeat: clamp) else {
+        var machine = newMachine()
+        guard case .fail(.badRequest, _) = machine.received(frame, now: t(1)) else {
             Issue.record("expected 400 for \(frame)")
             return
         }
+        #expect(!machine.isReading, "nothing more is read after the ERROR")
     }
 
-    @Test("a second HELLO, or a server-only frame, is 400")
+    @Test("a second HELLO, or a server-only frame, is 400, and nothing is answered after it")
     func protocolViolations() {
         for frame in [Frame.hello(Hello(clientID: "alice")), .push(messageID: "m", payload: ByteBuffer()), .welcome(heartbeatSeconds: 1, nodeID: "n")] {
             var (machine, _) = activeMachine()
-            guard case .fail(.badRequest, _) = machine.received(frame, heartbeat: clamp) else {
+            guard case .fail(.badRequest, _) = machine.received(frame, now: t(1)) else {
                 Issue.record("expected 400 for \(frame)")
                 continue
             }
-            #expect(machine.received(.ping, heartbeat: clamp) == .none, "closed after the ERROR")
+            #expect(machine.received(.ping, now: t(1)) == .none, "closed after the ERROR")
         }
     }
 
-    @Test("a refused token is 401")
+    @Test("a refused token is 401; a later acceptance starts nothing")
     func refusedToken() {
-        var machine = ConnectionStateMachine(window: 64)
-        _ = machine.received(.hello(Hello(clientID: "alice")), heartbeat: clamp)
+        var machine = newMachine()
+        _ = machine.received(.hello(Hello(clientID: "alice")), now: t(1))
         #expect(machine.authenticationFailed() == .fail(.unauthorized, "authentication failed"))
         #expect(machine.authenticated() == .none)
     }
 
     @Test("PING is answered with PONG, before and after WELCOME")
     func ping() {
-        var machine = ConnectionStateMachine(window: 64)
-        _ = machine.received(.hello(Hello(clientID: "alice")), heartbeat: clamp)
-        #expect(machine.received(.ping, heartbeat: clamp) == .reply(.pong))
+        var machine = newMachine()
+        _ = machine.received(.hello(Hello(clientID: "alice")), now: t(1))
+        #expect(machine.received(.ping, now: t(1)) == .reply(.pong))
         _ = machine.authenticated()
-        #expect(machine.received(.ping, heartbeat: clamp) == .reply(.pong))
+        #expect(machine.received(.ping, now: t(1)) == .reply(.pong))
     }
+
+    @Test("a decoder error closes with its own code")
+    func malformed() {
+        var machine = newMachine()
+        #expect(machine.malformed(FrameError(.frameTooLarge, "big")) == .fail(.frameTooLarge, "big"))
+        #expect(!machine.isReading)
+    }
+
+    // MARK: The hello timeout
+
+    @Test("the hello timer runs from the accept, not from the transport's end; no HELLO by then is 408")
+    func helloTimeout() {
+        var machine = ConnectionStateMachine(configuration: configuration(helloTimeout: .seconds(10)), acceptedAt: t(0))
+        // A TLS handshake took 4 s: the deadline is still 10 s after the accept.
+        #expect(machine.activated(now: t(4), overConnectionLimit: false) == .scheduleHelloTimeout(t(10)))
+        #expect(machine.activated(now: t(5), overConnectionLimit: false) == .none, "once")
+        #expect(machine.helloTimerFired(now: t(9.9)) == .none, "early")
+        #expect(machine.helloTimerFired(now: t(10)) == .fail(.helloTimeout, "no HELLO within 10 s"))
+        #expect(machine.received(.hello(Hello(clientID: "alice")), now: t(10.1)) == .none)
+    }
+
+    @Test("a HELLO in time disarms the hello timeout")
+    func helloInTime() {
+        var machine = newMachine(configuration(helloTimeout: .seconds(10)))
+        _ = machine.received(.hello(Hello(clientID: "alice")), now: t(9))
+        #expect(machine.helloTimerFired(now: t(10)) == .none, "authenticating")
+        _ = machine.authenticated()
+        #expect(machine.helloTimerFired(now: t(10)) == .none, "active")
+    }
+
+    @Test("over the node's connection limit a new socket is 429 at once")
+    func connectionLimit() {
+        var machine = ConnectionStateMachine(configuration: configuration(), acceptedAt: t(0))
+        #expect(machine.activated(now: t(0), overConnectionLimit: true) == .fail(.tooManyRequests, "too many connections"))
+        #expect(!machine.isReading)
+        #expect(machine.deactivated() == .init(unregister: nil), "the count it took is given back")
+    }
+
+    // MARK: The heartbeat (rule 3)
+
+    @Test("a device silent for 2 x heartbeat is closed; any frame, an ACK included, restarts the count")
+    func heartbeatDeadline() {
+        var (machine, _) = activeMachine(window: 3, stored: [message(1)], heartbeat: 10)
+        #expect(machine.heartbeatCheck(now: t(19.9)) == false)
+        _ = machine.received(.ack(messageID: "m1"), now: t(19.9))
+        #expect(machine.heartbeatCheck(now: t(39.8)) == false)
+        _ = machine.received(.ping, now: t(39))
+        #expect(machine.heartbeatCheck(now: t(58.9)) == false)
+        #expect(machine.heartbeatCheck(now: t(59)) == true)
+        #expect(!machine.isReading)
+        #expect(machine.heartbeatCheck(now: t(100)) == false, "closed once")
+    }
+
+    // MARK: The frame-rate bucket
+
+    @Test("frames other than ACK beyond the rate (bursts of twice the rate) are 429; the bucket refills with time; ACKs are free")
+    func frameRate() {
+        var (machine, _) = activeMachine(window: 3, stored: [])
+        // 20 a second, 40 at once: the first 40 PINGs (the HELLO took one) ...
+        for index in 0..<39 { #expect(machine.received(.ping, now: t(0)) == .reply(.pong), "ping \(index)") }
+        for _ in 0..<100 { #expect(machine.received(.ack(messageID: "x"), now: t(0)) != .fail(.tooManyRequests, "frames too fast")) }
+        // ... then 0.5 s later 10 more ...
+        for _ in 0..<10 { #expect(machine.received(.ping, now: t(0.5)) == .reply(.pong)) }
+        // ... and not an eleventh.
+        #expect(machine.received(.ping, now: t(0.5)) == .fail(.tooManyRequests, "frames too fast"))
+        #expect(!machine.isReading)
+    }
+
+    @Test("a steady rate at the limit is never refused")
+    func frameRateSteady() {
+        var (machine, _) = activeMachine(window: 3, stored: [])
+        for index in 1...200 {
+            #expect(machine.received(.ping, now: t(Double(index) / 20)) == .reply(.pong))
+        }
+    }
+
+    // MARK: The window and the store (rules 4-6)
 
     @Test("the first read fills the window and no more; each ACK makes room for one more read")
     func window() {
-        let (machine0, delivery) = activeMachine(window: 3, stored: (1...5).map { message($0) })
-        var machine = machine0
+        var (machine, delivery) = activeMachine(window: 3, stored: (1...5).map { message($0) })
         #expect(delivery.send.map(\.sequence) == [1, 2, 3])
         #expect(delivery.fetch == nil, "the window is full")
         #expect(machine.inflightCount == 3)
-        let ack = machine.received(.ack(messageID: "m1"), heartbeat: clamp)
-        #expect(ack == .acknowledge(messageID: "m1", then: .init(after: 3, limit: 1)))
+        let ack = machine.received(.ack(messageID: "m1"), now: t(1))
+        #expect(ack == .acknowledge(scheduleRecord: true, then: .init(after: 3, limit: 1)))
         let next = machine.fetched([message(4)], for: .init(after: 3, limit: 1))
         #expect(next.send.map(\.sequence) == [4])
+    }
+
+    @Test("ACKs of one loop tick go to the store together, once, with the client id")
+    func ackBatching() {
+        var (machine, _) = activeMachine(window: 3, stored: (1...3).map { message($0) })
+        #expect(machine.received(.ack(messageID: "m1"), now: t(1)) == .acknowledge(scheduleRecord: true, then: .init(after: 3, limit: 1)))
+        #expect(machine.received(.ack(messageID: "m2"), now: t(1)) == .acknowledge(scheduleRecord: false, then: nil), "a read is out")
+        #expect(machine.takeAcknowledged()! == ("alice", ["m1", "m2"]))
+        #expect(machine.takeAcknowledged() == nil)
+        #expect(machine.received(.ack(messageID: "m3"), now: t(2)) == .acknowledge(scheduleRecord: true, then: nil))
+    }
+
+    @Test("ACKs taken after the connection closed are not recorded: the messages stay stored")
+    func ackAfterClose() {
+        var (machine, _) = activeMachine(window: 3, stored: [message(1)])
+        _ = machine.received(.ack(messageID: "m1"), now: t(1))
+        _ = machine.deactivated()
+        #expect(machine.takeAcknowledged() == nil)
     }
 
     @Test("a stored message that is next in order goes out at once; one out of order waits for a read")
@@ -115,33 +233,90 @@ struct ConnectionStateMachineTests {
         #expect(machine.stored(message(1, expires: 100), nowMillis: 100).send.isEmpty)
     }
 
-    @Test("while the socket is not writable nothing is sent; writable again, the read resumes")
-    func writability() {
-        var (machine, _) = activeMachine(window: 10, stored: [])
-        #expect(machine.writabilityChanged(false) == nil)
-        #expect(machine.stored(message(1), nowMillis: 0).send.isEmpty)
-        #expect(machine.writabilityChanged(true) == .init(after: 0, limit: 10))
-    }
-
     @Test("an ACK of an id not sent on this connection is passed on but frees nothing")
     func foreignAck() {
         var (machine, _) = activeMachine(window: 1, stored: [message(1)])
-        #expect(machine.received(.ack(messageID: "other"), heartbeat: clamp) == .acknowledge(messageID: "other", then: nil))
+        #expect(machine.received(.ack(messageID: "other"), now: t(1)) == .acknowledge(scheduleRecord: true, then: nil))
         #expect(machine.inflightCount == 1)
     }
 
-    @Test("a failed read is retried on request")
+    @Test("a failed read is retried on request; a nudge while a read is out asks for none")
     func failedRead() {
-        var machine = ConnectionStateMachine(window: 4)
-        _ = machine.received(.hello(Hello(clientID: "alice")), heartbeat: clamp)
-        _ = machine.authenticated()
+        var (machine, _) = activeMachine(window: 4, stored: [])
+        #expect(machine.nudged() == .init(after: 0, limit: 4))
+        #expect(machine.nudged() == nil, "one read at a time")
         machine.fetchFailed()
         #expect(machine.retry() == .init(after: 0, limit: 4))
     }
 
-    @Test("a decoder error closes with its own code")
-    func malformed() {
-        var machine = ConnectionStateMachine(window: 4)
-        #expect(machine.malformed(FrameError(.frameTooLarge, "big")) == .fail(.frameTooLarge, "big"))
+    // MARK: Writability and the stall timeout
+
+    @Test("while the socket is not writable nothing is sent; writable again, the read resumes and the stall timer stops")
+    func writability() {
+        var (machine, _) = activeMachine(window: 10, stored: [])
+        #expect(machine.writabilityChanged(false, now: t(1)) == .init(stallTimer: .start(t(61)), fetch: nil))
+        #expect(machine.stored(message(1), nowMillis: 0).send.isEmpty)
+        #expect(!machine.acceptsBroadcast)
+        #expect(machine.writabilityChanged(true, now: t(2)) == .init(stallTimer: .cancel, fetch: .init(after: 0, limit: 10)))
+        #expect(machine.acceptsBroadcast)
+        #expect(machine.stallTimerFired() == false, "a cancelled timer that fires anyway does nothing")
+    }
+
+    @Test("a socket not writable for the stall timeout is closed")
+    func stall() {
+        var (machine, _) = activeMachine(window: 10, stored: [])
+        #expect(machine.writabilityChanged(false, now: t(1)).stallTimer == .start(t(61)))
+        #expect(machine.writabilityChanged(false, now: t(2)).stallTimer == .keep, "one timer")
+        #expect(machine.stallTimerFired() == true)
+        #expect(!machine.isReading)
+    }
+
+    // MARK: Draining, replacing, closing
+
+    @Test("draining: GOAWAY once; a HELLO afterwards, or a token accepted afterwards, is 503")
+    func draining() {
+        var waiting = newMachine()
+        _ = waiting.received(.hello(Hello(clientID: "alice")), now: t(1))
+        #expect(waiting.goAway(reason: "bye", reconnectAfterMilliseconds: 500) == .goaway(reconnectAfterMilliseconds: 500, reason: "bye"))
+        #expect(waiting.goAway(reason: "bye", reconnectAfterMilliseconds: 500) == nil, "once")
+        #expect(waiting.authenticated() == .fail(.unavailable, "server is draining"))
+
+        var fresh = newMachine()
+        _ = fresh.goAway(reason: "bye", reconnectAfterMilliseconds: 500)
+        #expect(fresh.received(.hello(Hello(clientID: "alice")), now: t(1)) == .fail(.unavailable, "server is draining"))
+    }
+
+    @Test("an active session keeps working after GOAWAY until the device leaves")
+    func drainingActive() {
+        var (machine, _) = activeMachine(window: 10, stored: [])
+        #expect(machine.goAway(reason: "bye", reconnectAfterMilliseconds: 1) != nil)
+        #expect(machine.stored(message(1), nowMillis: 0).send.map(\.sequence) == [1])
+        #expect(machine.received(.ack(messageID: "m1"), now: t(1)) == .acknowledge(scheduleRecord: true, then: nil))
+    }
+
+    @Test("replaced by a newer connection: 409 once; closed by the node: no more frames, no GOAWAY")
+    func replacedAndClosed() {
+        var (machine, _) = activeMachine()
+        #expect(machine.fail(.replaced, "replaced") == .fail(.replaced, "replaced"))
+        #expect(machine.fail(.replaced, "replaced") == .none)
+        var (kicked, _) = activeMachine()
+        kicked.closeRequested()
+        #expect(kicked.received(.ping, now: t(1)) == .none)
+        #expect(kicked.goAway(reason: "bye", reconnectAfterMilliseconds: 1) == nil)
+    }
+
+    @Test("the socket's close tears the session down once, naming the client id it registered")
+    func teardown() {
+        var (machine, _) = activeMachine()
+        #expect(machine.deactivated() == .init(unregister: "alice"))
+        #expect(machine.deactivated() == nil)
+        #expect(machine.clientID == nil)
+
+        var never = ConnectionStateMachine(configuration: configuration(), acceptedAt: t(0))
+        #expect(never.deactivated() == nil, "a session that never began has nothing to undo")
+
+        var beforeWelcome = newMachine()
+        _ = beforeWelcome.received(.hello(Hello(clientID: "alice")), now: t(1))
+        #expect(beforeWelcome.deactivated() == .init(unregister: nil))
     }
 }

@@ -256,8 +256,13 @@ public actor Connection {
         if let fetch = delivery.fetch { startFetch(fetch) }
     }
 
+    /// Reads the store: inline with a synchronous store, else in a task isolated to this actor
+    /// (it calls isolated methods), so that the read starts and ends on this loop.
     private func startFetch(_ fetch: ConnectionStateMachine.Fetch) {
         guard let clientID = machine.clientID else { return }
+        if let store = services.synchronousStore {
+            return send(machine.fetched(store.pendingNow(for: clientID, after: fetch.after, limit: fetch.limit), for: fetch))
+        }
         let store = services.store
         Task { [self] in
             do {
@@ -279,6 +284,10 @@ public actor Connection {
 
     private func recordAcknowledged() {
         guard let (clientID, messageIDs) = machine.takeAcknowledged() else { return }
+        if let store = services.synchronousStore {
+            let removed = store.acknowledgeNow(clientID: clientID, messageIDs: messageIDs)
+            return services.metrics.pushesAcknowledged.increment(by: Int64(removed))
+        }
         // A task isolated to this actor (it calls an isolated method), so the store call starts
         // on this loop, where a per-loop store connection lives, not on the shared pool.
         Task { [self] in await removeFromStore(clientID: clientID, messageIDs: messageIDs) }

@@ -7,6 +7,8 @@ public final class DeviceServices: Sendable {
     public let configuration: SessionConfiguration
     /// Where messages wait for their ACK.
     public let store: any PushStore
+    /// `store`, when it answers at once (the in-memory store): called inline, with no task.
+    public let synchronousStore: (any SynchronousPushStore)?
     /// Client id -> connection.
     public let registry: ConnectionRegistry
     /// Checks HELLO tokens.
@@ -34,6 +36,7 @@ public final class DeviceServices: Sendable {
         self.authFailures = authFailures
         self.configuration = configuration
         self.store = store
+        self.synchronousStore = store as? any SynchronousPushStore
         self.registry = registry
         self.authenticator = authenticator
         self.metrics = metrics

@@ -6,7 +6,7 @@ import Synchronization
 /// It keeps the whole `PushStore` contract except durability across a restart of the
 /// process. One lock guards all queues: every operation is a few dictionary and ring-buffer
 /// steps under it, and a batch spanning devices must be atomic, which one lock makes trivial.
-public final class InMemoryPushStore: PushStore {
+public final class InMemoryPushStore: SynchronousPushStore {
     private struct DeviceQueue {
         var messages = CircularBuffer<StoredMessage>()
         var nextSequence: UInt64 = 1
@@ -25,6 +25,18 @@ public final class InMemoryPushStore: PushStore {
     }
 
     public func append(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage] {
+        try appendNow(messages)
+    }
+
+    public func pending(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage] {
+        pendingNow(for: clientID, after: sequence, limit: limit)
+    }
+
+    public func acknowledge(clientID: String, messageIDs: [String]) -> Int {
+        acknowledgeNow(clientID: clientID, messageIDs: messageIDs)
+    }
+
+    public func appendNow(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage] {
         let now = now()
         let result: Result<[StoredMessage], StoreError> = queues.withLock { queues in
             // Check every device's cap first, so that a refusal stores nothing.
@@ -55,7 +67,7 @@ public final class InMemoryPushStore: PushStore {
         return try result.get()
     }
 
-    public func pending(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage] {
+    public func pendingNow(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage] {
         let now = now()
         return queues.withLock { queues in
             guard var queue = queues[clientID] else { return [] }
@@ -70,7 +82,7 @@ public final class InMemoryPushStore: PushStore {
         }
     }
 
-    public func acknowledge(clientID: String, messageIDs: [String]) -> Int {
+    public func acknowledgeNow(clientID: String, messageIDs: [String]) -> Int {
         queues.withLock { queues in
             var removed = 0
             for messageID in messageIDs {

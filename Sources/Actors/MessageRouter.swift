@@ -37,6 +37,7 @@ public struct ClientStatus: Sendable, Hashable {
 /// connection's read.
 public final class MessageRouter: Sendable {
     private let store: any PushStore
+    private let synchronousStore: (any SynchronousPushStore)?
     private let registry: ConnectionRegistry
     private let ids: MessageIDGenerator
     private let metrics: NodeMetrics
@@ -53,6 +54,7 @@ public final class MessageRouter: Sendable {
         self.nodeID = nodeID
         self.cluster = cluster
         self.store = store
+        self.synchronousStore = store as? any SynchronousPushStore
         self.registry = registry
         self.ids = ids
         self.metrics = metrics
@@ -61,15 +63,41 @@ public final class MessageRouter: Sendable {
 
     /// Stores `requests` atomically, then notifies the connected devices. Returns the message
     /// ids in request order. Throws the store's error, in which case nothing was stored.
+    /// Runs where it is called; with a synchronous store it never suspends (`pushNow`).
     public func push(_ requests: [PushRequest]) async throws(StoreError) -> [String] {
-        let now = now()
-        let messages = requests.map {
-            NewMessage(clientID: $0.clientID, id: ids.next(), payload: $0.payload, expiresAtMillis: now + $0.ttlSeconds * 1000)
-        }
+        if let synchronousStore { return try pushNow(requests, into: synchronousStore) }
+        let messages = newMessages(requests)
         let start = ContinuousClock.now
         let stored = try await store.append(messages)
-        let elapsed = (ContinuousClock.now - start).components
-        metrics.storeLatency.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
+        return notify(stored, storedIn: ContinuousClock.now - start)
+    }
+
+    /// `push`, at once, when the store is synchronous (the in-memory store); nil otherwise
+    /// (call `push`). For the API's event-loop path: no task, no suspension.
+    public func pushNow(_ requests: [PushRequest]) throws(StoreError) -> [String]? {
+        guard let synchronousStore else { return nil }
+        return try pushNow(requests, into: synchronousStore)
+    }
+
+    private func pushNow(_ requests: [PushRequest], into store: any SynchronousPushStore) throws(StoreError) -> [String] {
+        let messages = newMessages(requests)
+        let start = ContinuousClock.now
+        let stored = try store.appendNow(messages)
+        return notify(stored, storedIn: ContinuousClock.now - start)
+    }
+
+    private func newMessages(_ requests: [PushRequest]) -> [NewMessage] {
+        let now = now()
+        return requests.map {
+            NewMessage(clientID: $0.clientID, id: ids.next(), payload: $0.payload, expiresAtMillis: now + $0.ttlSeconds * 1000)
+        }
+    }
+
+    /// Records the store's latency, hands each stored message to its device's connection on
+    /// this node or to the cluster, and returns the ids.
+    private func notify(_ stored: [StoredMessage], storedIn elapsed: Duration) -> [String] {
+        let parts = elapsed.components
+        metrics.storeLatency.recordNanoseconds(parts.seconds * 1_000_000_000 + parts.attoseconds / 1_000_000_000)
         metrics.pushesAccepted.increment(by: Int64(stored.count))
         var elsewhere: [StoredMessage] = []
         for message in stored {

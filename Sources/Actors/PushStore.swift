@@ -119,3 +119,15 @@ extension PushStore {
         try await acknowledge(clientID: clientID, messageIDs: [messageID]) == 1
     }
 }
+
+/// A store whose operations finish without waiting (the in-memory store): the push path and
+/// the connections call these inline, on their event loop, with no task and no suspension.
+/// Each does exactly what the `PushStore` operation of the same name does.
+public protocol SynchronousPushStore: PushStore {
+    /// `append`, at once.
+    func appendNow(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage]
+    /// `pending`, at once.
+    func pendingNow(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage]
+    /// `acknowledge`, at once.
+    func acknowledgeNow(clientID: String, messageIDs: [String]) -> Int
+}

@@ -63,6 +63,10 @@ struct HTTPAPI: Sendable {
             data_base64 = try container.decodeUnlessAbsent(String.self, forKey: .data_base64)
             ttl_s = try container.decodeUnlessAbsent(Int64.self, forKey: .ttl_s)
         }
+
+        init(_ fields: PushBodyScanner.Fields) {
+            (client_id, data, data_base64, ttl_s) = (fields.clientID, fields.data, fields.dataBase64, fields.ttlSeconds)
+        }
     }
 
     private struct BatchBody: Decodable {
@@ -72,6 +76,10 @@ struct HTTPAPI: Sendable {
 
         init(from decoder: any Decoder) throws {
             messages = try decoder.container(keyedBy: CodingKeys.self).decodeUnlessAbsent([PushBody].self, forKey: .messages)
+        }
+
+        init(_ messages: [PushBodyScanner.Fields]) {
+            self.messages = messages.map(PushBody.init)
         }
     }
 
@@ -120,40 +128,85 @@ struct HTTPAPI: Sendable {
         bodyLimit(messages: endpoint == .batch ? Self.maxBatch : 1)
     }
 
-    /// Validates and stores (or broadcasts) the JSON `body` of a request to `endpoint`; the
-    /// 202 response's JSON body. Throws `APIError` (4xx, 503); nothing is stored then.
+    /// What a valid request to a message endpoint asks for.
+    private enum Accepted {
+        /// Store these (one for `/v1/push`, answered with `id`; a batch, answered with `ids`).
+        case messages([PushRequest], batch: Bool)
+        /// Send this to every connected device.
+        case broadcast(ByteBuffer)
+    }
+
+    /// The one acceptor of both HTTP entries (the router, and `PushFastPath` on the event
+    /// loop): validates and stores (or broadcasts) the JSON `body` of a request to
+    /// `endpoint`; the 202 response's JSON body. Throws `APIError` (4xx, 503); nothing is
+    /// stored then. Runs where it is called: on the HTTP connection's event loop, from
+    /// either entry (Docs/architecture.md, "The push path").
     func accept(_ endpoint: Acceptance, body: ByteBuffer) async throws -> ByteBuffer {
+        switch try validated(endpoint, body: body) {
+        case .messages(let requests, let batch):
+            let ids: [String]
+            do {
+                ids = try await node.router.push(requests)
+            } catch {
+                throw Self.apiError(error)
+            }
+            return Self.reply(ids, batch: batch)
+        case .broadcast(let payload):
+            return try broadcast(payload)
+        }
+    }
+
+    /// `accept`, at once, when the store answers without waiting (the in-memory store); nil
+    /// when it must be awaited (call `accept`). No task, no suspension.
+    func acceptNow(_ endpoint: Acceptance, body: ByteBuffer) throws -> ByteBuffer? {
+        switch try validated(endpoint, body: body) {
+        case .messages(let requests, let batch):
+            let ids: [String]?
+            do {
+                ids = try node.router.pushNow(requests)
+            } catch {
+                throw Self.apiError(error)
+            }
+            return ids.map { Self.reply($0, batch: batch) }
+        case .broadcast(let payload):
+            return try broadcast(payload)
+        }
+    }
+
+    private func validated(_ endpoint: Acceptance, body: ByteBuffer) throws -> Accepted {
         switch endpoint {
         case .push:
-            let push = try decode(PushBody.self, from: body)
-            let ids = try await store([try validate(push, at: nil)])
-            return JSONBody.bytes("id", ids[0])
+            // The plain shape without JSONDecoder; anything else through it (PushBodyScanner).
+            let push = try PushBodyScanner.push(body).map(PushBody.init) ?? decode(PushBody.self, from: body)
+            return .messages([try validate(push, at: nil)], batch: false)
         case .batch:
-            let batch = try decode(BatchBody.self, from: body)
+            let batch = try PushBodyScanner.batch(body).map(BatchBody.init) ?? decode(BatchBody.self, from: body)
             guard let messages = batch.messages else { throw APIError.badRequest("missing field messages") }
             guard !messages.isEmpty else { throw APIError.badRequest("messages is empty") }
             guard messages.count <= Self.maxBatch else {
                 throw APIError.badRequest("a batch carries at most \(Self.maxBatch) messages, got \(messages.count)")
             }
-            let requests = try messages.enumerated().map { try validate($0.element, at: $0.offset) }
-            return JSONBody.bytes("ids", try await store(requests))
+            return .messages(try messages.enumerated().map { try validate($0.element, at: $0.offset) }, batch: true)
         case .broadcast:
             let broadcast = try decode(BroadcastBody.self, from: body)
-            let payload = try self.payload(data: broadcast.data, base64: broadcast.data_base64, at: nil)
-            guard !node.isDraining else { throw APIError.unavailable("node is draining") }
-            let (id, _) = node.router.broadcast(payload)
-            return JSONBody.bytes("id", id)
+            return .broadcast(try self.payload(data: broadcast.data, base64: broadcast.data_base64, at: nil))
         }
     }
 
-    private func store(_ requests: [PushRequest]) async throws -> [String] {
-        do {
-            return try await node.router.push(requests)
-        } catch {
-            switch error.code {
-            case .pendingFull: throw APIError.tooManyRequests(error.message)
-            case .unavailable: throw APIError.unavailable("store unavailable: \(error.message)")
-            }
+    private func broadcast(_ payload: ByteBuffer) throws -> ByteBuffer {
+        guard !node.isDraining else { throw APIError.unavailable("node is draining") }
+        let (id, _) = node.router.broadcast(payload)
+        return JSONBody.bytes("id", id)
+    }
+
+    private static func reply(_ ids: [String], batch: Bool) -> ByteBuffer {
+        batch ? JSONBody.bytes("ids", ids) : JSONBody.bytes("id", ids[0])
+    }
+
+    private static func apiError(_ error: StoreError) -> APIError {
+        switch error.code {
+        case .pendingFull: APIError.tooManyRequests(error.message)
+        case .unavailable: APIError.unavailable("store unavailable: \(error.message)")
         }
     }
 
@@ -208,9 +261,12 @@ struct HTTPAPI: Sendable {
         }
     }
 
+    /// One decoder for every request (it holds only its options; decoding is thread-safe).
+    private static let decoder = JSONDecoder()
+
     private func decode<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
         do {
-            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+            return try Self.decoder.decode(T.self, from: Data(buffer.readableBytesView))
         } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
             let field = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
             throw APIError.badRequest("wrong type for \(field.isEmpty ? "body" : String(field.dropFirst(field.hasPrefix(".") ? 1 : 0)))")

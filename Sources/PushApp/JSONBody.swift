@@ -19,7 +19,12 @@ enum JSONBody {
         guard isPlain(key), isPlain(value) else { return bytes([key: value]) }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(key.utf8.count + value.utf8.count + 7)
-        buffer.writeString("{\"\(key)\":\"\(value)\"}")
+        // Written piece by piece: string interpolation would cast each value at run time.
+        buffer.writeStaticString("{\"")
+        buffer.writeString(key)
+        buffer.writeStaticString("\":\"")
+        buffer.writeString(value)
+        buffer.writeStaticString("\"}")
         return buffer
     }
 
@@ -28,7 +33,9 @@ enum JSONBody {
         guard isPlain(key), values.allSatisfy(isPlain) else { return bytes([key: values]) }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(key.utf8.count + 6 + values.reduce(0) { $0 + $1.utf8.count + 3 })
-        buffer.writeString("{\"\(key)\":[")
+        buffer.writeStaticString("{\"")
+        buffer.writeString(key)
+        buffer.writeStaticString("\":[")
         for (index, value) in values.enumerated() {
             if index > 0 { buffer.writeStaticString(",") }
             buffer.writeStaticString("\"")

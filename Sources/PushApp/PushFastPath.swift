@@ -59,7 +59,8 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// Parts were passed on since the last read-complete.
     private var passedOn = false
-    private var tasks: FastPathTasks?
+    /// This connection's loop as a task executor, once a store call had to be awaited.
+    private var executor: EventLoopTaskExecutor?
 
     init(api: HTTPAPI, keys: SecretSet, serverName: String) {
         self.api = api
@@ -150,25 +151,35 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         return endpoint
     }
 
+    /// Answers a request of ours: at once when the store does not make us wait (the
+    /// in-memory store), else from a task that runs on this loop (`EventLoopTaskExecutor`),
+    /// so neither the store call nor its answer changes thread.
     private func respond(context: ChannelHandlerContext, endpoint: HTTPAPI.Acceptance, body: ByteBuffer) {
-        let tasks = self.tasks ?? FastPathTasks(eventLoop: context.eventLoop)
-        self.tasks = tasks
+        context.eventLoop.preconditionInEventLoop()
+        do {
+            if let json = try api.acceptNow(endpoint, body: body) {
+                return responded(context: context, status: .accepted, json: json)
+            }
+        } catch {
+            let failure = APIError.from(error)
+            return responded(context: context, status: failure.status, json: failure.body)
+        }
+        let executor = self.executor ?? EventLoopTaskExecutor(context.eventLoop)
+        self.executor = executor
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let context = NIOLoopBound(context, eventLoop: context.eventLoop)
         let api = api
-        tasks.assumeIsolated { tasks in
-            tasks.start {
-                let status: HTTPResponse.Status
-                let json: ByteBuffer
-                do {
-                    json = try await api.accept(endpoint, body: body)
-                    status = .accepted
-                } catch {
-                    let failure = APIError.from(error)
-                    (status, json) = (failure.status, failure.body)
-                }
-                handler.value.responded(context: context.value, status: status, json: json)
+        Task(executorPreference: executor) {
+            let status: HTTPResponse.Status
+            let json: ByteBuffer
+            do {
+                json = try await api.accept(endpoint, body: body)
+                status = .accepted
+            } catch {
+                let failure = APIError.from(error)
+                (status, json) = (failure.status, failure.body)
             }
+            handler.value.responded(context: context.value, status: status, json: json)
         }
     }
 
@@ -197,21 +208,19 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
-/// Runs the fast path's store calls as tasks on the connection's event loop (the executor of
-/// this actor), so that neither the call nor its answer changes thread.
-private actor FastPathTasks {
-    nonisolated let eventLoop: any EventLoop
-    nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
+/// A task executor that runs every job on one event loop: tasks that prefer it (the fast
+/// path's store calls, every request Hummingbird's router serves on that connection) start,
+/// resume and end on the loop of their HTTP connection, never on Swift's global pool.
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
 
-    init(eventLoop: any EventLoop) {
+    init(_ eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
-    func start(_ work: nonisolated(nonsending) @escaping @Sendable () async -> Void) {
-        Task { [self] in
-            _ = self
-            await work()
-        }
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        eventLoop.execute { [self] in job.runSynchronously(on: asUnownedTaskExecutor()) }
     }
 }
 
@@ -242,7 +251,13 @@ struct HeraldHTTP1Channel: ServerChildChannel {
         }
     }
 
+    /// Serves the connection's requests through Hummingbird's router with the connection's
+    /// event loop as the task executor: each request's handler (and the store calls it
+    /// awaits) runs on that loop, as the fast path's do, instead of hopping to the global
+    /// pool and back.
     func handle(value: Value, logger: Logger) async {
-        await inner.handle(value: value, logger: logger)
+        await withTaskExecutorPreference(EventLoopTaskExecutor(value.channel.eventLoop)) {
+            await inner.handle(value: value, logger: logger)
+        }
     }
 }

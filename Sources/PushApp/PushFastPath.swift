@@ -36,8 +36,8 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         case idle
         /// This request is the router's: its parts pass on.
         case forwarding
-        /// This request is ours: its body so far.
-        case collecting(HTTPAPI.Acceptance, ByteBuffer)
+        /// This request is ours: its body so far (nil before the first part).
+        case collecting(HTTPAPI.Acceptance, ByteBuffer?)
         /// Its body is in; the answer is being worked out.
         case responding
 
@@ -86,20 +86,26 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         switch (state, part) {
         case (.idle, .head(let head)):
             if routedInFlight == 0, let endpoint = servable(head) {
-                let length = head.headerFields[.contentLength].flatMap { Int($0) } ?? 0
-                state = .collecting(endpoint, context.channel.allocator.buffer(capacity: length))
+                state = .collecting(endpoint, nil)
             } else {
                 state = .forwarding
                 routedInFlight += 1
                 passOn(part, context: context)
             }
         case (.collecting(let endpoint, var body), .body(let chunk)):
-            body.writeImmutableBuffer(chunk)
+            // A body in one part (the usual case) is kept as it came; later parts are appended
+            // once the state no longer holds the buffer, so it is not copied on write.
+            state = .responding
+            if body == nil {
+                body = chunk
+            } else {
+                body!.writeImmutableBuffer(chunk)
+            }
             state = .collecting(endpoint, body)
         case (.collecting(let endpoint, let body), .end):
             state = .responding
             api.node.metrics.httpFastPathRequests.increment()
-            respond(context: context, endpoint: endpoint, body: body)
+            respond(context: context, endpoint: endpoint, body: body ?? ByteBuffer())
         case (.forwarding, .end):
             state = .idle
             passOn(part, context: context)
@@ -139,8 +145,8 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The endpoint, when this request is one this handler serves.
     private func servable(_ head: HTTPRequest) -> HTTPAPI.Acceptance? {
-        guard head.method == .post, let path = head.path?.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first,
-            let endpoint = HTTPAPI.Acceptance(path: path)
+        guard head.method == .post, let target = head.path,
+            let endpoint = HTTPAPI.Acceptance(path: target[..<(target.firstIndex(of: "?") ?? target.endIndex)])
         else { return nil }
         let fields = head.headerFields
         guard let length = fields[.contentLength].flatMap({ Int($0) }), length <= api.bodyLimit(endpoint),
@@ -186,7 +192,7 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private func responded(context: ChannelHandlerContext, status: HTTPResponse.Status, json: ByteBuffer) {
         let response = HTTPResponse(
             status: status,
-            headerFields: [.contentType: "application/json", .contentLength: "\(json.readableBytes)", .server: serverName]
+            headerFields: [.contentType: "application/json", .contentLength: String(json.readableBytes), .server: serverName]
         )
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         context.write(wrapOutboundOut(.body(json)), promise: nil)

@@ -14,6 +14,11 @@ public struct DeviceLocation: Sendable, Hashable {
     }
 }
 
+extension ClusterLink {
+    /// A link routes connections unless it says otherwise.
+    public var routesConnections: Bool { true }
+}
+
 /// What a node does about devices that are not connected to it: the route table and the
 /// relay links (the `Cluster` target). A lone node uses `LoneNode`, which does nothing.
 ///
@@ -26,6 +31,10 @@ public protocol ClusterLink: Sendable {
     /// connection makes its first read of the store only then, so that every message
     /// stored after that read is routed here.
     func connected(clientID: String, session: UInt64) async
+
+    /// Whether `connected` has anything to do (a route table to write). When false, a
+    /// connection makes its first read at once, without a task to await `connected`.
+    var routesConnections: Bool { get }
 
     /// The connection `session` of the device ended. Removes the route only if it still
     /// names this connection.
@@ -51,6 +60,7 @@ public struct LoneNode: ClusterLink {
     /// Creates the no-op link.
     public init() {}
     public func connected(clientID: String, session: UInt64) async {}
+    public var routesConnections: Bool { false }
     public func disconnected(clientID: String, session: UInt64) {}
     public func forward(_ messages: [StoredMessage]) {}
     public func broadcast(messageID: String, payload: ByteBuffer) {}

@@ -231,6 +231,10 @@ public actor Connection {
             // The first read waits for the route table to name this connection: a message stored
             // before the route write is found by this read, one stored after it is routed here.
             let cluster = services.cluster
+            guard cluster.routesConnections else {
+                if let fetch { startFetch(fetch) }
+                return
+            }
             let session = session
             Task { [self] in
                 await cluster.connected(clientID: clientID, session: session)

@@ -10,14 +10,13 @@ import PushProtocol
 /// Serves `POST /v1/push`, `/v1/push/batch` and `/v1/broadcast` on the connection's event
 /// loop, in front of Hummingbird's router.
 ///
-/// Hummingbird runs every request of a connection in a task on Swift's global executor and
-/// hands the response back to the loop: two thread wake-ups per request, which cost more than
-/// storing the message (Docs/benchmarks.md). This handler takes the requests that need
+/// Hummingbird serves every request of a connection in a task, through its router: more work
+/// than storing the message (Docs/benchmarks.md). This handler takes the requests that need
 /// nothing of the router: the right method and path, a valid API key (or none configured), a
 /// `Content-Length` within the endpoint's limit, no `Expect` and no `Connection: close`. It
-/// collects the body, validates and stores it through the same `HTTPAPI.accept` as the router
-/// (same checks, same JSON, same errors) in a task that runs on this loop, and writes the
-/// response itself. Every other request, including every one that will be refused before its
+/// collects the body, validates and stores it through the same acceptor as the router
+/// (`HTTPAPI.acceptNow`/`accept`: same checks, same JSON, same errors), inline when the store
+/// answers at once, else in a task that runs on this loop, and writes the response itself. Every other request, including every one that will be refused before its
 /// body is read (401, 413), goes on to the router untouched.
 ///
 /// Responses keep the requests' order: a request is served here only while the router owes

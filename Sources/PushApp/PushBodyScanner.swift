@@ -19,26 +19,32 @@ struct PushBodyScanner {
         var ttlSeconds: Int64?
     }
 
-    private var bytes: ByteBufferView
-    private var index: Int
+    /// The body's bytes, valid only inside `ByteBuffer.withUnsafeReadableBytes`.
+    private let bytes: UnsafeRawBufferPointer
+    private var index = 0
 
-    private init(_ buffer: ByteBuffer) {
-        bytes = buffer.readableBytesView
-        index = bytes.startIndex
+    private init(_ bytes: UnsafeRawBufferPointer) {
+        self.bytes = bytes
     }
 
     /// The fields of a `/v1/push` body, or nil when it is not of the plain shape.
     static func push(_ body: ByteBuffer) -> Fields? {
-        var scanner = PushBodyScanner(body)
-        guard let fields = scanner.object() else { return nil }
-        scanner.skipWhitespace()
-        return scanner.index == scanner.bytes.endIndex ? fields : nil
+        body.withUnsafeReadableBytes { bytes in
+            var scanner = PushBodyScanner(bytes)
+            guard let fields = scanner.object() else { return nil }
+            scanner.skipWhitespace()
+            return scanner.index == scanner.bytes.endIndex ? fields : nil
+        }
     }
 
     /// The messages of a `/v1/push/batch` body (`{"messages": [...]}`, nothing else), or nil
     /// when it is not of the plain shape.
     static func batch(_ body: ByteBuffer) -> [Fields]? {
-        var scanner = PushBodyScanner(body)
+        body.withUnsafeReadableBytes { batch($0) }
+    }
+
+    private static func batch(_ bytes: UnsafeRawBufferPointer) -> [Fields]? {
+        var scanner = PushBodyScanner(bytes)
         guard scanner.take(UInt8(ascii: "{")), scanner.string() == "messages", scanner.take(UInt8(ascii: ":")),
             scanner.take(UInt8(ascii: "["))
         else { return nil }
@@ -85,14 +91,14 @@ struct PushBodyScanner {
     private mutating func take(_ byte: UInt8) -> Bool {
         skipWhitespace()
         guard index < bytes.endIndex, bytes[index] == byte else { return false }
-        bytes.formIndex(after: &index)
+        index += 1
         return true
     }
 
     private mutating func skipWhitespace() {
         while index < bytes.endIndex {
             switch bytes[index] {
-            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"): bytes.formIndex(after: &index)
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"): index += 1
             default: return
             }
         }
@@ -105,12 +111,12 @@ struct PushBodyScanner {
         while index < bytes.endIndex {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
-                let value = String(decoding: bytes[start..<index], as: UTF8.self)
-                bytes.formIndex(after: &index)
+                let value = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+                index += 1
                 return value
             }
             guard byte >= 0x20, byte < 0x7F, byte != UInt8(ascii: "\\") else { return nil }
-            bytes.formIndex(after: &index)
+            index += 1
         }
         return nil
     }
@@ -121,7 +127,7 @@ struct PushBodyScanner {
         var negative = false
         if index < bytes.endIndex, bytes[index] == UInt8(ascii: "-") {
             negative = true
-            bytes.formIndex(after: &index)
+            index += 1
         }
         var value: Int64 = 0
         var digits = 0
@@ -130,7 +136,7 @@ struct PushBodyScanner {
             value = value * 10 + Int64(bytes[index] - UInt8(ascii: "0"))
             digits += 1
             guard digits <= 18 else { return nil }
-            bytes.formIndex(after: &index)
+            index += 1
         }
         guard digits > 0 else { return nil }
         if index < bytes.endIndex {

@@ -58,6 +58,8 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// Parts were passed on since the last read-complete.
     private var passedOn = false
+    /// The head of the last 202 written, and its body's length.
+    private var acceptedHead: (length: Int, head: HTTPResponse)?
     /// This connection's loop as a task executor, once a store call had to be awaited.
     private var executor: EventLoopTaskExecutor?
 
@@ -147,12 +149,26 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         guard head.method == .post, let target = head.path,
             let endpoint = HTTPAPI.Acceptance(path: target[..<(target.firstIndex(of: "?") ?? target.endIndex)])
         else { return nil }
-        let fields = head.headerFields
-        guard let length = fields[.contentLength].flatMap({ Int($0) }), length <= api.bodyLimit(endpoint),
-            fields[.transferEncoding] == nil, fields[.expect] == nil
-        else { return nil }
-        if let connection = fields[.connection], connection.lowercased() != "keep-alive" { return nil }
-        guard keys.admits(authorization: fields[.authorization]) else { return nil }
+        // One pass over the fields; a repeated Content-Length or Authorization goes to the router.
+        var length: Int?
+        var authorization: String?
+        for field in head.headerFields {
+            switch field.name {
+            case .contentLength:
+                guard length == nil, let value = Int(field.value) else { return nil }
+                length = value
+            case .transferEncoding, .expect:
+                return nil
+            case .connection:
+                guard field.value.lowercased() == "keep-alive" else { return nil }
+            case .authorization:
+                guard authorization == nil else { return nil }
+                authorization = field.value
+            default:
+                continue
+            }
+        }
+        guard let length, length <= api.bodyLimit(endpoint), keys.admits(authorization: authorization) else { return nil }
         return endpoint
     }
 
@@ -189,10 +205,18 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func responded(context: ChannelHandlerContext, status: HTTPResponse.Status, json: ByteBuffer) {
-        let response = HTTPResponse(
-            status: status,
-            headerFields: [.contentType: "application/json", .contentLength: String(json.readableBytes), .server: serverName]
-        )
+        let response: HTTPResponse
+        if status == .accepted, let cached = acceptedHead, cached.length == json.readableBytes {
+            // A 202's body has the same length every time (message ids have a fixed length):
+            // its head is made once per connection.
+            response = cached.head
+        } else {
+            response = HTTPResponse(
+                status: status,
+                headerFields: [.contentType: "application/json", .contentLength: String(json.readableBytes), .server: serverName]
+            )
+            if status == .accepted { acceptedHead = (json.readableBytes, response) }
+        }
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         context.write(wrapOutboundOut(.body(json)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

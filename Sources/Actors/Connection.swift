@@ -191,9 +191,11 @@ public actor Connection {
             }
             start(machine.authenticated())
         case .acknowledge(let scheduleRecord, let fetch):
-            // Recorded after the rest of this read burst, so a device ACKing a window of
-            // messages costs one store call, not one per message.
-            if scheduleRecord {
+            // A synchronous store takes each ACK at once. Another is called after the rest of
+            // this read burst, so a device ACKing a window of messages costs one round trip.
+            if services.synchronousStore != nil {
+                recordAcknowledged()
+            } else if scheduleRecord {
                 eventLoop.execute { [self] in assumeIsolated { $0.recordAcknowledged() } }
             }
             if let fetch { startFetch(fetch) }

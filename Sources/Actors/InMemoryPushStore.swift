@@ -38,6 +38,7 @@ public final class InMemoryPushStore: SynchronousPushStore {
 
     public func appendNow(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage] {
         let now = now()
+        if messages.count == 1 { return [try appendOne(messages[0], now: now)] }
         let result: Result<[StoredMessage], StoreError> = queues.withLock { queues in
             // Check every device's cap first, so that a refusal stores nothing.
             var added: [String: Int] = [:]
@@ -65,6 +66,29 @@ public final class InMemoryPushStore: SynchronousPushStore {
             return .success(stored)
         }
         return try result.get()
+    }
+
+    /// One message: one lookup of its device's queue, changed in place.
+    private func appendOne(_ message: NewMessage, now: Int64) throws(StoreError) -> StoredMessage {
+        let maxPending = maxPending
+        let result: Result<StoredMessage, StoreError> = queues.withLock { queues in
+            Self.appendOne(message, to: &queues[message.clientID, default: DeviceQueue()], now: now, maxPending: maxPending)
+        }
+        return try result.get()
+    }
+
+    private static func appendOne(_ message: NewMessage, to queue: inout DeviceQueue, now: Int64, maxPending: Int) -> Result<StoredMessage, StoreError> {
+        dropExpired(&queue, now: now)
+        guard queue.messages.count < maxPending else {
+            return .failure(StoreError(.pendingFull, "pending queue of \(message.clientID) is full (\(maxPending))"))
+        }
+        let entry = StoredMessage(
+            clientID: message.clientID, id: message.id, sequence: queue.nextSequence,
+            payload: message.payload, expiresAtMillis: message.expiresAtMillis
+        )
+        queue.nextSequence += 1
+        queue.messages.append(entry)
+        return .success(entry)
     }
 
     public func pendingNow(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage] {

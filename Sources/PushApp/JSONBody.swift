@@ -17,8 +17,7 @@ enum JSONBody {
     /// nothing needs escaping (message ids never do): the answer to every push.
     static func bytes(_ key: String, _ value: String) -> ByteBuffer {
         guard isPlain(key), isPlain(value) else { return bytes([key: value]) }
-        var buffer = ByteBuffer()
-        buffer.reserveCapacity(key.utf8.count + value.utf8.count + 7)
+        var buffer = ByteBufferAllocator().buffer(capacity: key.utf8.count + value.utf8.count + 7)
         // Written piece by piece: string interpolation would cast each value at run time.
         buffer.writeStaticString("{\"")
         buffer.writeString(key)

@@ -14,7 +14,7 @@ public actor Connection {
     /// The device's socket.
     public nonisolated let channel: any Channel
     /// The loop the socket and this actor run on.
-    public nonisolated let eventLoop: any EventLoop
+    public nonisolated var eventLoop: any EventLoop { channel.eventLoop }
     /// This connection's number, unique within the process (the route table names it).
     public nonisolated let session: UInt64
 
@@ -39,7 +39,6 @@ public actor Connection {
     /// the loop's (`EventLoop.now`), so a test's loop with a manual clock drives every timer.
     public init(channel: any Channel, services: DeviceServices, peer: TransportPeer = .tcp, acceptedAt: NIODeadline? = nil) {
         self.channel = channel
-        self.eventLoop = channel.eventLoop
         self.services = services
         self.peer = peer
         self.session = services.nextSession()

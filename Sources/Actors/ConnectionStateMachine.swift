@@ -133,8 +133,35 @@ public struct ConnectionStateMachine: Sendable {
         case closed
     }
 
+    /// What the rules need of the node's `SessionConfiguration`, compactly: every idle
+    /// connection holds a copy (the whole configuration would cost ~70 bytes more each).
+    private struct Limits {
+        var window: Int32
+        var framesPerSecond: Int32
+        var stallTimeoutNanoseconds: Int64
+        var helloTimeoutSeconds: Int32
+        var defaultHeartbeat: UInt16
+        var minHeartbeat: UInt16
+        var maxHeartbeat: UInt16
+
+        init(_ configuration: SessionConfiguration) {
+            window = Int32(clamping: configuration.window)
+            framesPerSecond = Int32(clamping: configuration.maxFramesPerSecond)
+            stallTimeoutNanoseconds = configuration.stallTimeout.nanoseconds
+            helloTimeoutSeconds = Int32(clamping: configuration.helloTimeout.nanoseconds / 1_000_000_000)
+            defaultHeartbeat = configuration.defaultHeartbeatSeconds
+            minHeartbeat = configuration.heartbeatRange.lowerBound
+            maxHeartbeat = configuration.heartbeatRange.upperBound
+        }
+
+        /// `SessionConfiguration.clampedHeartbeat`.
+        func heartbeat(_ requested: UInt16) -> UInt16 {
+            min(max(requested == 0 ? defaultHeartbeat : requested, minHeartbeat), maxHeartbeat)
+        }
+    }
+
     private var state: State = .accepted
-    private let configuration: SessionConfiguration
+    private let limits: Limits
     /// `helloTimeout` after the socket's accept, whatever time its transport took.
     private let helloDeadline: NIODeadline
     /// When the device last sent a frame.
@@ -157,7 +184,7 @@ public struct ConnectionStateMachine: Sendable {
     /// Creates the machine for a connection accepted at `acceptedAt`.
     public init(configuration: SessionConfiguration, acceptedAt: NIODeadline) {
         precondition(configuration.window > 0)
-        self.configuration = configuration
+        self.limits = Limits(configuration)
         self.helloDeadline = acceptedAt + configuration.helloTimeout
         self.lastReceived = acceptedAt
         self.frameTokens = 2 * Int64(configuration.maxFramesPerSecond)
@@ -222,7 +249,7 @@ public struct ConnectionStateMachine: Sendable {
             timer = .cancel
         } else if !writable, !stallTimerRunning, isReading {
             stallTimerRunning = true
-            timer = .start(now + configuration.stallTimeout)
+            timer = .start(now + .nanoseconds(limits.stallTimeoutNanoseconds))
         }
         let fetch = writable ? modifySession { session, window in Self.nextFetch(&session, window: window, writable: true) } ?? nil : nil
         return WritabilityAction(stallTimer: timer, fetch: fetch)
@@ -244,7 +271,7 @@ public struct ConnectionStateMachine: Sendable {
             guard hello.version == 1 else { return fail(.badRequest, "unsupported version \(hello.version)") }
             guard Identifiers.isValidClientID(hello.clientID) else { return fail(.badRequest, "malformed client_id") }
             guard !draining else { return fail(.unavailable, "server is draining") }
-            state = .authenticating(clientID: hello.clientID, heartbeat: configuration.clampedHeartbeat(hello.heartbeatSeconds))
+            state = .authenticating(clientID: hello.clientID, heartbeat: limits.heartbeat(hello.heartbeatSeconds))
             return .authenticate(clientID: hello.clientID, token: hello.token)
         case (.accepted, _), (.awaitingHello, _):
             return fail(.badRequest, "expected HELLO")
@@ -298,7 +325,7 @@ public struct ConnectionStateMachine: Sendable {
             return .fail(.unavailable, "server is draining")
         }
         var session = Session(clientID: clientID, heartbeat: .seconds(Int64(heartbeat)))
-        let fetch = Self.nextFetch(&session, window: configuration.window, writable: writable)
+        let fetch = Self.nextFetch(&session, window: Int(limits.window), writable: writable)
         state = .active(session)
         registeredClientID = clientID
         return .start(clientID: clientID, heartbeatSeconds: heartbeat, fetch: fetch)
@@ -317,7 +344,7 @@ public struct ConnectionStateMachine: Sendable {
         switch state {
         case .accepted, .awaitingHello:
             guard now >= helloDeadline else { return .none }
-            return fail(.helloTimeout, "no HELLO within \(configuration.helloTimeout.nanoseconds / 1_000_000_000) s")
+            return fail(.helloTimeout, "no HELLO within \(limits.helloTimeoutSeconds) s")
         case .authenticating, .active, .closed:
             return .none
         }
@@ -438,7 +465,7 @@ public struct ConnectionStateMachine: Sendable {
     private mutating func modifySession<Result>(_ body: (inout Session, _ window: Int) -> Result) -> Result? {
         guard case .active(var session) = state else { return nil }
         state = .closed
-        let result = body(&session, configuration.window)
+        let result = body(&session, Int(limits.window))
         state = .active(session)
         return result
     }
@@ -446,7 +473,7 @@ public struct ConnectionStateMachine: Sendable {
     /// Spends one token of the frame-rate bucket (refilled at `maxFramesPerSecond`, holding at
     /// most two seconds' worth); false when it is empty.
     private mutating func takeFrameToken(now: NIODeadline) -> Bool {
-        let rate = Int64(configuration.maxFramesPerSecond)
+        let rate = Int64(limits.framesPerSecond)
         guard rate > 0 else { return false }
         let elapsed = (now - frameTokensAt).nanoseconds
         let refill = elapsed * rate / 1_000_000_000

@@ -3,6 +3,7 @@ import Dispatch
 import HeraldClient
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 
 #if canImport(Glibc)
@@ -118,7 +119,11 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "herald")
         let node: HeraldNode
         do {
-            node = try await HeraldNode.make(configuration: configuration, logger: logger)
+            // HERALD_EVENT_LOOPS: that many threads for every socket; else NIO's shared group,
+            // one thread per core.
+            let group: any EventLoopGroup = configuration.eventLoops > 0
+                ? MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops) : MultiThreadedEventLoopGroup.singleton
+            node = try await HeraldNode.make(configuration: configuration, logger: logger, group: group)
         } catch {
             FileDescriptorOutput.standardError("herald: \(error)\n")
             throw ExitCode(2)

@@ -94,6 +94,8 @@ struct NodeConfiguration: Sendable {
     /// Failed device authentications one address may have at once and per minute (0: no limit).
     var maxAuthFailures: Int
     var logLevel: Logger.Level
+    /// Event-loop threads (0: one per core).
+    var eventLoops: Int
     /// Test-only fault hooks (`HERALD_FAULT_HOOKS=1`): lets a test kill a supervised child.
     var faultHooks: Bool
 
@@ -102,7 +104,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_MAX_HANDSHAKES", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_PROXY_PROTOCOL", "HERALD_TRUSTED_PROXIES", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
-        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
+        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_EVENT_LOOPS", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
     ]
 
     /// Reads the configuration from `values` (variable name -> text; flags already merged over
@@ -249,6 +251,7 @@ struct NodeConfiguration: Sendable {
             maxFramesPerSecond: try reader.int("HERALD_MAX_FRAME_RATE", default: 20, range: 1...1_000_000),
             maxAuthFailures: try reader.int("HERALD_MAX_AUTH_FAILURES", default: 60, range: 0...1_000_000),
             logLevel: logLevel,
+            eventLoops: try reader.int("HERALD_EVENT_LOOPS", default: 0, range: 0...1024),
             faultHooks: try reader.bool("HERALD_FAULT_HOOKS", default: false)
         )
         return configuration

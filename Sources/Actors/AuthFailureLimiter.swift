@@ -31,6 +31,9 @@ public final class AuthFailureLimiter: Sendable {
     /// Whether the limiter is on.
     public var isEnabled: Bool { burst > 0 }
 
+    /// Whether any address has failures on record (when not, every address may try). No lock.
+    public var hasFailures: Bool { isEnabled && tracked.load(ordering: .relaxed) > 0 }
+
     /// Whether `address` may try to authenticate now (it has failures left).
     public func allows(_ address: String, nowNanoseconds: Int64) -> Bool {
         guard isEnabled, tracked.load(ordering: .relaxed) > 0 else { return true }

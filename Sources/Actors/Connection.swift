@@ -176,8 +176,8 @@ public actor Connection {
             helloTimer?.cancel()
             helloTimer = nil
             let limiter = services.authFailures
-            let address = remoteHost
-            guard limiter.allows(address, nowNanoseconds: Self.nanosecondsNow()) else {
+            // The address (a string made from the socket's) only when some address has failures.
+            guard !limiter.hasFailures || limiter.allows(remoteHost, nowNanoseconds: Self.nanosecondsNow()) else {
                 return perform(machine.fail(.tooManyRequests, "too many failed authentications from this address"))
             }
             // With mutual TLS the certificate must name the client id (Docs/protocol.md), and
@@ -185,7 +185,7 @@ public actor Connection {
             // here, on the loop: it is synchronous and shares nothing across loops.
             let certified = peer.certificateNames.map { $0.contains(clientID) } ?? true
             guard certified && services.authenticator.authenticate(clientID: clientID, token: token) else {
-                limiter.failed(address, nowNanoseconds: Self.nanosecondsNow())
+                limiter.failed(remoteHost, nowNanoseconds: Self.nanosecondsNow())
                 return perform(machine.authenticationFailed())
             }
             start(machine.authenticated())

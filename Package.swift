@@ -236,6 +236,10 @@ let package = Package(
             dependencies: [
                 "PushApp", "HeraldClient", "HeraldTestSupport", "Transport",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                // PushFastPath's tests on NIO's testing channel speak its HTTP types.
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -171,7 +171,12 @@ public actor Connection {
         case .none:
             break
         case .reply(let frame):
-            channel.writeAndFlush(frame.encoded(allocator: channel.allocator), promise: nil)
+            if case .pong = frame {
+                // Every heartbeat of every device: the same five bytes, encoded once.
+                channel.writeAndFlush(Self.pong, promise: nil)
+            } else {
+                channel.writeAndFlush(frame.encoded(allocator: channel.allocator), promise: nil)
+            }
         case .authenticate(let clientID, let token):
             helloTimer?.cancel()
             helloTimer = nil
@@ -208,6 +213,8 @@ public actor Connection {
     public nonisolated var remoteHost: String {
         (peer.forwardedAddress ?? channel.remoteAddress)?.ipAddress ?? "?"
     }
+
+    private static let pong = Frame.pong.encoded(allocator: ByteBufferAllocator())
 
     private static func nanosecondsNow() -> Int64 {
         Int64(truncatingIfNeeded: NIODeadline.now().uptimeNanoseconds)

@@ -2,6 +2,8 @@ import Actors
 import Cluster
 import FoundationEssentials
 import Hummingbird
+import NIOCore
+import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -97,15 +99,18 @@ struct HTTPAPI: Sendable {
     }
 
     private func push(_ request: Request) async throws -> Response {
-        JSONBody.response(status: .accepted, bytes: try await accept(.push, body: try await collect(request, for: .push)))
+        let body = try await collect(request, for: .push)
+        return JSONBody.response(status: .accepted, bytes: try await accept(.push, body: body, on: Self.connectionLoop()))
     }
 
     private func batch(_ request: Request) async throws -> Response {
-        JSONBody.response(status: .accepted, bytes: try await accept(.batch, body: try await collect(request, for: .batch)))
+        let body = try await collect(request, for: .batch)
+        return JSONBody.response(status: .accepted, bytes: try await accept(.batch, body: body, on: Self.connectionLoop()))
     }
 
     private func broadcast(_ request: Request) async throws -> Response {
-        JSONBody.response(status: .accepted, bytes: try await accept(.broadcast, body: try await collect(request, for: .broadcast)))
+        let body = try await collect(request, for: .broadcast)
+        return JSONBody.response(status: .accepted, bytes: try await accept(.broadcast, body: body, on: Self.connectionLoop()))
     }
 
     /// The endpoints that take a message: served by the router, or on the event loop by
@@ -136,12 +141,22 @@ struct HTTPAPI: Sendable {
         case broadcast(ByteBuffer)
     }
 
+    /// The loop the router's handler runs on: its connection's, which `HeraldHTTP1Channel`
+    /// gives Hummingbird's task as executor.
+    private static func connectionLoop() -> any EventLoop {
+        guard let loop = MultiThreadedEventLoopGroup.currentEventLoop else {
+            preconditionFailure("a router handler ran off its connection's event loop (see HeraldHTTP1Channel.handle)")
+        }
+        return loop
+    }
+
     /// The one acceptor of both HTTP entries (the router, and `PushFastPath` on the event
     /// loop): validates and stores (or broadcasts) the JSON `body` of a request to
     /// `endpoint`; the 202 response's JSON body. Throws `APIError` (4xx, 503); nothing is
-    /// stored then. Runs where it is called: on the HTTP connection's event loop, from
-    /// either entry (Docs/architecture.md, "The push path").
-    func accept(_ endpoint: Acceptance, body: ByteBuffer) async throws -> ByteBuffer {
+    /// stored then. Runs on `eventLoop`, the HTTP connection's, from either entry, and checks
+    /// it (Docs/architecture.md, "The push path"); a store call it awaits resumes there.
+    func accept(_ endpoint: Acceptance, body: ByteBuffer, on eventLoop: any EventLoop) async throws -> ByteBuffer {
+        eventLoop.preconditionInEventLoop()
         switch try validated(endpoint, body: body) {
         case .messages(let requests, let batch):
             let ids: [String]
@@ -158,7 +173,8 @@ struct HTTPAPI: Sendable {
 
     /// `accept`, at once, when the store answers without waiting (the in-memory store); nil
     /// when it must be awaited (call `accept`). No task, no suspension.
-    func acceptNow(_ endpoint: Acceptance, body: ByteBuffer) throws -> ByteBuffer? {
+    func acceptNow(_ endpoint: Acceptance, body: ByteBuffer, on eventLoop: any EventLoop) throws -> ByteBuffer? {
+        eventLoop.preconditionInEventLoop()
         switch try validated(endpoint, body: body) {
         case .messages(let requests, let batch):
             let ids: [String]?

@@ -178,7 +178,7 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private func respond(context: ChannelHandlerContext, endpoint: HTTPAPI.Acceptance, body: ByteBuffer) {
         context.eventLoop.preconditionInEventLoop()
         do {
-            if let json = try api.acceptNow(endpoint, body: body) {
+            if let json = try api.acceptNow(endpoint, body: body, on: context.eventLoop) {
                 return responded(context: context, status: .accepted, json: json)
             }
         } catch {
@@ -187,14 +187,15 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let executor = self.executor ?? EventLoopTaskExecutor(context.eventLoop)
         self.executor = executor
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let context = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        let context = NIOLoopBound(context, eventLoop: loop)
         let api = api
         Task(executorPreference: executor) {
             let status: HTTPResponse.Status
             let json: ByteBuffer
             do {
-                json = try await api.accept(endpoint, body: body)
+                json = try await api.accept(endpoint, body: body, on: loop)
                 status = .accepted
             } catch {
                 let failure = APIError.from(error)

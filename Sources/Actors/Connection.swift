@@ -56,7 +56,8 @@ public actor Connection {
     /// The socket is open and its transport up: the session begins (the hello timeout runs
     /// from the accept). Called once; later calls do nothing.
     public func activated() {
-        let open = services.metrics.connectionOpened(1)
+        guard !machine.hasBegun else { return }
+        let open = services.metrics.connectionOpened()
         let limit = services.configuration.maxConnections
         switch machine.activated(now: eventLoop.now, overConnectionLimit: limit > 0 && open > limit) {
         case .scheduleHelloTimeout(let deadline):
@@ -66,7 +67,7 @@ public actor Connection {
         case .fail(let code, let reason):
             fail(code, reason)
         case .none:
-            services.metrics.connectionOpened(-1)
+            break
         }
     }
 
@@ -87,7 +88,7 @@ public actor Connection {
         stallTimer?.cancel()
         sweep?.remove(self)
         sweep = nil
-        services.metrics.connectionOpened(-1)
+        services.metrics.connectionClosed()
         if let clientID = teardown.unregister, services.registry.unregister(clientID, self) {
             services.cluster.disconnected(clientID: clientID, session: session)
         }

@@ -200,6 +200,12 @@ public struct ConnectionStateMachine: Sendable {
     /// The client id for logs: the registered one, even after the close.
     public var loggedClientID: String { registeredClientID ?? "" }
 
+    /// Whether `activated` was called (or the session ended before it).
+    public var hasBegun: Bool {
+        if case .accepted = state { return false }
+        return true
+    }
+
     /// Whether input should still be decoded (false once the session is over).
     public var isReading: Bool {
         if case .closed = state { return false }

@@ -59,12 +59,17 @@ public final class NodeMetrics: Sendable {
         counter.increment()
     }
 
-    /// A socket opened (+1) or closed (-1); returns the new count.
+    /// A device socket's session began; returns how many are open now.
     @discardableResult
-    public func connectionOpened(_ delta: Int) -> Int {
-        let value = openConnections.add(delta, ordering: .relaxed).newValue
+    public func connectionOpened() -> Int {
+        let value = openConnections.add(1, ordering: .relaxed).newValue
         connections.record(value)
         return value
+    }
+
+    /// A device socket whose session had begun closed.
+    public func connectionClosed() {
+        connections.record(openConnections.subtract(1, ordering: .relaxed).newValue)
     }
 
     /// Open device sockets now.

@@ -156,7 +156,7 @@ public struct ConnectionStateMachine: Sendable {
 
         /// `SessionConfiguration.clampedHeartbeat`.
         func heartbeat(_ requested: UInt16) -> UInt16 {
-            min(max(requested == 0 ? defaultHeartbeat : requested, minHeartbeat), maxHeartbeat)
+            SessionConfiguration.clampedHeartbeat(requested, default: defaultHeartbeat, range: minHeartbeat...maxHeartbeat)
         }
     }
 

@@ -52,7 +52,11 @@ public struct SessionConfiguration: Sendable {
 
     /// The heartbeat a device gets for what it asked: 0 means the default; the rest is clamped.
     public func clampedHeartbeat(_ requested: UInt16) -> UInt16 {
-        let wanted = requested == 0 ? defaultHeartbeatSeconds : requested
-        return min(max(wanted, heartbeatRange.lowerBound), heartbeatRange.upperBound)
+        Self.clampedHeartbeat(requested, default: defaultHeartbeatSeconds, range: heartbeatRange)
+    }
+
+    /// The rule itself, for holders of the three values (`ConnectionStateMachine`).
+    public static func clampedHeartbeat(_ requested: UInt16, default: UInt16, range: ClosedRange<UInt16>) -> UInt16 {
+        min(max(requested == 0 ? `default` : requested, range.lowerBound), range.upperBound)
     }
 }

@@ -224,7 +224,7 @@ let package = Package(
         .testTarget(
             name: "ClusterUnitTests",
             dependencies: [
-                "Cluster",
+                "Cluster", "RedisStore", "HeraldTestSupport",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -56,7 +56,8 @@ final class RouteTable: Sendable {
 
     /// Removes `clientID`'s route if it is still `route` (a newer connection keeps its own).
     func release(_ clientID: String, _ route: Route) async throws(StoreError) {
-        _ = try await client.run(Self.releaseScript, keys: [key(clientID)], arguments: [.string(route.description)])
+        let reply = try await client.run(Self.releaseScript, keys: [key(clientID)], arguments: [.string(route.description)])
+        if case .error(let message) = reply { throw StoreError(.unavailable, "route release failed: \(message)") }
     }
 
     /// What `refresh` found for one route.
@@ -104,10 +105,18 @@ final class RouteTable: Sendable {
         return try outcome.get()
     }
 
-    /// The routes of `clientIDs`, in order (nil where there is none).
+    /// The routes of `clientIDs`, in order (nil where there is none). An error reply throws:
+    /// it is never read as "no route", which would leave a connected device's message waiting
+    /// for its next connection (the caller retries a failed lookup on its next tick).
     func lookup(_ clientIDs: [String]) async throws(StoreError) -> [Route?] {
         let replies = try await client.sendAll(clientIDs.map { [.string("GET"), .string(key($0))] })
-        return replies.map { $0.string.flatMap(Route.init) }
+        return try replies.map { reply throws(StoreError) in
+            switch reply {
+            case .null: return nil
+            case .error(let message): throw StoreError(.unavailable, "route lookup failed: \(message)")
+            default: return reply.string.flatMap(Route.init)
+            }
+        }
     }
 
     /// KEYS: route. ARGV: expected value.

@@ -88,6 +88,11 @@ struct LifecycleTests {
     func killAPI() async throws {
         try await TestNode.with { node in
             try await node.node.root.kill(childID: "api")
+            // The old server may still answer while it shuts down: only once the supervisor has
+            // started its successor does an answer come from the restarted API.
+            try await eventually("the API is restarted") {
+                await node.node.health().children.first { $0.name == "api" }?.restarts == 1
+            }
             try await eventually("the API answers again") {
                 (try? await HTTPTestClient.get("/healthz", port: node.httpPort, timeout: .seconds(1)).status) == 200
             }

@@ -220,10 +220,13 @@ struct TransportTests {
         try await TestNode.with(pki.environment.merging(["HERALD_TLS_CLIENT_CA": pki.ca]) { $1 }) { node in
             let session = pki.directory + "/session\(version)"
             // A HELLO, so that the server writes (WELCOME) and with it its TLS 1.3 ticket; then
-            // s_client ends when its standard input does, after one second.
-            let hello = "printf '\\000\\000\\000\\015\\001\\001\\000\\005dev-1\\000\\000\\000\\000'; sleep 1"
+            // s_client ends when its standard input does: once the WELCOME (naming the node)
+            // has arrived, or after ten seconds.
             func connect(_ sessionArgument: String) async throws -> String {
-                let command = "(\(hello)) | openssl s_client -connect 127.0.0.1:\(try node.port("tls")) \(version) -CAfile \(pki.ca) -cert \(pki.deviceCertificate("dev-1")) -key \(pki.deviceKey("dev-1")) \(sessionArgument) \(session)"
+                let output = pki.directory + "/s_client\(version)\(sessionArgument).out"
+                let hello = "printf '\\000\\000\\000\\015\\001\\001\\000\\005dev-1\\000\\000\\000\\000'; "
+                    + "for _ in $(seq 100); do grep -q test-node \(output) && break; sleep 0.1; done"
+                let command = "(\(hello)) | openssl s_client -connect 127.0.0.1:\(try node.port("tls")) \(version) -CAfile \(pki.ca) -cert \(pki.deviceCertificate("dev-1")) -key \(pki.deviceKey("dev-1")) \(sessionArgument) \(session) > \(output) 2>&1; cat \(output)"
                 return try await runTool("bash", ["-c", command]).standardOutput
             }
             let first = try await connect("-sess_out")

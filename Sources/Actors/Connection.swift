@@ -296,19 +296,19 @@ public actor Connection {
     }
 
     private func recordAcknowledged() {
-        guard let (clientID, messageIDs) = machine.takeAcknowledged() else { return }
+        guard let (clientID, messages) = machine.takeAcknowledged() else { return }
         if let store = services.synchronousStore {
-            let removed = store.acknowledgeNow(clientID: clientID, messageIDs: messageIDs)
+            let removed = store.acknowledgeNow(clientID: clientID, messages: messages)
             return services.metrics.pushesAcknowledged.increment(by: Int64(removed))
         }
         // A task isolated to this actor (it calls an isolated method), so the store call starts
         // on this loop, where a per-loop store connection lives, not on the shared pool.
-        Task { [self] in await removeFromStore(clientID: clientID, messageIDs: messageIDs) }
+        Task { [self] in await removeFromStore(clientID: clientID, messages: messages) }
     }
 
-    private func removeFromStore(clientID: String, messageIDs: [String]) async {
+    private func removeFromStore(clientID: String, messages: [Acknowledgement]) async {
         do {
-            let removed = try await services.store.acknowledge(clientID: clientID, messageIDs: messageIDs)
+            let removed = try await services.store.acknowledge(clientID: clientID, messages: messages)
             services.metrics.pushesAcknowledged.increment(by: Int64(removed))
         } catch {
             // The messages stay stored and are sent again on the next connection.

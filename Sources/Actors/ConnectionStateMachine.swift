@@ -113,8 +113,8 @@ public struct ConnectionStateMachine: Sendable {
         var clientID: String
         /// Silence allowed is twice this.
         var heartbeat: TimeAmount
-        /// Message ids sent and not yet acknowledged, oldest first.
-        var inflight: [String] = []
+        /// Messages sent and not yet acknowledged (id and sequence), oldest first.
+        var inflight: [Acknowledgement] = []
         /// The highest sequence sent on this connection.
         var lastSent: UInt64 = 0
         /// A store read is under way.
@@ -176,7 +176,7 @@ public struct ConnectionStateMachine: Sendable {
     private var draining = false
     private var sentGoAway = false
     /// ACKs received in this loop tick, not yet handed to the store.
-    private var acknowledged: [String] = []
+    private var acknowledged: [Acknowledgement] = []
     /// The client id this connection registered under, until the socket closes.
     private var registeredClientID: String?
     private var tornDown = false
@@ -290,18 +290,21 @@ public struct ConnectionStateMachine: Sendable {
         case (.authenticating, .ack):
             return .none
         case (.active, .ack(let id)):
-            acknowledged.append(id)
-            let scheduleRecord = acknowledged.count == 1
+            let scheduleRecord = acknowledged.isEmpty
             let writable = writable
-            return modifySession { session, window in
+            var acknowledgement = Acknowledgement(id: id)
+            let action: FrameAction = modifySession { session, window in
                 // An id not sent on this connection may be from an earlier one. The store
-                // removes only this device's own messages, so passing it on is safe.
-                guard let index = session.inflight.firstIndex(of: id) else {
+                // removes only this device's own messages, so passing it on is safe; the
+                // store then finds it by id, without a sequence.
+                guard let index = session.inflight.firstIndex(where: { $0.id == id }) else {
                     return .acknowledge(scheduleRecord: scheduleRecord, then: nil)
                 }
-                session.inflight.remove(at: index)
+                acknowledgement = session.inflight.remove(at: index)
                 return .acknowledge(scheduleRecord: scheduleRecord, then: Self.nextFetch(&session, window: window, writable: writable))
             } ?? .none
+            acknowledged.append(acknowledgement)
+            return action
         case (_, .welcome), (_, .push), (_, .error), (_, .goaway):
             return fail(.badRequest, "\(frame.type) is not sent by devices")
         }
@@ -314,11 +317,11 @@ public struct ConnectionStateMachine: Sendable {
 
     /// The ACKs to hand to the store now (all received since the last call), with the
     /// device's client id; nil when there are none or the session is over.
-    public mutating func takeAcknowledged() -> (clientID: String, messageIDs: [String])? {
-        let messageIDs = acknowledged
+    public mutating func takeAcknowledged() -> (clientID: String, messages: [Acknowledgement])? {
+        let messages = acknowledged
         acknowledged = []
-        guard let clientID, !messageIDs.isEmpty else { return nil }
-        return (clientID, messageIDs)
+        guard let clientID, !messages.isEmpty else { return nil }
+        return (clientID, messages)
     }
 
     // MARK: Authentication
@@ -416,7 +419,7 @@ public struct ConnectionStateMachine: Sendable {
                 message.expiresAtMillis > nowMillis
             {
                 session.lastSent = message.sequence
-                session.inflight.append(message.id)
+                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence))
                 return Delivery(send: [message], fetch: nil)
             }
             session.mayHaveMore = true
@@ -433,7 +436,7 @@ public struct ConnectionStateMachine: Sendable {
             for message in messages where message.sequence > session.lastSent {
                 guard session.inflight.count < window else { break }
                 session.lastSent = message.sequence
-                session.inflight.append(message.id)
+                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence))
                 send.append(message)
             }
             if messages.count >= fetch.limit { session.mayHaveMore = true }

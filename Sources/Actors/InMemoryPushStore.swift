@@ -32,8 +32,8 @@ public final class InMemoryPushStore: SynchronousPushStore {
         pendingNow(for: clientID, after: sequence, limit: limit)
     }
 
-    public func acknowledge(clientID: String, messageIDs: [String]) -> Int {
-        acknowledgeNow(clientID: clientID, messageIDs: messageIDs)
+    public func acknowledge(clientID: String, messages: [Acknowledgement]) -> Int {
+        acknowledgeNow(clientID: clientID, messages: messages)
     }
 
     public func appendNow(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage] {
@@ -106,11 +106,11 @@ public final class InMemoryPushStore: SynchronousPushStore {
         }
     }
 
-    public func acknowledgeNow(clientID: String, messageIDs: [String]) -> Int {
+    public func acknowledgeNow(clientID: String, messages: [Acknowledgement]) -> Int {
         queues.withLock { queues in
             var removed = 0
-            for messageID in messageIDs {
-                guard let index = queues[clientID]?.messages.firstIndex(where: { $0.id == messageID }) else { continue }
+            for message in messages {
+                guard let index = queues[clientID]?.messages.firstIndex(where: { $0.id == message.id }) else { continue }
                 queues[clientID]!.messages.remove(at: index)
                 removed += 1
             }

@@ -44,6 +44,22 @@ public struct StoredMessage: Sendable, Hashable {
     }
 }
 
+/// A message a device acknowledged: its id, and its sequence when the connection sent it
+/// (the store's own `StoredMessage.sequence`), so that a store can find it without a search.
+public struct Acknowledgement: Sendable, Hashable {
+    /// The message id the device sent in its ACK.
+    public var id: String
+    /// The message's sequence as the store returned it, when this connection sent it; nil for
+    /// an id it did not send (an ACK of a delivery on an earlier connection).
+    public var sequence: UInt64?
+
+    /// Creates an acknowledgement.
+    public init(id: String, sequence: UInt64? = nil) {
+        self.id = id
+        self.sequence = sequence
+    }
+}
+
 /// Why a store operation failed. Compared by code.
 public struct StoreError: Error, Hashable, CustomStringConvertible {
     /// The kinds of failure, which the HTTP API maps to status codes.
@@ -76,10 +92,17 @@ public struct StoreError: Error, Hashable, CustomStringConvertible {
 /// Contract, for every implementation (the conformance suite checks each point):
 /// - **Durability**: when `append` returns, the messages are in the store, and survive
 ///   whatever the implementation promises to survive (the process, for Redis).
-/// - **Atomicity**: `append` stores all of its messages or none of them, even across devices.
+/// - **Atomicity**: `append` stores all of its messages or none of them, even across devices
+///   (on a Redis Cluster, where devices live on different shards, by taking back what was
+///   written when another device refuses: Docs/store.md, "Batches on a Redis Cluster").
 /// - **Ordering**: one device's messages are returned by `pending` in the order `append`
 ///   accepted them (array order within one call; call order across calls), with strictly
-///   increasing `sequence`.
+///   increasing `sequence`. A device's sequences are consecutive (the next is the last plus
+///   one, a refused append using none), so a connection that sent sequence n and is told of
+///   n + 1 knows that nothing came between and may send it at once. The one exception is an
+///   append taken back after it was written (see Atomicity; or not acknowledged by enough
+///   replicas): its sequences stay used, since a connection may have read them, and the gap
+///   only costs a connection one store read.
 /// - **At-least-once**: a message stays until `acknowledge` removes it or it expires;
 ///   delivering it does not remove it.
 /// - **Isolation**: `acknowledge` removes only the named device's own message; an unknown
@@ -99,9 +122,10 @@ public protocol PushStore: Sendable {
     /// in order. Idempotent; does not change what is stored.
     func pending(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [StoredMessage]
 
-    /// Removes those of `messageIDs` that are `clientID`'s own messages, in one step.
-    /// Returns how many were there. Idempotent.
-    func acknowledge(clientID: String, messageIDs: [String]) async throws(StoreError) -> Int
+    /// Removes those of `messages` that are `clientID`'s own messages, in one step. Returns
+    /// how many were there. Idempotent. A sequence, when given, must be the one the store
+    /// returned with that id for that device (a connection passes what it sent).
+    func acknowledge(clientID: String, messages: [Acknowledgement]) async throws(StoreError) -> Int
 
     /// How many unexpired, unacknowledged messages `clientID` has.
     func pendingCount(for clientID: String) async throws(StoreError) -> Int
@@ -114,6 +138,12 @@ public protocol PushStore: Sendable {
 }
 
 extension PushStore {
+    /// Removes those of `messageIDs` that are `clientID`'s own messages, in one step.
+    /// Returns how many were there. Idempotent.
+    public func acknowledge(clientID: String, messageIDs: [String]) async throws(StoreError) -> Int {
+        try await acknowledge(clientID: clientID, messages: messageIDs.map { Acknowledgement(id: $0) })
+    }
+
     /// Removes `clientID`'s message `messageID`. Returns whether it was there. Idempotent.
     public func acknowledge(clientID: String, messageID: String) async throws(StoreError) -> Bool {
         try await acknowledge(clientID: clientID, messageIDs: [messageID]) == 1
@@ -129,5 +159,5 @@ public protocol SynchronousPushStore: PushStore {
     /// `pending`, at once.
     func pendingNow(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage]
     /// `acknowledge`, at once.
-    func acknowledgeNow(clientID: String, messageIDs: [String]) -> Int
+    func acknowledgeNow(clientID: String, messages: [Acknowledgement]) -> Int
 }

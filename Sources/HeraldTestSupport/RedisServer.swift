@@ -107,7 +107,7 @@ public final class RedisServer: @unchecked Sendable {
 
     /// Runs `redis-cli -p <port> <arguments>` and returns its output (polling the process:
     /// `waitUntilExit` can block the concurrency pool).
-    public static func cli(port: Int, _ arguments: [String]) async throws -> String {
+    public static func cli(port: Int, _ arguments: [String], timeout: Duration = .seconds(10)) async throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary.replacingOccurrences(of: "redis-server", with: "redis-cli"))
         process.arguments = ["-p", "\(port)"] + arguments
@@ -115,7 +115,7 @@ public final class RedisServer: @unchecked Sendable {
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()
-        try await eventually("redis-cli \(arguments.joined(separator: " "))", timeout: .seconds(10)) { !process.isRunning }
+        try await eventually("redis-cli \(arguments.joined(separator: " "))", timeout: timeout) { !process.isRunning }
         return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     }
 }
@@ -182,5 +182,161 @@ public final class RedisSentinelSet: Sendable {
     /// Kills all five.
     public func stop() async {
         for server in [master, replica] + sentinels { try? await server.stop() }
+    }
+}
+
+/// A real Redis Cluster: three masters with one replica each, every node on loopback with its
+/// client port and its cluster-bus port chosen below the ephemeral range (`--cluster-port`),
+/// created with `redis-cli --cluster create`; node timeout 1 s, so a killed master's replica
+/// takes over in about two seconds.
+public final class RedisClusterSet: Sendable {
+    /// The six nodes, in the order `redis-cli --cluster create` was given them (it makes the
+    /// first three masters).
+    public let nodes: [RedisServer]
+
+    private init(nodes: [RedisServer]) { self.nodes = nodes }
+
+    /// `redis+cluster://127.0.0.1:<first>,127.0.0.1:<second>` (two seeds of the six).
+    public var url: String { "redis+cluster://" + nodes.prefix(2).map { "127.0.0.1:\($0.port)" }.joined(separator: ",") }
+
+    /// Starts six nodes, joins them into a cluster and waits until every node says
+    /// `cluster_state:ok`. A master silent for `nodeTimeout` is failed over to its replica.
+    public static func start(nodeTimeout: Duration = .seconds(1)) async throws -> RedisClusterSet {
+        var nodes: [RedisServer] = []
+        for _ in 0..<6 {
+            let node = try RedisServer(arguments: [
+                "--cluster-enabled", "yes", "--cluster-port", "\(try LoopbackPort.free())", "--cluster-node-timeout",
+                "\(nodeTimeout.components.seconds * 1000 + nodeTimeout.components.attoseconds / 1_000_000_000_000_000)",
+                "--cluster-require-full-coverage", "yes",
+            ])
+            try await node.start()
+            nodes.append(node)
+        }
+        let set = RedisClusterSet(nodes: nodes)
+        do {
+            _ = try await RedisServer.cli(
+                port: nodes[0].port,
+                ["--cluster", "create"] + nodes.map { "127.0.0.1:\($0.port)" } + ["--cluster-replicas", "1", "--cluster-yes"],
+                timeout: .seconds(60)
+            )
+            try await set.waitUntilHealthy()
+            try await eventually("every replica in sync with its master", timeout: .seconds(30), poll: .milliseconds(100)) {
+                var synced = 0
+                for node in nodes where try await node.cli(["INFO", "replication"]).contains("master_link_status:up") { synced += 1 }
+                return synced == 3
+            }
+        } catch {
+            await set.stop()
+            throw error
+        }
+        return set
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and agrees on the masters.
+    public func waitUntilHealthy(timeout: Duration = .seconds(30)) async throws {
+        try await eventually("redis cluster state ok on every node", timeout: timeout, poll: .milliseconds(100)) {
+            for node in self.nodes where node.pid != nil {
+                guard try await node.cli(["CLUSTER", "INFO"]).contains("cluster_state:ok") else { return false }
+            }
+            return true
+        }
+    }
+
+    /// The node that now serves `slot` as master, as the first running node sees it.
+    public func master(ofSlot slot: Int) async throws -> RedisServer {
+        guard let asked = nodes.first(where: { $0.pid != nil }) else { throw RedisClusterError(description: "no node runs") }
+        // CLUSTER NODES: <id> <host:port@bus> <flags> <master id> <ping> <pong> <epoch> <link> <slot ranges...>
+        for line in try await asked.cli(["CLUSTER", "NODES"]).split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count > 8, fields[2].split(separator: ",").contains("master"), !fields[2].contains("fail"),
+                let port = fields[1].split(separator: "@").first?.split(separator: ":").last.flatMap({ Int($0) })
+            else { continue }
+            for range in fields[8...] where !range.hasPrefix("[") {
+                let bounds = range.split(separator: "-").compactMap { Int($0) }
+                guard let low = bounds.first, let high = bounds.last, (low...high).contains(slot) else { continue }
+                if let master = nodes.first(where: { $0.port == port }) { return master }
+            }
+        }
+        throw RedisClusterError(description: "no master found for slot \(slot)")
+    }
+
+    /// The slot of `key`, as the cluster computes it.
+    public func slot(of key: String) async throws -> Int {
+        guard let slot = Int(try await nodes[0].cli(["CLUSTER", "KEYSLOT", key]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw RedisClusterError(description: "CLUSTER KEYSLOT \(key) gave no number")
+        }
+        return slot
+    }
+
+    /// The node id of `node` (`CLUSTER MYID`).
+    public func id(of node: RedisServer) async throws -> String {
+        try await node.cli(["CLUSTER", "MYID"]).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Kills all six.
+    public func stop() async {
+        for node in nodes { try? await node.stop() }
+    }
+
+    /// Runs `body` with a cluster of its own (for a test that changes the topology), and always stops it.
+    public static func with<T: Sendable>(
+        nodeTimeout: Duration = .seconds(1), _ body: (RedisClusterSet) async throws -> T
+    ) async throws -> T {
+        let set = try await start(nodeTimeout: nodeTimeout)
+        do {
+            let result = try await body(set)
+            await set.stop()
+            return result
+        } catch {
+            await set.stop()
+            throw error
+        }
+    }
+}
+
+public struct RedisClusterError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
+}
+
+extension RedisClusterSet {
+    private actor Shared {
+        var cluster: Task<RedisClusterSet, any Error>?
+        var users = 0
+
+        func acquire() async throws -> RedisClusterSet {
+            users += 1
+            if cluster == nil { cluster = Task { try await RedisClusterSet.start(nodeTimeout: .seconds(5)) } }
+            do {
+                return try await cluster!.value
+            } catch {
+                await release()
+                throw error
+            }
+        }
+
+        func release() async {
+            users -= 1
+            guard users == 0, let running = cluster else { return }
+            cluster = nil
+            if let set = try? await running.value { await set.stop() }
+        }
+    }
+
+    private static let shared = Shared()
+
+    /// Runs `body` with a cluster shared by the tests that run at the same time (six processes
+    /// and two seconds to form it, so one serves many tests; each test keeps to its own keys,
+    /// and must not change the cluster's topology). Stopped when its last user is done.
+    public static func withShared<T: Sendable>(_ body: (RedisClusterSet) async throws -> T) async throws -> T {
+        let set = try await shared.acquire()
+        do {
+            let result = try await body(set)
+            await shared.release()
+            return result
+        } catch {
+            await shared.release()
+            throw error
+        }
     }
 }

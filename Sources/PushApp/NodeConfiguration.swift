@@ -136,7 +136,14 @@ struct NodeConfiguration: Sendable {
         var redis: RedisConfiguration?
         if let url = try reader.optional("HERALD_REDIS_URL") {
             guard let parsed = RedisConfiguration(url: url) else {
-                throw ConfigurationError(message: "HERALD_REDIS_URL must be redis://[:password@]host:port[/db] or redis+sentinel://[:password@]host:port[,host:port...]/master[/db], got \"\(url)\"")
+                throw ConfigurationError(
+                    message: "HERALD_REDIS_URL must be redis://[:password@]host:port[/db], redis+sentinel://[:password@]host:port[,host:port...]/master[/db] or redis+cluster://[:password@]host:port[,host:port...], got \"\(url)\""
+                )
+            }
+            if parsed.isCluster, parsed.database != 0 {
+                throw ConfigurationError(
+                    message: "HERALD_REDIS_URL names database \(parsed.database) of a Redis Cluster, which has only database 0 (no SELECT): drop the /\(parsed.database)"
+                )
             }
             redis = parsed
         }

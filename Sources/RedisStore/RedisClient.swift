@@ -21,7 +21,8 @@ public struct RedisScript: Sendable {
 /// that loop's connection, so a `Connection` actor reaches Redis with no thread hop.
 /// Commands issued in one loop tick are written together (pipelining for free). While a
 /// connection is down its commands fail at once with `.unavailable`; `run()` reconnects with
-/// jittered exponential backoff and re-authenticates. Nothing here blocks a thread.
+/// jittered exponential backoff and re-authenticates. Nothing here blocks a thread. With a
+/// `redis+cluster://` configuration, commands are routed by slot instead (RedisClient+Cluster.swift).
 public final class RedisClient: Service, HealthReporting {
     private final class Slot: Sendable {
         let loop: any EventLoop
@@ -31,8 +32,12 @@ public final class RedisClient: Service, HealthReporting {
 
     public let configuration: RedisConfiguration
     private let group: any EventLoopGroup
-    private let logger: Logger
+    let logger: Logger
     private let slots: [Slot]
+    /// The group's event loops, in a fixed order.
+    let loops: [any EventLoop]
+    /// Set in cluster mode.
+    private let cluster: RedisClusterState?
     private let next = Atomic<Int>(0)
     private let shas = Mutex<[String: String]>([:])
     /// With Sentinel: the master last connected to, and the sentinel that last answered.
@@ -45,16 +50,23 @@ public final class RedisClient: Service, HealthReporting {
         self.group = group
         self.logger = logger
         slots = group.makeIterator().map { Slot(loop: $0) }
+        loops = slots.map(\.loop)
+        cluster = configuration.isCluster ? RedisClusterState() : nil
     }
 
-    /// Whether every connection is up.
-    public var isConnected: Bool { slots.allSatisfy { $0.channel.withLock { $0 } != nil } }
+    /// Whether every connection is up (in cluster mode: every slot has a master, and every
+    /// master a connection on every loop).
+    public var isConnected: Bool {
+        if let cluster { return clusterIsConnected(state: cluster) }
+        return slots.allSatisfy { $0.channel.withLock { $0 } != nil }
+    }
 
     // MARK: Commands
 
     /// Sends one command and returns its reply (an `.error` reply is returned, not thrown).
     /// Throws `.unavailable` when the connection is down or Redis does not answer in time.
     public func send(_ arguments: [RedisArgument]) async throws(StoreError) -> RESPValue {
+        if let cluster { return try await clusterExecute([arguments], slot: RedisCluster.slot(of: arguments), state: cluster)[0] }
         let slot = slotForCaller()
         let promise = slot.loop.makePromise(of: RESPValue.self)
         if slot.loop.inEventLoop {
@@ -75,24 +87,9 @@ public final class RedisClient: Service, HealthReporting {
     public func sendAll(_ commands: [[RedisArgument]]) async throws(StoreError) -> [RESPValue] {
         guard !commands.isEmpty else { return [] }
         if commands.count == 1 { return [try await send(commands[0])] }
-        let slot = slotForCaller()
-        let promises = commands.map { _ in slot.loop.makePromise(of: RESPValue.self) }
-        let write: @Sendable () -> Void = {
-            for (command, promise) in zip(commands, promises) { Self.send(command, on: slot, promise: promise) }
-        }
-        if slot.loop.inEventLoop { write() } else { slot.loop.execute(write) }
-        var replies: [RESPValue] = []
-        replies.reserveCapacity(commands.count)
-        for promise in promises {
-            do {
-                replies.append(try await promise.futureResult.get())
-            } catch let error as StoreError {
-                throw error
-            } catch {
-                throw StoreError(.unavailable, "\(error)")
-            }
-        }
-        return replies
+        if let cluster { return try await clusterSendAll(commands, state: cluster) }
+        guard let channel = slotForCaller().channel.withLock({ $0 }) else { throw StoreError(.unavailable, "redis is not connected") }
+        return try await Self.send(commands, on: channel)
     }
 
     /// Runs `script`, by its SHA when Redis has it.
@@ -120,20 +117,63 @@ public final class RedisClient: Service, HealthReporting {
         return replies
     }
 
+    /// In cluster mode: the commands grouped by slot (a command without a key, such as a
+    /// script's `WAIT`, goes with the one before it), each group to its master in one write,
+    /// the groups at the same time; the replies in the order of `commands`.
+    private func clusterSendAll(_ commands: [[RedisArgument]], state: RedisClusterState) async throws(StoreError) -> [RESPValue] {
+        var groups: [(slot: Int?, indices: [Int])] = []
+        var groupOfSlot: [Int: Int] = [:]
+        for (index, command) in commands.enumerated() {
+            if let slot = RedisCluster.slot(of: command) {
+                if let group = groupOfSlot[slot] {
+                    groups[group].indices.append(index)
+                } else {
+                    groupOfSlot[slot] = groups.count
+                    groups.append((slot, [index]))
+                }
+            } else if index > 0, let previous = RedisCluster.slot(of: commands[index - 1]), let group = groupOfSlot[previous] {
+                groups[group].indices.append(index)
+            } else {
+                groups.append((nil, [index]))
+            }
+        }
+        let results = await withTaskGroup(of: (Int, Result<[RESPValue], StoreError>).self) { taskGroup in
+            for (number, group) in groups.enumerated() {
+                let members = group.indices.map { commands[$0] }
+                taskGroup.addTask {
+                    do throws(StoreError) {
+                        return (number, .success(try await self.clusterExecute(members, slot: group.slot, state: state)))
+                    } catch {
+                        return (number, .failure(error))
+                    }
+                }
+            }
+            var results: [Int: Result<[RESPValue], StoreError>] = [:]
+            for await (number, result) in taskGroup { results[number] = result }
+            return results
+        }
+        var replies = [RESPValue](repeating: .null, count: commands.count)
+        for (number, group) in groups.enumerated() {
+            let groupReplies = try results[number]!.get()
+            for (index, reply) in zip(group.indices, groupReplies) { replies[index] = reply }
+        }
+        return replies
+    }
+
+    /// The index of the caller's event loop, or the next in turn for a caller off the loops.
+    func callerLoopIndex() -> Int {
+        if let current = MultiThreadedEventLoopGroup.currentEventLoop, let index = loops.firstIndex(where: { $0 === current }) {
+            return index
+        }
+        return next.add(1, ordering: .relaxed).newValue % loops.count
+    }
+
     /// The caller's own loop's connection when it is up; otherwise (the caller is not on a
     /// loop, or its loop's connection is still opening or reconnecting) the next one that is.
     /// Every caller awaits its reply before its next command, so moving to another connection
     /// never reorders one caller's commands. With none up, the caller's own, which fails.
     private func slotForCaller() -> Slot {
-        var start: Int
-        if let current = MultiThreadedEventLoopGroup.currentEventLoop,
-            let index = slots.firstIndex(where: { $0.loop === current })
-        {
-            start = index
-        } else {
-            start = next.add(1, ordering: .relaxed).newValue
-        }
-        start %= slots.count
+        let start = callerLoopIndex()
         for offset in slots.indices {
             let slot = slots[(start + offset) % slots.count]
             if slot.channel.withLock({ $0 != nil }) { return slot }
@@ -155,6 +195,10 @@ public final class RedisClient: Service, HealthReporting {
 
     /// Keeps one connection per event loop open until graceful shutdown or cancellation.
     public func run() async throws {
+        if let cluster {
+            await cancelWhenGracefulShutdown { await self.maintainCluster(state: cluster) }
+            return
+        }
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 for slot in self.slots {
@@ -167,7 +211,10 @@ public final class RedisClient: Service, HealthReporting {
 
     public func healthReport() async -> HealthReport {
         // A Redis outage is a declared degraded state, not a failure of the tree (Docs/store.md).
-        HealthReport(name: "redis", healthy: true, state: isConnected ? "connected" : "reconnecting (degraded)")
+        HealthReport(
+            name: "redis", healthy: true,
+            state: isConnected ? (cluster == nil ? "connected" : "connected (cluster)") : "reconnecting (degraded)"
+        )
     }
 
     private func maintain(_ slot: Slot) async {
@@ -246,7 +293,7 @@ public final class RedisClient: Service, HealthReporting {
         throw lastError
     }
 
-    private func open(_ host: String, _ port: Int, on loop: any EventLoop, authenticate: Bool) async throws -> any Channel {
+    func open(_ host: String, _ port: Int, on loop: any EventLoop, authenticate: Bool) async throws -> any Channel {
         let configuration = configuration
         let channel = try await ClientBootstrap(group: loop)
             .connectTimeout(configuration.connectTimeout)
@@ -263,7 +310,7 @@ public final class RedisClient: Service, HealthReporting {
             if let password = configuration.password {
                 try await expectOK(channel, [.string("AUTH"), .string(password)], "AUTH")
             }
-            if configuration.database != 0 {
+            if configuration.database != 0, !configuration.isCluster {
                 try await expectOK(channel, [.string("SELECT"), .integer(Int64(configuration.database))], "SELECT")
             }
             return channel
@@ -279,7 +326,7 @@ public final class RedisClient: Service, HealthReporting {
     }
 
     /// One command on a connection that is not (yet) in a slot.
-    private func command(_ channel: any Channel, _ arguments: [RedisArgument]) async throws -> RESPValue {
+    func command(_ channel: any Channel, _ arguments: [RedisArgument]) async throws -> RESPValue {
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
         channel.eventLoop.execute {
             guard let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) else {

@@ -1,7 +1,8 @@
 import NIOCore
 
-/// Where Redis is and how to talk to it: `redis://[:password@]host:port[/db]`, or through
-/// Sentinel: `redis+sentinel://[:password@]host:port[,host:port...]/master-name[/db]`.
+/// Where Redis is and how to talk to it: `redis://[:password@]host:port[/db]`, through
+/// Sentinel: `redis+sentinel://[:password@]host:port[,host:port...]/master-name[/db]`, or a
+/// Redis Cluster: `redis+cluster://[:password@]host:port[,host:port...]` (seed nodes).
 public struct RedisConfiguration: Sendable, Hashable {
     /// A Sentinel to ask where the master is.
     public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
@@ -31,6 +32,11 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var sentinels: [Endpoint] = []
     /// With Sentinel: the monitored master's name.
     public var masterName: String?
+    /// With Redis Cluster: the seed nodes asked for the slot map (any one reachable suffices).
+    public var clusterSeeds: [Endpoint] = []
+
+    /// Whether this names a Redis Cluster.
+    public var isCluster: Bool { !clusterSeeds.isEmpty }
 
     /// Creates a configuration.
     public init(
@@ -45,79 +51,67 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.connectTimeout = connectTimeout
     }
 
-    /// Parses `redis://[:password@]host[:port][/db]` or
+    /// Parses `redis://[:password@]host[:port][/db]`,
     /// `redis+sentinel://[:password@]host[:port][,host[:port]...]/master-name[/db]` (sentinels on
-    /// port 26379 unless given); nil when it is neither.
+    /// port 26379 unless given) or `redis+cluster://[:password@]host[:port][,host[:port]...][/db]`
+    /// (a database other than 0 parses, and is refused by the node at start: a cluster has no
+    /// `SELECT`); nil when it is none of them.
     public init?(url: String) {
-        if url.hasPrefix("redis+sentinel://") {
-            self.init(sentinelURL: Substring(url.dropFirst("redis+sentinel://".count)))
+        for (scheme, kind) in [("redis+sentinel://", Kind.sentinel), ("redis+cluster://", .cluster), ("redis://", .single)]
+        where url.hasPrefix(scheme) {
+            self.init(kind: kind, rest: Substring(url.dropFirst(scheme.count)))
             return
         }
-        guard url.hasPrefix("redis://") else { return nil }
-        var rest = Substring(url.dropFirst("redis://".count))
+        return nil
+    }
+
+    private enum Kind { case single, sentinel, cluster }
+
+    private init?(kind: Kind, rest whole: Substring) {
+        var rest = whole
         var password: String?
         if let at = rest.lastIndex(of: "@") {
             let credentials = rest[..<at]
             rest = rest[rest.index(after: at)...]
             // `:password` or `user:password` (the user is ignored: Herald uses the default user).
-            if let colon = credentials.firstIndex(of: ":") {
-                password = String(credentials[credentials.index(after: colon)...])
-            } else {
-                password = String(credentials)
-            }
-            if password?.isEmpty == true { password = nil }
-        }
-        var database = 0
-        if let slash = rest.firstIndex(of: "/") {
-            let db = rest[rest.index(after: slash)...]
-            rest = rest[..<slash]
-            if !db.isEmpty {
-                guard let number = Int(db), number >= 0 else { return nil }
-                database = number
-            }
-        }
-        var host = String(rest)
-        var port = 6379
-        if let colon = rest.lastIndex(of: ":") {
-            guard let number = Int(rest[rest.index(after: colon)...]), (1...65535).contains(number) else { return nil }
-            port = number
-            host = String(rest[..<colon])
-        }
-        guard !host.isEmpty else { return nil }
-        self.init(host: host, port: port, password: password, database: database)
-    }
-
-    private init?(sentinelURL: Substring) {
-        var rest = sentinelURL
-        var password: String?
-        if let at = rest.lastIndex(of: "@") {
-            let credentials = rest[..<at]
-            rest = rest[rest.index(after: at)...]
             password = credentials.firstIndex(of: ":").map { String(credentials[credentials.index(after: $0)...]) } ?? String(credentials)
             if password?.isEmpty == true { password = nil }
         }
         let parts = rest.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2 || parts.count == 3, !parts[1].isEmpty else { return nil }
+        // single and cluster: hosts[/db]; sentinel: hosts/master[/db].
+        let databaseIndex = kind == .sentinel ? 2 : 1
+        guard parts.count <= databaseIndex + 1 else { return nil }
+        if kind == .sentinel {
+            guard parts.count >= 2, !parts[1].isEmpty else { return nil }
+        }
         var database = 0
-        if parts.count == 3, !parts[2].isEmpty {
-            guard let number = Int(parts[2]), number >= 0 else { return nil }
+        if parts.count > databaseIndex, !parts[databaseIndex].isEmpty {
+            guard let number = Int(parts[databaseIndex]), number >= 0 else { return nil }
             database = number
         }
-        var sentinels: [Endpoint] = []
-        for item in parts[0].split(separator: ",") {
+        let defaultPort = kind == .sentinel ? 26379 : 6379
+        var endpoints: [Endpoint] = []
+        for item in parts[0].split(separator: ",", omittingEmptySubsequences: false) {
             var host = item
-            var port = 26379
+            var port = defaultPort
             if let colon = item.lastIndex(of: ":") {
                 guard let number = Int(item[item.index(after: colon)...]), (1...65535).contains(number) else { return nil }
                 port = number
                 host = item[..<colon]
             }
+            if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
             guard !host.isEmpty else { return nil }
-            sentinels.append(Endpoint(host: String(host), port: port))
+            endpoints.append(Endpoint(host: String(host), port: port))
         }
-        guard !sentinels.isEmpty else { return nil }
-        self.init(host: sentinels[0].host, port: 6379, password: password, database: database)
-        self.sentinels = sentinels
-        self.masterName = String(parts[1])
+        guard !endpoints.isEmpty, kind != .single || endpoints.count == 1 else { return nil }
+        self.init(host: endpoints[0].host, port: kind == .sentinel ? 6379 : endpoints[0].port, password: password, database: database)
+        switch kind {
+        case .single: break
+        case .sentinel:
+            sentinels = endpoints
+            masterName = String(parts[1])
+        case .cluster:
+            clusterSeeds = endpoints
+        }
     }
 }

@@ -1,90 +1,183 @@
 extension RedisPushStore {
-    /// Removes a queue's expired messages; shared by the scripts below. Lua's `unpack` takes at
-    /// most a few thousand values, so ids go in chunks.
-    private static let dropExpired = """
-        local function drop_expired(ids, exp, data, now)
-          local expired = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
-          for first = 1, #expired, 500 do
-            local chunk = {}
-            for i = first, math.min(first + 499, #expired) do chunk[#chunk + 1] = expired[i] end
-            redis.call('ZREM', ids, unpack(chunk))
-            redis.call('ZREM', exp, unpack(chunk))
-            redis.call('HDEL', data, unpack(chunk))
+    /// Shared by the scripts below.
+    /// - `migrate(counter, queue)`: moves a device's queue of the previous schema (keys `seq`,
+    ///   `ids`, `exp`, `data` under the same tag, so in the same slot) into the stream with
+    ///   their old sequences, deletes the old keys and returns the old counter (0 if none).
+    ///   Called only where the device's counter does not exist yet
+    ///   (`migrate_unless_counted` for the reads, which then set the counter).
+    /// - `drop_expired(queue, now)`: deletes the stream's expired entries (only on a full queue
+    ///   and on reads, never on the common append).
+    /// - `entry_sequence(id)`: the sequence of a stream entry id `<sequence>-0`.
+    private static let helpers = """
+        local function migrate(counter, queue)
+          local tag = string.sub(counter, 1, -3)
+          local old = redis.call('GET', tag .. ':seq')
+          if not old then return 0 end
+          local ids = redis.call('ZRANGE', tag .. ':ids', 0, -1, 'WITHSCORES')
+          for i = 1, #ids, 2 do
+            local expires = redis.call('ZSCORE', tag .. ':exp', ids[i])
+            local payload = redis.call('HGET', tag .. ':data', ids[i])
+            if expires and payload then
+              redis.call('XADD', queue, ids[i+1] .. '-0', 'i', ids[i], 'e', expires, 'p', payload)
+            end
+          end
+          local ttl = redis.call('PTTL', tag .. ':ids')
+          if ttl > 0 then redis.call('PEXPIRE', queue, ttl) end
+          redis.call('DEL', tag .. ':seq', tag .. ':ids', tag .. ':exp', tag .. ':data')
+          return tonumber(old)
+        end
+
+        local function migrate_unless_counted(counter, queue)
+          if redis.call('EXISTS', counter) == 0 then
+            local old = migrate(counter, queue)
+            if old > 0 then redis.call('SET', counter, old) end
           end
         end
+
+        local function entry_sequence(id)
+          return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+        end
+
+        local function drop_expired(queue, now)
+          local start = '-'
+          while true do
+            local entries = redis.call('XRANGE', queue, start, '+', 'COUNT', 500)
+            local expired = {}
+            for _, entry in ipairs(entries) do
+              if tonumber(entry[2][4]) <= now then expired[#expired + 1] = entry[1] end
+            end
+            if #expired > 0 then redis.call('XDEL', queue, unpack(expired)) end
+            if #entries < 500 then return end
+            start = '(' .. entries[#entries][1]
+          end
+        end
+
         """
 
-    /// KEYS: per device (1-based d) seq, ids, exp, data. ARGV: now, cap, slack, devices,
-    /// deadline, count per device, then per message: device index, id, expiry, payload.
-    /// Refuses to run past the deadline (LATE); checks every device's cap before writing
-    /// anything: all or nothing.
+    /// KEYS: per device (1-based d) its counter and its stream. ARGV: deadline, cap, now,
+    /// slack, devices, count per device, then per message: device index, id, expiry, payload.
+    /// Refuses to run past the deadline (LATE); checks every device's cap before adding
+    /// anything (all or nothing); returns the sequences in message order.
     static let appendScript = RedisScript(
-        dropExpired + """
-
-            local now, cap, slack, devices = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+        helpers + """
             local clock = redis.call('TIME')
-            if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[5]) then
+            if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[1]) then
               return redis.error_reply('LATE')
             end
+            local cap, now, slack, devices = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+            local next, length = {}, {}
             for d = 1, devices do
-              drop_expired(KEYS[4*d-2], KEYS[4*d-1], KEYS[4*d], now)
-              if redis.call('ZCARD', KEYS[4*d-2]) + tonumber(ARGV[5+d]) > cap then
+              local count = tonumber(ARGV[5+d])
+              local last = redis.call('INCRBY', KEYS[2*d-1], count)
+              if last == count then
+                local old = migrate(KEYS[2*d-1], KEYS[2*d])
+                if old > 0 then last = redis.call('INCRBY', KEYS[2*d-1], old) end
+              end
+              next[d] = last - count
+              length[d] = redis.call('XLEN', KEYS[2*d])
+              if length[d] + count > cap then
+                drop_expired(KEYS[2*d], now)
+                length[d] = redis.call('XLEN', KEYS[2*d])
+              end
+            end
+            for d = 1, devices do
+              if length[d] + tonumber(ARGV[5+d]) > cap then
+                -- Give back every counter: a refused append leaves no gap in the sequences.
+                for e = 1, devices do redis.call('DECRBY', KEYS[2*e-1], tonumber(ARGV[5+e])) end
                 return redis.error_reply('FULL ' .. d)
               end
             end
-            local sequences, ttls = {}, {}
+            local sequences, latest = {}, {}
             local i = 6 + devices
             while i <= #ARGV do
-              local d, id, expires = tonumber(ARGV[i]), ARGV[i+1], tonumber(ARGV[i+2])
-              local sequence = redis.call('INCR', KEYS[4*d-3])
-              redis.call('ZADD', KEYS[4*d-2], sequence, id)
-              redis.call('ZADD', KEYS[4*d-1], expires, id)
-              redis.call('HSET', KEYS[4*d], id, ARGV[i+3])
-              ttls[d] = math.max(ttls[d] or 0, expires - now + slack)
-              sequences[#sequences + 1] = sequence
+              local d = tonumber(ARGV[i])
+              next[d] = next[d] + 1
+              redis.call('XADD', KEYS[2*d], next[d] .. '-0', 'i', ARGV[i+1], 'e', ARGV[i+2], 'p', ARGV[i+3])
+              latest[d] = math.max(latest[d] or 0, tonumber(ARGV[i+2]))
+              sequences[#sequences + 1] = next[d]
               i = i + 4
             end
-            -- The three queue keys always share one TTL: check one, extend all.
-            for d, ttl in pairs(ttls) do
-              if redis.call('PTTL', KEYS[4*d-2]) < ttl then
-                for k = 2, 4 do redis.call('PEXPIRE', KEYS[4*d-4+k], ttl) end
+            -- The stream lives until its last message has expired, plus the slack. GT never
+            -- shortens it, but treats a key without a TTL as never expiring, so a stream that
+            -- was empty (perhaps new) gets its TTL set outright.
+            for d, expires in pairs(latest) do
+              if length[d] == 0 then
+                redis.call('PEXPIRE', KEYS[2*d], expires - now + slack)
+              else
+                redis.call('PEXPIRE', KEYS[2*d], expires - now + slack, 'GT')
               end
             end
             return sequences
             """
     )
 
-    /// KEYS: ids, exp, data. ARGV: now, after, limit. Returns id, sequence, expiry, payload, ...
+    /// KEYS: counter, stream. ARGV: now, after, limit. Returns id, sequence, expiry, payload,
+    /// ... of up to `limit` unexpired messages after `after`; deletes the expired ones it meets.
     static let pendingScript = RedisScript(
-        dropExpired + """
-
-            drop_expired(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
-            local found = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
-            local result = {}
-            for i = 1, #found, 2 do
-              local id = found[i]
-              result[#result + 1] = id
-              result[#result + 1] = found[i+1]
-              result[#result + 1] = redis.call('ZSCORE', KEYS[2], id)
-              result[#result + 1] = redis.call('HGET', KEYS[3], id)
+        helpers + """
+            migrate_unless_counted(KEYS[1], KEYS[2])
+            local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+            local start = '(' .. ARGV[2] .. '-0'
+            local result, expired, found = {}, {}, 0
+            while found < limit do
+              local want = limit - found
+              local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', want)
+              for _, entry in ipairs(entries) do
+                local fields = entry[2]
+                if tonumber(fields[4]) <= now then
+                  expired[#expired + 1] = entry[1]
+                else
+                  result[#result + 1] = fields[2]
+                  result[#result + 1] = entry_sequence(entry[1])
+                  result[#result + 1] = fields[4]
+                  result[#result + 1] = fields[6]
+                  found = found + 1
+                end
+              end
+              if #entries < want then break end
+              start = '(' .. entries[#entries][1]
+            end
+            for first = 1, #expired, 500 do
+              redis.call('XDEL', KEYS[2], unpack(expired, first, math.min(first + 499, #expired)))
             end
             return result
             """
     )
 
-    /// KEYS: ids, exp, data. ARGV: message ids. The keys are this device's own, so a foreign or
-    /// unknown id removes nothing; returns how many were there. Ids go in chunks (`unpack`).
-    static let acknowledgeScript = RedisScript(
+    /// KEYS: stream. ARGV: message ids. Removes the device's entries with those ids, found by
+    /// reading its whole queue: for ACKs of ids the connection did not send (rare), since an
+    /// ACK with its sequence is a plain XDEL. Returns how many were removed.
+    static let acknowledgeByIDScript = RedisScript(
         """
-        local removed = 0
-        for first = 1, #ARGV, 500 do
-          local chunk = {}
-          for i = first, math.min(first + 499, #ARGV) do chunk[#chunk + 1] = ARGV[i] end
-          removed = removed + redis.call('ZREM', KEYS[1], unpack(chunk))
-          redis.call('ZREM', KEYS[2], unpack(chunk))
-          redis.call('HDEL', KEYS[3], unpack(chunk))
+        local wanted = {}
+        for _, id in ipairs(ARGV) do wanted[id] = true end
+        local start, removed = '-', 0
+        while true do
+          local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 500)
+          local matched = {}
+          for _, entry in ipairs(entries) do
+            if wanted[entry[2][2]] then matched[#matched + 1] = entry[1]; wanted[entry[2][2]] = nil end
+          end
+          if #matched > 0 then removed = removed + redis.call('XDEL', KEYS[1], unpack(matched)) end
+          if #entries < 500 then return removed end
+          start = '(' .. entries[#entries][1]
         end
-        return removed
         """
+    )
+
+    /// KEYS: counter, stream. ARGV: now. How many unexpired messages the stream holds.
+    static let pendingCountScript = RedisScript(
+        helpers + """
+            migrate_unless_counted(KEYS[1], KEYS[2])
+            local now, start, count = tonumber(ARGV[1]), '-', 0
+            while true do
+              local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', 500)
+              for _, entry in ipairs(entries) do
+                if tonumber(entry[2][4]) > now then count = count + 1 end
+              end
+              if #entries < 500 then return count end
+              start = '(' .. entries[#entries][1]
+            end
+            """
     )
 }

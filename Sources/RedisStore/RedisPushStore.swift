@@ -1,17 +1,21 @@
 import Actors
 import NIOCore
 
-/// `PushStore` on Redis (Docs/store.md has the key schema and the guarantees).
+/// `PushStore` on Redis (Docs/store.md has the key schema, the measurements behind it and the
+/// guarantees).
 ///
-/// Per device, all under the hash tag `{client_id}`:
-/// - `herald:{id}:seq`  string, INCR: the device's sequence counter (never expires)
-/// - `herald:{id}:ids`  sorted set, msg id -> sequence: the queue, in order
-/// - `herald:{id}:exp`  sorted set, msg id -> expiry (ms since epoch)
-/// - `herald:{id}:data` hash, msg id -> payload
+/// Per device, both under the hash tag `{client_id}` (one slot):
+/// - `herald:{id}:n`  string, INCRBY: the device's last sequence (never expires, so a
+///   device's sequences never start again)
+/// - `herald:{id}:q`  stream, one entry `<sequence>-0` per message with the fields `i` (id),
+///   `e` (expiry, ms since the epoch) and `p` (payload); it expires once its last message has
+///   expired, plus a minute of slack
 ///
-/// Every change of several keys is one Lua script, so it is atomic. Expired messages are
-/// removed lazily whenever a device's queue is touched, and Redis itself deletes a device's
-/// queue keys once its last message has expired (each append extends their TTL to cover it).
+/// An append is one Lua script (atomic: the deadline, the caps, the sequences, the entries);
+/// an ACK of a message the connection sent is a plain `XDEL` of its entry. Expired entries are
+/// skipped and deleted by reads, and by an append that finds its queue full. A queue of the
+/// previous schema (`seq`, `ids`, `exp`, `data`) is moved into the stream the first time the
+/// device is touched (Docs/operations.md, "Upgrading").
 public final class RedisPushStore: PushStore {
     private let client: RedisClient
     private let prefix: String
@@ -36,13 +40,17 @@ public final class RedisPushStore: PushStore {
         self.now = now
     }
 
+    /// The device's counter and stream.
     private func keys(_ clientID: String) -> [String] {
         let tag = "\(prefix):{\(clientID)}"
-        return ["\(tag):seq", "\(tag):ids", "\(tag):exp", "\(tag):data"]
+        return ["\(tag):n", "\(tag):q"]
     }
 
     public func append(_ messages: [NewMessage]) async throws(StoreError) -> [StoredMessage] {
         guard !messages.isEmpty else { return [] }
+        if client.configuration.isCluster, let first = messages.first?.clientID, messages.contains(where: { $0.clientID != first }) {
+            return try await appendAcrossSlots(messages)
+        }
         var devices: [String] = []
         var index: [String: Int] = [:]
         var counts: [Int] = []
@@ -58,8 +66,8 @@ public final class RedisPushStore: PushStore {
         // as long as the node's and Redis's clocks agree within that half (Docs/store.md).
         let deadline = WallClock.millisecondsSinceEpoch() + client.configuration.commandTimeout.nanoseconds / 2_000_000
         var arguments: [RedisArgument] = [
-            .integer(now()), .integer(Int64(maxPending)), .integer(Self.expirySlackMillis), .integer(Int64(devices.count)),
-            .integer(deadline),
+            .integer(deadline), .integer(Int64(maxPending)), .integer(now()), .integer(Self.expirySlackMillis),
+            .integer(Int64(devices.count)),
         ]
         arguments += counts.map { .integer(Int64($0)) }
         for message in messages {
@@ -75,9 +83,14 @@ public final class RedisPushStore: PushStore {
         if replicas > 0, case .array = reply, case let acknowledged = replies[1].int64 ?? 0, acknowledged < replicas {
             // Not on enough replicas: a failover could lose it. Take it back, so that the
             // failed request stores nothing (as protocol.md promises).
-            for device in devices {
-                let ids = messages.filter { $0.clientID == device }.map(\.id)
-                _ = try? await acknowledge(clientID: device, messageIDs: ids)
+            if case .array(let sequences) = reply, sequences.count == messages.count {
+                let stored = zip(messages, sequences).map { message, sequence in
+                    StoredMessage(
+                        clientID: message.clientID, id: message.id, sequence: UInt64(sequence.int64 ?? 0), payload: ByteBuffer(),
+                        expiresAtMillis: 0
+                    )
+                }
+                await takeBack(stored)
             }
             throw StoreError(
                 .unavailable, "not acknowledged by \(replicas) replica(s) within \(waitTimeoutMillis) ms (\(acknowledged) did); nothing was kept"
@@ -102,10 +115,66 @@ public final class RedisPushStore: PushStore {
         }
     }
 
+    /// On a Redis Cluster, one script cannot touch two devices (two slots): a batch for several
+    /// devices is one append per device, all at once, and when any of them fails, the others
+    /// are taken back, so the batch still stores all or nothing (Docs/store.md, "Batches on a
+    /// Redis Cluster", says what a reader can see meanwhile). A refused device (429) wins over
+    /// an unavailable one (503) in the error.
+    private func appendAcrossSlots(_ messages: [NewMessage]) async throws(StoreError) -> [StoredMessage] {
+        var byDevice: [String: [Int]] = [:]
+        var order: [String] = []
+        for (index, message) in messages.enumerated() {
+            if byDevice[message.clientID] == nil { order.append(message.clientID) }
+            byDevice[message.clientID, default: []].append(index)
+        }
+        let outcomes = await withTaskGroup(of: (String, Result<[StoredMessage], StoreError>).self) { group in
+            for device in order {
+                let own = byDevice[device]!.map { messages[$0] }
+                group.addTask {
+                    do throws(StoreError) {
+                        return (device, .success(try await self.append(own)))
+                    } catch {
+                        return (device, .failure(error))
+                    }
+                }
+            }
+            var outcomes: [String: Result<[StoredMessage], StoreError>] = [:]
+            for await (device, outcome) in group { outcomes[device] = outcome }
+            return outcomes
+        }
+        var stored: [StoredMessage] = []
+        var failure: StoreError?
+        for device in order {
+            switch outcomes[device]! {
+            case .success(let messages): stored += messages
+            case .failure(let error): if failure == nil || error.code == .pendingFull && failure?.code != .pendingFull { failure = error }
+            }
+        }
+        if let failure {
+            await takeBack(stored)
+            throw failure
+        }
+        var result = [StoredMessage?](repeating: nil, count: messages.count)
+        for device in order {
+            let own = stored.filter { $0.clientID == device }
+            for (index, message) in zip(byDevice[device]!, own) { result[index] = message }
+        }
+        return result.map { $0! }
+    }
+
+    /// Deletes what an append wrote that must not stay (a batch refused on another shard, or
+    /// not acknowledged by enough replicas). The sequences stay taken (a gap): a connection
+    /// may have read the message meanwhile, and must never see its sequence again on another
+    /// one. Best effort: what it cannot delete stays, as a message delivered at least once.
+    private func takeBack(_ stored: [StoredMessage]) async {
+        var byDevice: [String: [Acknowledgement]] = [:]
+        for message in stored { byDevice[message.clientID, default: []].append(Acknowledgement(id: message.id, sequence: message.sequence)) }
+        for (device, messages) in byDevice { _ = try? await acknowledge(clientID: device, messages: messages) }
+    }
+
     public func pending(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [StoredMessage] {
-        let keys = Array(keys(clientID).dropFirst())
         let reply = try await client.run(
-            Self.pendingScript, keys: keys, arguments: [.integer(now()), .integer(Int64(sequence)), .integer(Int64(limit))]
+            Self.pendingScript, keys: keys(clientID), arguments: [.integer(now()), .integer(Int64(sequence)), .integer(Int64(limit))]
         )
         guard case .array(let fields) = reply, fields.count % 4 == 0 else {
             throw StoreError(.unavailable, "unexpected reply to pending: \(reply)")
@@ -126,23 +195,40 @@ public final class RedisPushStore: PushStore {
         return result
     }
 
-    public func acknowledge(clientID: String, messageIDs: [String]) async throws(StoreError) -> Int {
-        guard !messageIDs.isEmpty else { return 0 }
-        let reply = try await client.run(
-            Self.acknowledgeScript, keys: Array(keys(clientID).dropFirst()), arguments: messageIDs.map { .string($0) }
-        )
-        guard let removed = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ack: \(reply)") }
+    public func acknowledge(clientID: String, messages: [Acknowledgement]) async throws(StoreError) -> Int {
+        guard !messages.isEmpty else { return 0 }
+        let stream = keys(clientID)[1]
+        var entries: [RedisArgument] = [.string("XDEL"), .string(stream)]
+        var unsent: [RedisArgument] = []
+        for message in messages {
+            if let sequence = message.sequence {
+                entries.append(.string("\(sequence)-0"))
+            } else {
+                unsent.append(.string(message.id))
+            }
+        }
+        var removed: Int64 = 0
+        if entries.count > 2 {
+            let reply = try await client.send(entries)
+            guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(reply)") }
+            removed += count
+        }
+        if !unsent.isEmpty {
+            let reply = try await client.run(Self.acknowledgeByIDScript, keys: [stream], arguments: unsent)
+            guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ack: \(reply)") }
+            removed += count
+        }
         return Int(removed)
     }
 
     public func pendingCount(for clientID: String) async throws(StoreError) -> Int {
-        let reply = try await client.send([.string("ZCOUNT"), .string(keys(clientID)[2]), .string("(\(now())"), .string("+inf")])
-        guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ZCOUNT: \(reply)") }
+        let reply = try await client.run(Self.pendingCountScript, keys: keys(clientID), arguments: [.integer(now())])
+        guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to pending count: \(reply)") }
         return Int(count)
     }
 
-    /// Redis deletes a device's expired queue by itself (key TTLs) and every script removes a
-    /// device's expired messages when it touches the queue, so there is nothing to sweep.
+    /// Redis deletes a device's expired queue by itself (key TTLs), and reads and full queues
+    /// delete the expired entries they meet, so there is nothing to sweep.
     public func removeExpired() async throws(StoreError) -> Int { 0 }
 
     public func ping() async throws(StoreError) {

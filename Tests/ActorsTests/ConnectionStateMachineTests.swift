@@ -201,7 +201,7 @@ struct ConnectionStateMachineTests {
         var (machine, _) = activeMachine(window: 3, stored: (1...3).map { message($0) })
         #expect(machine.received(.ack(messageID: "m1"), now: t(1)) == .acknowledge(scheduleRecord: true, then: .init(after: 3, limit: 1)))
         #expect(machine.received(.ack(messageID: "m2"), now: t(1)) == .acknowledge(scheduleRecord: false, then: nil), "a read is out")
-        #expect(machine.takeAcknowledged()! == ("alice", ["m1", "m2"]))
+        #expect(machine.takeAcknowledged()! == ("alice", [.init(id: "m1", sequence: 1), .init(id: "m2", sequence: 2)]))
         #expect(machine.takeAcknowledged() == nil)
         #expect(machine.received(.ack(messageID: "m3"), now: t(2)) == .acknowledge(scheduleRecord: true, then: nil))
     }
@@ -233,11 +233,12 @@ struct ConnectionStateMachineTests {
         #expect(machine.stored(message(1, expires: 100), nowMillis: 100).send.isEmpty)
     }
 
-    @Test("an ACK of an id not sent on this connection is passed on but frees nothing")
+    @Test("an ACK of an id not sent on this connection is passed on by id alone, and frees nothing")
     func foreignAck() {
         var (machine, _) = activeMachine(window: 1, stored: [message(1)])
         #expect(machine.received(.ack(messageID: "other"), now: t(1)) == .acknowledge(scheduleRecord: true, then: nil))
         #expect(machine.inflightCount == 1)
+        #expect(machine.takeAcknowledged()! == ("alice", [.init(id: "other", sequence: nil)]))
     }
 
     @Test("a failed read is retried on request; a nudge while a read is out asks for none")

@@ -26,6 +26,37 @@ struct RedisNodeTests {
         }
     }
 
+    @Test("on a Redis Cluster (redis+cluster://): pushes stored and delivered, a batch across masters is one 202, a full device refuses it")
+    func onRedisCluster() async throws {
+        try await RedisClusterSet.withShared { cluster in
+            // "a" and "b" hash to slots on different masters.
+            try await TestNode.with(["HERALD_REDIS_URL": cluster.url, "HERALD_MAX_PENDING": "3"]) { node in
+                try await eventually("redis connected") { node.node.redis?.isConnected == true }
+                let batch = try await HTTPTestClient.post(
+                    "/v1/push/batch", port: node.httpPort,
+                    json: #"{"messages": [{"client_id": "a", "data": "1"}, {"client_id": "b", "data": "2"}, {"client_id": "a", "data": "3"}]}"#
+                )
+                #expect(batch.status == 202, "\(batch.body)")
+                let ids = try #require(try JSONFields(batch.body).object["ids"] as? [String])
+                let device = try await node.device("a", autoAcknowledge: true)
+                #expect(try await device.pushes(2).map(\.id) == [ids[0], ids[2]])
+                try await eventually("a's messages acknowledged") { try await node.pending("a") == 0 }
+                await device.close()
+                for index in 0..<2 { try await node.push("b", "fill \(index)") }
+                let refused = try await HTTPTestClient.post(
+                    "/v1/push/batch", port: node.httpPort,
+                    json: #"{"messages": [{"client_id": "a", "data": "4"}, {"client_id": "b", "data": "5"}]}"#
+                )
+                #expect(refused.status == 429)
+                #expect(try await node.pending("a") == 0, "a's message of the refused batch was taken back")
+                #expect(try await node.pending("b") == 3)
+            }
+        }
+        #expect(throws: ConfigurationError.self, "a cluster has no SELECT") {
+            try NodeConfiguration.load(["HERALD_REDIS_URL": "redis+cluster://127.0.0.1:7000/2"])
+        }
+    }
+
     @Test("a password in the URL is sent with AUTH; a wrong one keeps the node unready")
     func auth() async throws {
         try await RedisServer.with(arguments: ["--requirepass", "s3cret"]) { redis in

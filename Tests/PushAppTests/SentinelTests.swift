@@ -16,7 +16,7 @@ struct SentinelTests {
                 // (Docs/store.md): the replica has these ten before the master dies. (Not `WAIT`
                 // from redis-cli: it waits only for that client's own writes, and it made none.)
                 try await eventually("the replica has the ten", poll: .milliseconds(20)) {
-                    try await redis.replica.cli(["ZCARD", "herald:{failover}:ids"]).trimmingCharacters(in: .whitespacesAndNewlines) == "10"
+                    try await redis.replica.cli(["XLEN", "herald:{failover}:q"]).trimmingCharacters(in: .whitespacesAndNewlines) == "10"
                 }
                 redis.master.kill(signal: SIGKILL)
                 try await eventually("the sentinels promoted the replica", timeout: .seconds(30), poll: .milliseconds(100)) {
@@ -64,7 +64,7 @@ struct SentinelTests {
                     try await master.cli(["WAIT", "1", "100"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1"
                 }
                 try await node.push("w", "replicated")
-                #expect(try await replica.cli(["ZCARD", "herald:{w}:ids"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+                #expect(try await replica.cli(["XLEN", "herald:{w}:q"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
             }
         }
     }

@@ -18,8 +18,12 @@ final class TestWallClock: Sendable {
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case memory
     case redis
+    case redisCluster
 
     var testDescription: String { rawValue }
+
+    /// Whether a batch across devices is written per device and taken back on refusal.
+    var takesBackAcrossShards: Bool { self == .redisCluster }
 
     /// Runs `body` with a fresh store of this kind; for Redis, a real redis-server of its own,
     /// stopped afterwards.
@@ -30,21 +34,42 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .memory:
             try await body(InMemoryPushStore(maxPending: maxPending, now: { clock.now }))
         case .redis:
-            try await RedisServer.with { server in
-                var logger = Logger(label: "redis-test")
-                logger.logLevel = .critical
-                let client = RedisClient(
-                    configuration: RedisConfiguration(url: server.url)!, group: MultiThreadedEventLoopGroup.singleton, logger: logger
-                )
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask { try await client.run() }
-                    try await eventually("redis connected") { client.isConnected }
-                    try await body(RedisPushStore(client: client, maxPending: maxPending, now: { clock.now }))
-                    group.cancelAll()
+            try await withRedisClient { client in
+                try await body(RedisPushStore(client: client, maxPending: maxPending, now: { clock.now }))
+            }
+        case .redisCluster:
+            // One cluster for the tests running at once, so each test has keys of its own. The
+            // tests' devices "a" and "b" hash to slots on different masters.
+            try await RedisClusterSet.withShared { cluster in
+                try await withRedisClient(url: cluster.url) { client in
+                    let prefix = "t\(UInt64.random(in: 0...UInt64.max))"
+                    try await body(RedisPushStore(client: client, maxPending: maxPending, prefix: prefix, now: { clock.now }))
                 }
             }
         }
     }
+}
+
+/// Runs `body` with a client of `url`, connected.
+func withRedisClient(
+    url: String, commandTimeout: TimeAmount = .seconds(2), _ body: @Sendable (RedisClient) async throws -> Void
+) async throws {
+    var logger = Logger(label: "redis-test")
+    logger.logLevel = .critical
+    var configuration = RedisConfiguration(url: url)!
+    configuration.commandTimeout = commandTimeout
+    let client = RedisClient(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await client.run() }
+        try await eventually("redis connected") { client.isConnected }
+        try await body(client)
+        group.cancelAll()
+    }
+}
+
+/// Runs `body` with a client connected to a real redis-server of its own, stopped afterwards.
+func withRedisClient(_ body: @Sendable (RedisClient) async throws -> Void) async throws {
+    try await RedisServer.with { server in try await withRedisClient(url: server.url, body) }
 }
 
 private func new(_ clientID: String, _ id: String, ttlMillis: Int64 = 60_000, clock: TestWallClock) -> NewMessage {
@@ -176,6 +201,41 @@ struct PushStoreConformanceTests {
                 let mine = pending.filter { $0.id.hasPrefix("w\(writer)-") }.map(\.id)
                 #expect(mine == (0..<50).map { "w\(writer)-\($0)" })
             }
+        }
+    }
+
+    @Test("a device's sequences are consecutive, a refused append leaving no gap", arguments: StoreKind.allCases)
+    func consecutiveSequences(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 3, clock: clock) { store in
+            let first = try await store.append([new("a", "1", clock: clock), new("b", "b1", clock: clock), new("a", "2", clock: clock)])
+            await #expect(throws: StoreError(.pendingFull, "")) {
+                try await store.append([new("a", "3", clock: clock), new("b", "b2", clock: clock), new("b", "b3", clock: clock), new("b", "b4", clock: clock)])
+            }
+            let next = try await store.append([new("a", "3", clock: clock), new("b", "b2", clock: clock)])
+            let a = first.filter { $0.clientID == "a" }.map(\.sequence) + [next[0].sequence]
+            #expect(next[1].sequence == first[1].sequence + 1)
+            if kind.takesBackAcrossShards {
+                // a's part of the refused batch was written on its shard and taken back: its
+                // sequence stays used, never handed out twice.
+                #expect(a == [a[0], a[0] + 1, a[0] + 3], "a gap where the taken-back message was")
+                #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["1", "2", "3"])
+            } else {
+                #expect(a == [a[0], a[0] + 1, a[0] + 2], "a connection tells from sequence + 1 that nothing came between")
+            }
+        }
+    }
+
+    @Test("an ACK with the sequence the store returned removes exactly that message", arguments: StoreKind.allCases)
+    func acknowledgeWithSequence(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 100, clock: clock) { store in
+            let stored = try await store.append((1...4).map { new("a", "\($0)", clock: clock) })
+            let acks = [stored[2], stored[0]].map { Acknowledgement(id: $0.id, sequence: $0.sequence) } + [Acknowledgement(id: "4")]
+            #expect(try await store.acknowledge(clientID: "a", messages: acks) == 3)
+            #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["2"])
+            #expect(try await store.acknowledge(clientID: "a", messages: acks) == 0, "idempotent")
+            #expect(try await store.pendingCount(for: "a") == 1)
         }
     }
 

@@ -52,7 +52,7 @@ let benchmarks: @Sendable () -> Void = {
             let id = "m\(sequence)"
             let stored = try store.append([NewMessage(clientID: "device", id: id, payload: payload, expiresAtMillis: Int64.max)])
             blackHole(store.pending(for: "device", after: stored[0].sequence - 1, limit: 64))
-            precondition(store.acknowledge(clientID: "device", messageIDs: [id]) == 1)
+            precondition(store.acknowledgeNow(clientID: "device", messages: [Acknowledgement(id: id, sequence: stored[0].sequence)]) == 1)
         }
     }
 

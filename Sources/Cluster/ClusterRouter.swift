@@ -2,7 +2,6 @@ import Actors
 import Logging
 import NIOCore
 import PushProtocol
-import RedisStore
 import ServiceLifecycle
 import Supervision
 import Synchronization
@@ -23,8 +22,8 @@ public final class ClusterRouter: ClusterLink {
     /// The live members, as of the last lease renewal.
     public let view = ClusterView()
     let metrics: RelayMetrics
-    private let client: RedisClient
-    private let routes: RouteTable
+    private let routes: any RouteTable
+    private let membership: any MembershipStore
     private let registry: ConnectionRegistry
     private let group: any EventLoopGroup
     private let logger: Logger
@@ -44,14 +43,15 @@ public final class ClusterRouter: ClusterLink {
     }
     private let state = Mutex(State())
 
-    /// Creates the cluster part of a node; `children` gives its services.
+    /// Creates the cluster part of a node on its route table and membership store (Redis in
+    /// production: `RedisRouteTable`, `RedisMembershipStore`); `children` gives its services.
     public init(
-        configuration: ClusterConfiguration, client: RedisClient, registry: ConnectionRegistry, metrics: RelayMetrics,
-        group: any EventLoopGroup, logger: Logger
+        configuration: ClusterConfiguration, routes: any RouteTable, membership: any MembershipStore, registry: ConnectionRegistry,
+        metrics: RelayMetrics, group: any EventLoopGroup, logger: Logger
     ) {
         self.configuration = configuration
-        self.client = client
-        self.routes = RouteTable(client: client, prefix: configuration.prefix, ttl: configuration.routeTTL)
+        self.routes = routes
+        self.membership = membership
         self.registry = registry
         self.metrics = metrics
         self.group = group
@@ -96,7 +96,7 @@ public final class ClusterRouter: ClusterLink {
             },
             ChildSpec(id: "membership", shutdownTimeout: .seconds(5)) { [self] in
                 Membership(
-                    configuration: configuration, client: client,
+                    configuration: configuration, store: membership, clock: ContinuousClock(),
                     relayAddress: { [self] in relayPort.map(advertise) },
                     connections: connections, logger: logger,
                     onRefresh: { [self] members, tick in await refreshed(members, tick: tick) }

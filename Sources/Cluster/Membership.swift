@@ -4,7 +4,7 @@ import RedisStore
 import ServiceLifecycle
 import Synchronization
 
-/// One live node, as its lease in Redis describes it.
+/// One live node, as its lease describes it.
 public struct Member: Sendable, Hashable {
     /// Its node id.
     public var nodeID: String
@@ -56,33 +56,43 @@ public final class ClusterView: Sendable {
     }
 }
 
-/// Keeps this node's lease in Redis, reads the member list, and tells the cluster router
-/// about it every `refreshInterval`. Deregisters on graceful shutdown.
-///
-/// Keys (Docs/cluster.md): `<prefix>:{cluster}:nodes` (sorted set, node id -> lease expiry by
-/// Redis's clock) and `<prefix>:{cluster}:members` (hash, node id -> incarnation, relay
-/// address, connections). Both under one hash tag, so one script keeps them in step.
-final class Membership: Service {
+/// The membership store's role: every node's lease and what it says of the node (its
+/// incarnation, relay address and connections). A node is live while its lease runs; the
+/// store's own clock decides when a lease has run out, so nodes' clocks need not agree. Every
+/// driver passes the same conformance suite (Tests/ClusterUnitTests/ClusterStoreConformanceTests.swift).
+public protocol MembershipStore: Sendable {
+    /// Drops the leases that have run out, renews `member`'s for `lease` from now (nil: only
+    /// reads), and returns the live members, `member` included.
+    func renew(_ member: Member?, lease: Duration) async throws(StoreError) -> [Member]
+
+    /// Removes `nodeID`'s lease if it is still the process `incarnation`'s (a restarted node
+    /// with the same id keeps its own). Returns whether it was removed.
+    func leave(nodeID: String, incarnation: UInt64) async throws(StoreError) -> Bool
+}
+
+/// Keeps this node's lease in the membership store, reads the member list, and tells the
+/// cluster router about it every `refreshInterval` of `clock`. Deregisters on graceful shutdown.
+final class Membership<C: Clock>: Service where C.Duration == Duration {
     private let configuration: ClusterConfiguration
-    private let client: RedisClient
+    private let store: any MembershipStore
+    private let clock: C
     private let relayAddress: @Sendable () -> String?
     private let connections: @Sendable () -> Int
     private let onRefresh: @Sendable ([Member]?, UInt64) async -> Void
     private let logger: Logger
 
     init(
-        configuration: ClusterConfiguration, client: RedisClient, relayAddress: @escaping @Sendable () -> String?,
+        configuration: ClusterConfiguration, store: any MembershipStore, clock: C, relayAddress: @escaping @Sendable () -> String?,
         connections: @escaping @Sendable () -> Int, logger: Logger, onRefresh: @escaping @Sendable ([Member]?, UInt64) async -> Void
     ) {
         self.configuration = configuration
-        self.client = client
+        self.store = store
+        self.clock = clock
         self.relayAddress = relayAddress
         self.connections = connections
         self.logger = logger
         self.onRefresh = onRefresh
     }
-
-    private var keys: [String] { ["\(configuration.prefix):{cluster}:nodes", "\(configuration.prefix):{cluster}:members"] }
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
@@ -103,15 +113,13 @@ final class Membership: Service {
                 // After a failure (typically the first try, while the Redis connections are
                 // still opening) try again soon: 50 ms, doubling up to the refresh interval.
                 let retry = Duration.milliseconds(50) * (1 << min(failures, 10))
-                try? await Task.sleep(for: failures == 0 ? self.configuration.refreshInterval : min(retry, self.configuration.refreshInterval))
+                try? await self.clock.sleep(for: failures == 0 ? self.configuration.refreshInterval : min(retry, self.configuration.refreshInterval))
             }
         }
         do {
-            _ = try await client.run(
-                Self.leaveScript, keys: keys,
-                arguments: [.string(configuration.nodeID), .string(String(configuration.incarnation, radix: 16))]
-            )
-            logger.info("left the cluster")
+            if try await store.leave(nodeID: configuration.nodeID, incarnation: configuration.incarnation) {
+                logger.info("left the cluster")
+            }
         } catch {
             logger.warning("could not deregister; the lease will expire", metadata: ["error": "\(error)"])
         }
@@ -119,12 +127,29 @@ final class Membership: Service {
 
     /// Renews this node's lease (once its relay listener is bound) and returns the live members.
     func renew() async throws(StoreError) -> [Member] {
-        var arguments: [RedisArgument] = [.string(""), .string(""), .integer(configuration.lease.components.seconds * 1000)]
-        if let address = relayAddress() {
-            let me = Member(nodeID: configuration.nodeID, incarnation: configuration.incarnation, relayAddress: address, connections: connections())
-            arguments[0] = .string(me.nodeID)
-            arguments[1] = .string(me.info)
+        let me = relayAddress().map {
+            Member(nodeID: configuration.nodeID, incarnation: configuration.incarnation, relayAddress: $0, connections: connections())
         }
+        return try await store.renew(me, lease: configuration.lease)
+    }
+}
+
+/// The membership store in Redis: `<prefix>:{cluster}:nodes` (sorted set, node id -> lease
+/// expiry by Redis's clock) and `<prefix>:{cluster}:members` (hash, node id -> incarnation,
+/// relay address, connections). Both under one hash tag, so one script keeps them in step (on
+/// a Redis Cluster, on one shard).
+public final class RedisMembershipStore: MembershipStore {
+    private let client: RedisClient
+    private let keys: [String]
+
+    /// The store under `prefix`.
+    public init(client: RedisClient, prefix: String) {
+        self.client = client
+        self.keys = ["\(prefix):{cluster}:nodes", "\(prefix):{cluster}:members"]
+    }
+
+    public func renew(_ member: Member?, lease: Duration) async throws(StoreError) -> [Member] {
+        let arguments: [RedisArgument] = [.string(member?.nodeID ?? ""), .string(member?.info ?? ""), .integer(lease.wholeMilliseconds)]
         let reply = try await client.run(Self.renewScript, keys: keys, arguments: arguments)
         guard case .array(let fields) = reply, fields.count % 2 == 0 else {
             throw StoreError(.unavailable, "unexpected reply to the lease renewal: \(reply)")
@@ -135,6 +160,12 @@ final class Membership: Service {
             members.append(member)
         }
         return members
+    }
+
+    public func leave(nodeID: String, incarnation: UInt64) async throws(StoreError) -> Bool {
+        let reply = try await client.run(Self.leaveScript, keys: keys, arguments: [.string(nodeID), .string(String(incarnation, radix: 16))])
+        guard let removed = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to leaving: \(reply)") }
+        return removed == 1
     }
 
     /// KEYS: nodes, members. ARGV: node id ('' to only read), info, lease ms.

@@ -121,8 +121,9 @@ final class HeraldNode: Sendable {
             clusterConfiguration.relayPingInterval = .seconds(configuration.relayPingSeconds)
             cluster = ClusterRouter(
                 configuration: clusterConfiguration,
-                client: client, registry: registry, metrics: RelayMetrics(factory: PrometheusMetricsFactory(registry: prometheus)),
-                group: group, logger: logger
+                routes: RedisRouteTable(client: client, prefix: clusterConfiguration.prefix, ttl: clusterConfiguration.routeTTL),
+                membership: RedisMembershipStore(client: client, prefix: clusterConfiguration.prefix),
+                registry: registry, metrics: RelayMetrics(factory: PrometheusMetricsFactory(registry: prometheus)), group: group, logger: logger
             )
         } else {
             redis = nil

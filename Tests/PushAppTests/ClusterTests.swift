@@ -16,25 +16,42 @@ struct ClusterMember: Sendable {
     let proxy: FaultProxy?
 }
 
-/// A real redis-server and several Herald processes on loopback, each with its own ports
-/// (Docs/testing.md). Nodes are `node-0`, `node-1`, ...; relay links PING every second.
+/// Where a test cluster's nodes keep their data: one redis-server, or a Redis Cluster of six
+/// (three masters, each with a replica) of the test's own.
+enum RedisDeployment: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case single
+    case cluster
+
+    var testDescription: String { rawValue }
+
+    /// Runs `body` with the URL of a fresh deployment of this kind, stopped afterwards.
+    func with(_ body: (String) async throws -> Void) async throws {
+        switch self {
+        case .single: try await RedisServer.with { try await body($0.url) }
+        case .cluster: try await RedisClusterSet.with(nodeTimeout: .seconds(5)) { try await body($0.url) }
+        }
+    }
+}
+
+/// A real Redis (one server, or a cluster) and several Herald processes on loopback, each with
+/// its own ports (Docs/testing.md). Nodes are `node-0`, `node-1`, ...; relay links PING every second.
 struct TestCluster: Sendable {
-    let redis: RedisServer
+    let redisURL: String
     let nodes: [ClusterMember]
 
     /// Starts Redis and `count` nodes (those in `proxied` behind a fault proxy), waits until
     /// every node sees every other and every relay link is up, runs `body`, stops them all.
     static func with(
-        count: Int = 3, proxied: Set<Int> = [], _ body: @Sendable (TestCluster) async throws -> Void
+        count: Int = 3, proxied: Set<Int> = [], redis: RedisDeployment = .single, _ body: @Sendable (TestCluster) async throws -> Void
     ) async throws {
-        try await RedisServer.with { redis in
+        try await redis.with { redisURL in
             var nodes: [ClusterMember] = []
             defer { for node in nodes { if node.process.process.isRunning { node.process.process.terminate() } } }
             for index in 0..<count {
                 let proxy = proxied.contains(index) ? try await FaultProxy.start() : nil
-                nodes.append(try await startMember(index, redis: redis, proxy: proxy))
+                nodes.append(try await startMember(index, redisURL: redisURL, proxy: proxy))
             }
-            let cluster = TestCluster(redis: redis, nodes: nodes)
+            let cluster = TestCluster(redisURL: redisURL, nodes: nodes)
             try await cluster.waitUntilFormed()
             try await body(cluster)
             for node in nodes { await node.proxy?.close() }
@@ -43,9 +60,9 @@ struct TestCluster: Sendable {
 
     /// Starts the process `node-<index>` on Redis (its relay behind `proxy`, if given), with
     /// the fault hooks on; returns once its listeners are bound.
-    static func startMember(_ index: Int, redis: RedisServer, proxy: FaultProxy? = nil) async throws -> ClusterMember {
+    static func startMember(_ index: Int, redisURL: String, proxy: FaultProxy? = nil) async throws -> ClusterMember {
         var environment = [
-            "HERALD_NODE_ID": "node-\(index)", "HERALD_REDIS_URL": redis.url, "HERALD_TCP_ADDR": "127.0.0.1:0",
+            "HERALD_NODE_ID": "node-\(index)", "HERALD_REDIS_URL": redisURL, "HERALD_TCP_ADDR": "127.0.0.1:0",
             "HERALD_HTTP_ADDR": "127.0.0.1:0", "HERALD_RELAY_ADDR": "127.0.0.1:0", "HERALD_RELAY_PING_S": "1",
             "HERALD_DRAIN_TIMEOUT_S": "1", "HERALD_CLUSTER_SECRET": "a cluster secret of at least 32 bytes",
             "HERALD_FAULT_HOOKS": "1",
@@ -103,11 +120,11 @@ func metric(_ name: String, in text: String) -> Int {
     return 0
 }
 
-@Suite("Cluster: three processes on one Redis (issue: cluster)", .serialized, .timeLimit(.minutes(2)))
+@Suite("Cluster: three processes on one Redis or a Redis Cluster (issue: cluster)", .serialized, .timeLimit(.minutes(2)))
 struct ClusterTests {
-    @Test("a push through any node reaches a device on any node, in order, and any node knows where it is")
-    func pushAnywhere() async throws {
-        try await TestCluster.with { cluster in
+    @Test("a push through any node reaches a device on any node, in order, and any node knows where it is", arguments: RedisDeployment.allCases)
+    func pushAnywhere(redis: RedisDeployment) async throws {
+        try await TestCluster.with(redis: redis) { cluster in
             let devices = try await (0..<3).asyncMap { try await cluster.device("d\($0)", on: $0) }
             var sent: [[String]] = [[], [], []]
             for via in 0..<3 {
@@ -137,9 +154,9 @@ struct ClusterTests {
         }
     }
 
-    @Test("HELLO on another node takes over: the old connection gets ERROR 409, the new one the unacknowledged messages in order")
-    func takeoverAcrossNodes() async throws {
-        try await TestCluster.with { cluster in
+    @Test("HELLO on another node takes over: the old connection gets ERROR 409, the new one the unacknowledged messages in order", arguments: RedisDeployment.allCases)
+    func takeoverAcrossNodes(redis: RedisDeployment) async throws {
+        try await TestCluster.with(redis: redis) { cluster in
             let old = try await cluster.device("roamer", on: 0, autoAcknowledge: false)
             let ids = try await (0..<3).asyncMap { try await cluster.push("roamer", "m\($0)", via: 2) }
             #expect(try await old.pushes(3).map(\.id) == ids)
@@ -178,9 +195,9 @@ struct ClusterTests {
         }
     }
 
-    @Test("kill -9 of the owning node with messages in flight: on another node the device gets every unacknowledged one, in order")
-    func killOwningNode() async throws {
-        try await TestCluster.with { cluster in
+    @Test("kill -9 of the owning node with messages in flight: on another node the device gets every unacknowledged one, in order", arguments: RedisDeployment.allCases)
+    func killOwningNode(redis: RedisDeployment) async throws {
+        try await TestCluster.with(redis: redis) { cluster in
             let device = try await cluster.device("mover", on: 0, autoAcknowledge: false)
             var ids: [String] = []
             for index in 0..<20 { ids.append(try await cluster.push("mover", "m\(index)", via: 1)) }
@@ -222,7 +239,7 @@ struct ClusterTests {
     func pushThroughJoiningNode() async throws {
         try await TestCluster.with(count: 2) { cluster in
             let device = try await cluster.device("early", on: 0)
-            let joining = try await TestCluster.startMember(2, redis: cluster.redis)
+            let joining = try await TestCluster.startMember(2, redisURL: cluster.redisURL)
             defer { joining.process.process.terminate() }
             // As soon as its store answers: typically before its first member-list read has
             // started a relay to node-0 (a 503 before that stores nothing).

@@ -33,35 +33,18 @@ public final class RedisRouteTable: RouteTable {
 
     public func refresh(_ entries: [(clientID: String, route: Route)]) async throws(StoreError) -> [RouteRefreshOutcome] {
         let ttl = ttlMillis
-        let outcome: Result<[RouteRefreshOutcome], StoreError> = await withTaskGroup(of: (Int, Result<RouteRefreshOutcome, StoreError>).self) { group in
-            for (index, entry) in entries.enumerated() {
-                let key = key(entry.clientID)
-                group.addTask {
-                    do throws(StoreError) {
-                        let reply = try await self.client.run(
-                            Self.refreshScript, keys: [key], arguments: [.string(entry.route.description), .integer(ttl)]
-                        )
-                        switch reply.int64 {
-                        case 1: return (index, .success(.extended))
-                        case 2: return (index, .success(.restored))
-                        case 0: return (index, .success(.another))
-                        default: return (index, .failure(StoreError(.unavailable, "unexpected reply to route refresh: \(reply)")))
-                        }
-                    } catch {
-                        return (index, .failure(error))
-                    }
-                }
+        let outcomes = await concurrently(entries) { entry async throws(StoreError) -> RouteRefreshOutcome in
+            let reply = try await self.client.run(
+                Self.refreshScript, keys: [self.key(entry.clientID)], arguments: [.string(entry.route.description), .integer(ttl)]
+            )
+            switch reply.int64 {
+            case 1: return .extended
+            case 2: return .restored
+            case 0: return .another
+            default: throw StoreError(.unavailable, "unexpected reply to route refresh: \(reply)")
             }
-            var outcomes = [RouteRefreshOutcome](repeating: .extended, count: entries.count)
-            for await (index, result) in group {
-                switch result {
-                case .success(let value): outcomes[index] = value
-                case .failure(let error): return .failure(error)
-                }
-            }
-            return .success(outcomes)
         }
-        return try outcome.get()
+        return try outcomes.map { outcome throws(StoreError) in try outcome.get() }
     }
 
     /// An error reply throws: it is never read as "no route", which would leave a connected

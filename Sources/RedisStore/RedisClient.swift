@@ -137,25 +137,12 @@ public final class RedisClient: Service, HealthReporting {
                 groups.append((nil, [index]))
             }
         }
-        let results = await withTaskGroup(of: (Int, Result<[RESPValue], StoreError>).self) { taskGroup in
-            for (number, group) in groups.enumerated() {
-                let members = group.indices.map { commands[$0] }
-                taskGroup.addTask {
-                    do throws(StoreError) {
-                        return (number, .success(try await self.clusterExecute(members, slot: group.slot, state: state)))
-                    } catch {
-                        return (number, .failure(error))
-                    }
-                }
-            }
-            var results: [Int: Result<[RESPValue], StoreError>] = [:]
-            for await (number, result) in taskGroup { results[number] = result }
-            return results
+        let results = await concurrently(groups) { group async throws(StoreError) in
+            try await self.clusterExecute(group.indices.map { commands[$0] }, slot: group.slot, state: state)
         }
         var replies = [RESPValue](repeating: .null, count: commands.count)
-        for (number, group) in groups.enumerated() {
-            let groupReplies = try results[number]!.get()
-            for (index, reply) in zip(group.indices, groupReplies) { replies[index] = reply }
+        for (group, result) in zip(groups, results) {
+            for (index, reply) in zip(group.indices, try result.get()) { replies[index] = reply }
         }
         return replies
     }

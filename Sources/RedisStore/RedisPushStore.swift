@@ -127,25 +127,13 @@ public final class RedisPushStore: PushStore {
             if byDevice[message.clientID] == nil { order.append(message.clientID) }
             byDevice[message.clientID, default: []].append(index)
         }
-        let outcomes = await withTaskGroup(of: (String, Result<[StoredMessage], StoreError>).self) { group in
-            for device in order {
-                let own = byDevice[device]!.map { messages[$0] }
-                group.addTask {
-                    do throws(StoreError) {
-                        return (device, .success(try await self.append(own)))
-                    } catch {
-                        return (device, .failure(error))
-                    }
-                }
-            }
-            var outcomes: [String: Result<[StoredMessage], StoreError>] = [:]
-            for await (device, outcome) in group { outcomes[device] = outcome }
-            return outcomes
+        let outcomes = await concurrently(order) { [byDevice] device async throws(StoreError) in
+            try await self.append(byDevice[device]!.map { messages[$0] })
         }
         var stored: [StoredMessage] = []
         var failure: StoreError?
-        for device in order {
-            switch outcomes[device]! {
+        for outcome in outcomes {
+            switch outcome {
             case .success(let messages): stored += messages
             case .failure(let error): if failure == nil || error.code == .pendingFull && failure?.code != .pendingFull { failure = error }
             }
@@ -155,8 +143,8 @@ public final class RedisPushStore: PushStore {
             throw failure
         }
         var result = [StoredMessage?](repeating: nil, count: messages.count)
-        for device in order {
-            let own = stored.filter { $0.clientID == device }
+        for (device, outcome) in zip(order, outcomes) {
+            guard case .success(let own) = outcome else { continue }
             for (index, message) in zip(byDevice[device]!, own) { result[index] = message }
         }
         return result.map { $0! }

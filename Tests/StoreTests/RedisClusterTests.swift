@@ -97,6 +97,36 @@ struct RedisClusterTests {
         } }
     }
 
+    @Test("a batch across two masters, one of them dead: 503, and the live master's part is taken back, so nothing of it is ever delivered")
+    func batchWithAMasterDown() async throws {
+        // Node timeout 5 s, longer than the command timeout (2 s): the dead master's slots are
+        // not failed over while the batch runs, so its part fails, deterministically, after the
+        // other master has stored its own.
+        try await RedisClusterSet.with(nodeTimeout: .seconds(5)) { cluster in try await withRedisClient(url: cluster.url) { client in
+            let store = RedisPushStore(client: client, maxPending: 1000)
+            let dead = try await cluster.master(ofSlot: try await cluster.slot(of: "{down}"))
+            let live = try await cluster.master(ofSlot: try await cluster.slot(of: "{up}"))
+            try #require(dead.port != live.port, "the two devices' slots are on different masters")
+            _ = try await store.append([NewMessage(clientID: "up", id: "before", payload: ByteBuffer(string: "x"), expiresAtMillis: inAnHour)])
+            dead.kill(signal: SIGKILL)
+            let batch = [
+                NewMessage(clientID: "up", id: "u1", payload: ByteBuffer(string: "x"), expiresAtMillis: inAnHour),
+                NewMessage(clientID: "down", id: "d1", payload: ByteBuffer(string: "x"), expiresAtMillis: inAnHour),
+                NewMessage(clientID: "up", id: "u2", payload: ByteBuffer(string: "x"), expiresAtMillis: inAnHour),
+            ]
+            await #expect(throws: StoreError(.unavailable, "")) { try await store.append(batch) }
+            #expect(try await store.pending(for: "up", after: 0, limit: 10).map(\.id) == ["before"], "u1 and u2 taken back")
+            // Once the dead master's replica has taken over, the batch's part there was never stored either.
+            try await eventually("the replica took over", timeout: .seconds(30)) {
+                (try? await store.pending(for: "down", after: 0, limit: 10)) != nil
+            }
+            #expect(try await store.pending(for: "down", after: 0, limit: 10).isEmpty)
+            _ = try await store.append(batch)
+            #expect(try await store.pending(for: "up", after: 0, limit: 10).map(\.id) == ["before", "u1", "u2"])
+            #expect(try await store.pending(for: "down", after: 0, limit: 10).map(\.id) == ["d1"])
+        } }
+    }
+
     private func anotherMaster(than node: RedisServer, in cluster: RedisClusterSet) async throws -> RedisServer {
         for slot in [0, 8000, 16000] {
             let master = try await cluster.master(ofSlot: slot)

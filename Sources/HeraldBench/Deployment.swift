@@ -15,6 +15,9 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "The redis-server binary.")
     var redisServer = "redis-server"
 
+    @Option(help: "Start a Redis Cluster of this many masters (no replicas, no persistence) instead of one redis-server; more than 1 implies --redis.")
+    var redisMasters = 1
+
     @Option(parsing: .singleValue, help: ArgumentHelp(
         "A running node instead of starting one: host:device-port:http-port[:pid] (the pid, to read its CPU and memory). Repeat for a cluster.",
         valueName: "node"))
@@ -36,7 +39,9 @@ struct ServerOptions: ParsableArguments {
     var caFile: String?
 
     /// The store the run's report names.
-    var storeLabel: String { redis ? "redis" : (target.isEmpty ? "memory" : "target") }
+    var storeLabel: String {
+        redisMasters > 1 ? "redis-cluster-\(redisMasters)" : redis ? "redis" : (target.isEmpty ? "memory" : "target")
+    }
 }
 
 /// The devices' side of a load: what each message carries and where the devices connect from.
@@ -79,7 +84,8 @@ struct Node: Sendable {
 /// The servers of one run; `stop()` ends whatever the bench started, by PID.
 final class Deployment: Sendable {
     let nodes: [Node]
-    let redisPID: Int32?
+    /// The Redis processes whose CPU counts (one, or each master of a cluster).
+    let redisPIDs: [Int32]
     let apiKey: String?
     /// The devices' transport; `devicePort` of each node is its listener.
     let transport: BenchTransport
@@ -88,9 +94,9 @@ final class Deployment: Sendable {
     private let children: [ChildProcess]
     private let directory: String?
 
-    private init(nodes: [Node], redisPID: Int32?, apiKey: String?, transport: BenchTransport, caFile: String?, children: [ChildProcess], directory: String?) {
+    private init(nodes: [Node], redisPIDs: [Int32], apiKey: String?, transport: BenchTransport, caFile: String?, children: [ChildProcess], directory: String?) {
         self.nodes = nodes
-        self.redisPID = redisPID
+        self.redisPIDs = redisPIDs
         self.apiKey = apiKey
         self.transport = transport
         self.caFile = caFile
@@ -126,7 +132,7 @@ final class Deployment: Sendable {
             }
             guard nodes.count >= count else { throw ValidationError("this scenario needs \(count) --target nodes") }
             let deployment = Deployment(
-                nodes: nodes, redisPID: options.targetRedisPid, apiKey: options.apiKey, transport: options.transport, caFile: options.caFile,
+                nodes: nodes, redisPIDs: options.targetRedisPid.map { [$0] } ?? [], apiKey: options.apiKey, transport: options.transport, caFile: options.caFile,
                 children: [], directory: nil
             )
             try await deployment.waitReady()
@@ -151,15 +157,31 @@ final class Deployment: Sendable {
                 environment["HERALD_TLS_CERT"] = caFile
                 environment["HERALD_TLS_KEY"] = "\(directory)/key.pem"
             }
-            var redisPID: Int32?
-            if options.redis || count > 1 {
+            var redisPIDs: [Int32] = []
+            if options.redisMasters > 1 {
+                var ports: [Int] = []
+                for index in 0..<options.redisMasters {
+                    let port = try LoopbackPort.free()
+                    let redis = try ChildProcess(name: "redis-server \(index)", executable: try which(options.redisServer), arguments: [
+                        "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no",
+                        "--logfile", "\(directory)/redis\(index).log", "--cluster-enabled", "yes", "--cluster-port", "\(try LoopbackPort.free())",
+                        "--cluster-config-file", "\(directory)/nodes\(index).conf",
+                    ])
+                    children.append(redis)
+                    redisPIDs.append(redis.pid)
+                    ports.append(port)
+                    try await waitUntil("redis-server on port \(port)", stall: .seconds(10), progress: { 0 }) { LoopbackPort.acceptsConnections(port) }
+                }
+                try await createRedisCluster(ports: ports)
+                environment["HERALD_REDIS_URL"] = "redis+cluster://" + ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
+            } else if options.redis || count > 1 {
                 let port = try LoopbackPort.free()
                 let redis = try ChildProcess(name: "redis-server", executable: try which(options.redisServer), arguments: [
                     "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no",
                     "--logfile", "\(directory)/redis.log",
                 ])
                 children.append(redis)
-                redisPID = redis.pid
+                redisPIDs = [redis.pid]
                 environment["HERALD_REDIS_URL"] = "redis://127.0.0.1:\(port)"
                 try await waitUntil("redis-server on port \(port)", stall: .seconds(10), progress: { 0 }) { LoopbackPort.acceptsConnections(port) }
             }
@@ -182,7 +204,7 @@ final class Deployment: Sendable {
                 nodes.append(Node(host: "127.0.0.1", devicePort: device, httpPort: http, pid: child.pid))
             }
             let deployment = Deployment(
-                nodes: nodes, redisPID: redisPID, apiKey: nil, transport: options.transport, caFile: caFile, children: children, directory: directory
+                nodes: nodes, redisPIDs: redisPIDs, apiKey: nil, transport: options.transport, caFile: caFile, children: children, directory: directory
             )
             try await deployment.waitReady()
             return deployment
@@ -225,9 +247,11 @@ final class Deployment: Sendable {
         }
     }
 
-    /// CPU seconds of every server process (nodes and Redis) whose pid is known.
-    func serverCPU() -> (nodes: [CPUTime], redis: CPUTime?) {
-        (nodes.compactMap { $0.pid.flatMap(ProcFS.cpuTime) }, redisPID.flatMap(ProcFS.cpuTime))
+    /// CPU seconds of every server process (nodes and Redis) whose pid is known: Redis as one
+    /// sum, and each Redis process (a cluster's masters) on its own.
+    func serverCPU() -> (nodes: [CPUTime], redis: CPUTime?, redisEach: [CPUTime]) {
+        let each = redisPIDs.compactMap(ProcFS.cpuTime)
+        return (nodes.compactMap { $0.pid.flatMap(ProcFS.cpuTime) }, each.isEmpty ? nil : each.reduce(.zero, +), each)
     }
 
     func stop() async {
@@ -253,6 +277,28 @@ private func makeCertificate(in directory: String) throws -> String {
     process.waitUntilExit()
     guard process.terminationStatus == 0 else { throw BenchError("openssl could not make a certificate (status \(process.terminationStatus))") }
     return "\(directory)/cert.pem"
+}
+
+/// Joins the redis-servers on `ports` into a cluster of masters (`redis-cli --cluster create`,
+/// the slots split evenly) and waits until each says `cluster_state:ok`.
+private func createRedisCluster(ports: [Int]) async throws {
+    func cli(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try which("redis-cli"))
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw BenchError("redis-cli \(arguments.joined(separator: " ")) failed (status \(process.terminationStatus))") }
+        return String(decoding: data, as: UTF8.self)
+    }
+    _ = try cli(["--cluster", "create"] + ports.map { "127.0.0.1:\($0)" } + ["--cluster-replicas", "0", "--cluster-yes"])
+    try await waitUntil("the Redis Cluster's state ok", stall: .seconds(30), progress: { 0 }) {
+        try ports.allSatisfy { try cli(["-p", "\($0)", "CLUSTER", "INFO"]).contains("cluster_state:ok") }
+    }
 }
 
 /// The path of `command` on PATH (or `command` itself if it holds a slash).

@@ -103,6 +103,12 @@ struct UnicastPhase {
         if !after.nodes.isEmpty {
             report.add("\(label): herald CPU per 10,000 deliveries", heraldCPU * per10k, "s")
             if let redisCPU { report.add("\(label): redis-server CPU per 10,000 deliveries", redisCPU * per10k, "s") }
+            if after.redisEach.count > 1 {
+                // Each master's share: an even split is what a cluster's capacity rests on.
+                for (index, (a, b)) in zip(after.redisEach, before.redisEach).enumerated() {
+                    report.add("\(label): redis master \(index) CPU per 10,000 deliveries", (a - b).total * per10k, "s")
+                }
+            }
             report.add("\(label): server CPU per delivery\(redisCPU == nil ? "" : ", Redis counted")", serverCPU / Double(max(received, 1)) * 1e6, "µs")
             report.add("\(label): herald CPU per delivery in the kernel (system time)", heraldTime.system / Double(max(received, 1)) * 1e6, "µs")
         }

@@ -11,14 +11,19 @@ public final class RedisServer: @unchecked Sendable {
     private var process: Process?
     private let extraArguments: [String]
     private let configurationFile: String?
+    /// The password `cli` authenticates with (the server's `--requirepass`), if any.
+    public let password: String?
 
     /// Picks a free port and a fresh directory; nothing runs until `start()`. `configuration`,
     /// if given, is written to a file passed first (Sentinel needs a config file it can rewrite).
-    public init(arguments: [String] = [], configuration: String? = nil) throws {
+    /// With `password`, the server requires it (`--requirepass`, and `--masterauth` for its
+    /// replication) and `cli` sends it.
+    public init(arguments: [String] = [], configuration: String? = nil, password: String? = nil) throws {
         port = try LoopbackPort.free()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        extraArguments = arguments
+        extraArguments = arguments + (password.map { ["--requirepass", $0, "--masterauth", $0] } ?? [])
+        self.password = password
         if let configuration {
             let file = directory.appendingPathComponent("redis.conf").path
             try configuration.write(toFile: file, atomically: true, encoding: .utf8)
@@ -43,7 +48,7 @@ public final class RedisServer: @unchecked Sendable {
         ] + extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        try process.run()
+        try ChildProcesses.run(process)
         lock.withLock { self.process = process }
         try await eventually("redis-server on port \(port) answers", timeout: .seconds(10)) { await self.answersPing() }
     }
@@ -100,21 +105,21 @@ public final class RedisServer: @unchecked Sendable {
         return "/usr/bin/redis-server"
     }
 
-    /// Runs `redis-cli -p <port> <arguments>` and returns its output.
+    /// Runs `redis-cli -p <port> <arguments>` (with the server's password) and returns its output.
     public func cli(_ arguments: [String]) async throws -> String {
-        try await Self.cli(port: port, arguments)
+        try await Self.cli(port: port, arguments, password: password)
     }
 
     /// Runs `redis-cli -p <port> <arguments>` and returns its output (polling the process:
     /// `waitUntilExit` can block the concurrency pool).
-    public static func cli(port: Int, _ arguments: [String], timeout: Duration = .seconds(10)) async throws -> String {
+    public static func cli(port: Int, _ arguments: [String], password: String? = nil, timeout: Duration = .seconds(10)) async throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary.replacingOccurrences(of: "redis-server", with: "redis-cli"))
-        process.arguments = ["-p", "\(port)"] + arguments
-        let output = Pipe()
+        process.arguments = ["-p", "\(port)"] + (password.map { ["-a", $0, "--no-auth-warning"] } ?? []) + arguments
+        let output = ChildProcesses.pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
-        try process.run()
+        try ChildProcesses.run(process)
         try await eventually("redis-cli \(arguments.joined(separator: " "))", timeout: timeout) { !process.isRunning }
         return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     }
@@ -196,19 +201,29 @@ public final class RedisClusterSet: Sendable {
 
     private init(nodes: [RedisServer]) { self.nodes = nodes }
 
-    /// `redis+cluster://127.0.0.1:<first>,127.0.0.1:<second>` (two seeds of the six).
-    public var url: String { "redis+cluster://" + nodes.prefix(2).map { "127.0.0.1:\($0.port)" }.joined(separator: ",") }
+    /// Every test cluster requires this password (`AUTH`), so every test on a cluster also
+    /// checks that the client authenticates each connection it opens, the short-lived ones for
+    /// `CLUSTER SLOTS` included.
+    public static let password = "herald-test-cluster"
+
+    /// `redis+cluster://:<password>@127.0.0.1:<first>,127.0.0.1:<second>` (two seeds of the six).
+    public var url: String {
+        "redis+cluster://:\(Self.password)@" + nodes.prefix(2).map { "127.0.0.1:\($0.port)" }.joined(separator: ",")
+    }
 
     /// Starts six nodes, joins them into a cluster and waits until every node says
     /// `cluster_state:ok`. A master silent for `nodeTimeout` is failed over to its replica.
     public static func start(nodeTimeout: Duration = .seconds(1)) async throws -> RedisClusterSet {
         var nodes: [RedisServer] = []
         for _ in 0..<6 {
-            let node = try RedisServer(arguments: [
-                "--cluster-enabled", "yes", "--cluster-port", "\(try LoopbackPort.free())", "--cluster-node-timeout",
-                "\(nodeTimeout.components.seconds * 1000 + nodeTimeout.components.attoseconds / 1_000_000_000_000_000)",
-                "--cluster-require-full-coverage", "yes",
-            ])
+            let node = try RedisServer(
+                arguments: [
+                    "--cluster-enabled", "yes", "--cluster-port", "\(try LoopbackPort.free())", "--cluster-node-timeout",
+                    "\(nodeTimeout.components.seconds * 1000 + nodeTimeout.components.attoseconds / 1_000_000_000_000_000)",
+                    "--cluster-require-full-coverage", "yes",
+                ],
+                password: password
+            )
             try await node.start()
             nodes.append(node)
         }
@@ -217,7 +232,7 @@ public final class RedisClusterSet: Sendable {
             _ = try await RedisServer.cli(
                 port: nodes[0].port,
                 ["--cluster", "create"] + nodes.map { "127.0.0.1:\($0.port)" } + ["--cluster-replicas", "1", "--cluster-yes"],
-                timeout: .seconds(60)
+                password: password, timeout: .seconds(60)
             )
             try await set.waitUntilHealthy()
             try await eventually("every replica in sync with its master", timeout: .seconds(30), poll: .milliseconds(100)) {

@@ -14,7 +14,7 @@ var heraldBinary: URL {
 /// A `herald` child process whose standard error is collected.
 final class HeraldTestProcess: @unchecked Sendable {
     let process = Process()
-    private let errorPipe = Pipe()
+    private let errorPipe = ChildProcesses.pipe()
     private let lock = NSLock()
     private var errorText = ""
 
@@ -32,7 +32,7 @@ final class HeraldTestProcess: @unchecked Sendable {
             guard let self, !data.isEmpty else { return }
             self.lock.withLock { self.errorText += String(decoding: data, as: UTF8.self) }
         }
-        try process.run()
+        try ChildProcesses.run(process)
     }
 
     var stderr: String { lock.withLock { errorText } }

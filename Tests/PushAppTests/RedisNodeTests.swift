@@ -26,10 +26,10 @@ struct RedisNodeTests {
         }
     }
 
-    @Test("on a Redis Cluster (redis+cluster://): pushes stored and delivered, a batch across masters is one 202, a full device refuses it")
+    @Test("on a Redis Cluster (redis+cluster://, with AUTH): pushes stored and delivered, a batch across masters is one 202, a full device refuses it; a wrong password keeps the node unready")
     func onRedisCluster() async throws {
         try await RedisClusterSet.withShared { cluster in
-            // "a" and "b" hash to slots on different masters.
+            // "a" and "b" hash to slots on different masters. The cluster requires AUTH.
             try await TestNode.with(["HERALD_REDIS_URL": cluster.url, "HERALD_MAX_PENDING": "3"]) { node in
                 try await eventually("redis connected") { node.node.redis?.isConnected == true }
                 let batch = try await HTTPTestClient.post(
@@ -50,6 +50,14 @@ struct RedisNodeTests {
                 #expect(refused.status == 429)
                 #expect(try await node.pending("a") == 0, "a's message of the refused batch was taken back")
                 #expect(try await node.pending("b") == 3)
+            }
+            // The cluster requires a password (cluster.url carries it): a wrong one is refused
+            // by every node, so the node stays unready and stores nothing.
+            let wrong = cluster.url.replacingOccurrences(of: ":\(RedisClusterSet.password)@", with: ":wrong@")
+            try await TestNode.with(["HERALD_REDIS_URL": wrong]) { node in
+                let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "a", "data": "x"}"#)
+                #expect(response.status == 503)
+                #expect(try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 503)
             }
         }
         #expect(throws: ConfigurationError.self, "a cluster has no SELECT") {

@@ -82,16 +82,16 @@ func runTool(
     environment["PATH"] = (environment["PATH"] ?? "") + ":/usr/bin:/bin:/usr/sbin:/sbin"
     environment.merge(extra) { $1 }
     process.environment = environment
-    let output = Pipe()
-    let errors = Pipe()
-    let stdin = Pipe()
+    let output = ChildProcesses.pipe()
+    let errors = ChildProcesses.pipe()
+    let stdin = ChildProcesses.pipe()
     process.standardOutput = output
     process.standardError = errors
     process.standardInput = stdin
     let collected = Collected()
     output.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: false) }
     errors.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: true) }
-    try process.run()
+    try ChildProcesses.run(process)
     stdin.fileHandleForWriting.write(Data(input.utf8))
     try? stdin.fileHandleForWriting.close()
     do {
@@ -165,7 +165,7 @@ extension TestNode {
 /// the test is done.
 final class ProxyProcess: @unchecked Sendable {
     let process = Process()
-    private let log = Pipe()
+    private let log = ChildProcesses.pipe()
     private let lock = NSLock()
     private var text = ""
 
@@ -183,7 +183,7 @@ final class ProxyProcess: @unchecked Sendable {
             guard let self, !data.isEmpty else { return }
             self.lock.withLock { self.text += String(decoding: data, as: UTF8.self) }
         }
-        try process.run()
+        try ChildProcesses.run(process)
         try await eventually("\(executable) listens on \(port)") {
             guard self.process.isRunning else { throw ProxyExited(output: self.output) }
             return LoopbackPort.acceptsConnections(port)

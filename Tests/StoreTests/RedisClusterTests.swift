@@ -144,7 +144,7 @@ struct RedisClusterTests {
         let targetID = try await cluster.id(of: target)
         #expect(try await target.cli(["CLUSTER", "SETSLOT", "\(slot)", "IMPORTING", sourceID]).contains("OK"))
         #expect(try await source.cli(["CLUSTER", "SETSLOT", "\(slot)", "MIGRATING", targetID]).contains("OK"))
-        let moved = try await source.cli(["MIGRATE", "127.0.0.1", "\(target.port)", "", "0", "5000", "KEYS"] + keys)
+        let moved = try await source.cli(["MIGRATE", "127.0.0.1", "\(target.port)", "", "0", "5000", "AUTH", RedisClusterSet.password, "KEYS"] + keys)
         #expect(moved.contains("OK"), "MIGRATE: \(moved)")
         guard finish else { return }
         for node in [target, source] {

@@ -111,7 +111,7 @@ final class Membership<C: Clock>: Service where C.Duration == Duration {
                 await self.onRefresh(members, tick)
                 tick &+= 1
                 // After a failure (typically the first try, while the Redis connections are
-                // still opening) try again soon: 50 ms, doubling up to the refresh interval.
+                // still opening) try again soon: 100 ms after the first, doubling up to the refresh interval.
                 let retry = Duration.milliseconds(50) * (1 << min(failures, 10))
                 try? await self.clock.sleep(for: failures == 0 ? self.configuration.refreshInterval : min(retry, self.configuration.refreshInterval))
             }

@@ -32,3 +32,35 @@ public enum ChildProcesses {
         try lock.withLock { try process.run() }
     }
 }
+
+/// Collects what a child writes to a pipe, on a thread of its own that reads until the end.
+///
+/// Not `readabilityHandler`: on Linux it is not reliably called at a pipe's end, so a test
+/// could not tell "the child has written everything" from "a chunk is still on its way", and
+/// a test that read the text right after the child's exit could miss its last line.
+public final class PipeReader: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    private var ended = false
+
+    /// Starts reading the read end of `pipe` (give the write end to the child).
+    public init(_ pipe: Pipe) {
+        let handle = pipe.fileHandleForReading
+        let thread = Thread { [self] in
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                lock.withLock { data.append(chunk) }
+            }
+            lock.withLock { ended = true }
+        }
+        thread.start()
+    }
+
+    /// What has been read so far.
+    public var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
+
+    /// True once the pipe's end was read: every writer (the child and anything it started) has
+    /// closed it, and `text` holds everything.
+    public var isEnded: Bool { lock.withLock { ended } }
+}

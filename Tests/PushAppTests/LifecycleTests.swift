@@ -15,8 +15,7 @@ var heraldBinary: URL {
 final class HeraldTestProcess: @unchecked Sendable {
     let process = Process()
     private let errorPipe = ChildProcesses.pipe()
-    private let lock = NSLock()
-    private var errorText = ""
+    private let errorReader: PipeReader
 
     init(arguments: [String] = ["serve"], environment: [String: String]) throws {
         process.executableURL = heraldBinary
@@ -27,15 +26,11 @@ final class HeraldTestProcess: @unchecked Sendable {
         process.environment = environment.merging(inherited) { $1 }
         process.standardError = errorPipe
         process.standardOutput = FileHandle.nullDevice
-        errorPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.errorText += String(decoding: data, as: UTF8.self) }
-        }
+        errorReader = PipeReader(errorPipe)
         try ChildProcesses.run(process)
     }
 
-    var stderr: String { lock.withLock { errorText } }
+    var stderr: String { errorReader.text }
 
     /// The port a listener logged it bound, e.g. "device listener bound".
     func boundPort(_ what: String) async throws -> Int {
@@ -51,8 +46,11 @@ final class HeraldTestProcess: @unchecked Sendable {
         return port!
     }
 
+    /// Waits for the exit and for the end of standard error, so that `stderr` then holds all of it.
     func waitForExit(timeout: Duration = .seconds(20)) async throws -> Int32 {
-        try await eventually("herald exits", timeout: timeout) { !self.process.isRunning }
+        try await eventually("herald exits and its stderr ends", timeout: timeout) {
+            !self.process.isRunning && self.errorReader.isEnded
+        }
         return process.terminationStatus
     }
 

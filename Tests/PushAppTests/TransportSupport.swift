@@ -88,36 +88,22 @@ func runTool(
     process.standardOutput = output
     process.standardError = errors
     process.standardInput = stdin
-    let collected = Collected()
-    output.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: false) }
-    errors.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: true) }
+    let outputReader = PipeReader(output)
+    let errorReader = PipeReader(errors)
     try ChildProcesses.run(process)
     stdin.fileHandleForWriting.write(Data(input.utf8))
     try? stdin.fileHandleForWriting.close()
     do {
-        try await eventually("\(executable) \(arguments.joined(separator: " ")) exits", timeout: timeout) { !process.isRunning }
+        // Both pipes read to their end, not only the exit seen: the last chunk may still be on its way.
+        try await eventually("\(executable) \(arguments.joined(separator: " ")) exits", timeout: timeout) {
+            !process.isRunning && outputReader.isEnded && errorReader.isEnded
+        }
     } catch {
         process.terminate()
         throw error
     }
-    output.fileHandleForReading.readabilityHandler = nil
-    errors.fileHandleForReading.readabilityHandler = nil
-    collected.append(output.fileHandleForReading.readDataToEndOfFile(), error: false)
-    collected.append(errors.fileHandleForReading.readDataToEndOfFile(), error: true)
-    let (out, err) = collected.texts
+    let (out, err) = (outputReader.text, errorReader.text)
     return ToolResult(status: process.terminationStatus, standardOutput: out, standardError: err)
-}
-
-private final class Collected: @unchecked Sendable {
-    private let lock = NSLock()
-    private var output = Data()
-    private var errors = Data()
-    func append(_ data: Data, error: Bool) {
-        lock.withLock { if error { errors.append(data) } else { output.append(data) } }
-    }
-    var texts: (String, String) {
-        lock.withLock { (String(decoding: output, as: UTF8.self), String(decoding: errors, as: UTF8.self)) }
-    }
 }
 
 /// The Python device of Tests/Interop (websockets from PyPI, in the venv scripts/install-deps makes).
@@ -166,8 +152,7 @@ extension TestNode {
 final class ProxyProcess: @unchecked Sendable {
     let process = Process()
     private let log = ChildProcesses.pipe()
-    private let lock = NSLock()
-    private var text = ""
+    private let logReader: PipeReader
 
     /// Starts `executable` with `arguments`, and waits until it accepts connections on `port`.
     init(_ executable: String, _ arguments: [String], port: Int) async throws {
@@ -178,11 +163,7 @@ final class ProxyProcess: @unchecked Sendable {
         process.environment = environment
         process.standardOutput = log
         process.standardError = log
-        log.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.text += String(decoding: data, as: UTF8.self) }
-        }
+        logReader = PipeReader(log)
         try ChildProcesses.run(process)
         try await eventually("\(executable) listens on \(port)") {
             guard self.process.isRunning else { throw ProxyExited(output: self.output) }
@@ -190,7 +171,7 @@ final class ProxyProcess: @unchecked Sendable {
         }
     }
 
-    var output: String { lock.withLock { text } }
+    var output: String { logReader.text }
 
     func stop() {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }

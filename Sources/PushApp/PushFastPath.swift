@@ -1,3 +1,4 @@
+import Actors
 import Hummingbird
 import HummingbirdCore
 import Logging
@@ -235,22 +236,6 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             readHeld = false
             context.read()
         }
-    }
-}
-
-/// A task executor that runs every job on one event loop: tasks that prefer it (the fast
-/// path's store calls, every request Hummingbird's router serves on that connection) start,
-/// resume and end on the loop of their HTTP connection, never on Swift's global pool.
-final class EventLoopTaskExecutor: TaskExecutor {
-    let eventLoop: any EventLoop
-
-    init(_ eventLoop: any EventLoop) {
-        self.eventLoop = eventLoop
-    }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        eventLoop.execute { [self] in job.runSynchronously(on: asUnownedTaskExecutor()) }
     }
 }
 

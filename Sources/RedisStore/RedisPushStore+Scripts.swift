@@ -54,10 +54,15 @@ extension RedisPushStore {
 
         """
 
+    /// Appends the requests of a group (one request alone, or the requests one event loop
+    /// gathered in a tick: `AppendGroups`), each all or nothing on its own.
+    ///
     /// KEYS: per device (1-based d) its counter and its stream. ARGV: deadline, cap, now,
-    /// slack, devices, count per device, then per message: device index, id, expiry, payload.
-    /// Refuses to run past the deadline (LATE); checks every device's cap before adding
-    /// anything (all or nothing); returns the sequences in message order.
+    /// slack, devices, then per device the count of messages the group brings it, then per
+    /// request its message count k followed by k times: device index, id, expiry, payload.
+    /// Refuses to run past the deadline (LATE, for the whole group). Returns one reply per
+    /// request, in order: the sequences of its messages, or the index of the first device
+    /// whose cap it would pass (nothing of that request is added).
     static let appendScript = RedisScript(
         helpers + """
             local clock = redis.call('TIME')
@@ -65,49 +70,71 @@ extension RedisPushStore {
               return redis.error_reply('LATE')
             end
             local cap, now, slack, devices = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-            local next, length = {}, {}
+            -- Each counter is raised once by all the group brings; what a refused request
+            -- would have used is given back at the end, so sequences have no gap.
+            local next, length, wanted, swept = {}, {}, {}, {}
             for d = 1, devices do
-              local count = tonumber(ARGV[5+d])
-              local last = redis.call('INCRBY', KEYS[2*d-1], count)
-              if last == count then
+              wanted[d] = tonumber(ARGV[5+d])
+              local last = redis.call('INCRBY', KEYS[2*d-1], wanted[d])
+              if last == wanted[d] then
                 local old = migrate(KEYS[2*d-1], KEYS[2*d])
                 if old > 0 then last = redis.call('INCRBY', KEYS[2*d-1], old) end
               end
-              next[d] = last - count
+              next[d] = last - wanted[d]
               length[d] = redis.call('XLEN', KEYS[2*d])
-              if length[d] + count > cap then
-                drop_expired(KEYS[2*d], now)
-                length[d] = redis.call('XLEN', KEYS[2*d])
-              end
             end
-            for d = 1, devices do
-              if length[d] + tonumber(ARGV[5+d]) > cap then
-                -- Give back every counter: a refused append leaves no gap in the sequences.
-                for e = 1, devices do redis.call('DECRBY', KEYS[2*e-1], tonumber(ARGV[5+e])) end
-                return redis.error_reply('FULL ' .. d)
-              end
-            end
-            local sequences, latest = {}, {}
+            local replies, latest, empty, used = {}, {}, {}, {}
             local i = 6 + devices
             while i <= #ARGV do
-              local d = tonumber(ARGV[i])
-              next[d] = next[d] + 1
-              redis.call('XADD', KEYS[2*d], next[d] .. '-0', 'i', ARGV[i+1], 'e', ARGV[i+2], 'p', ARGV[i+3])
-              latest[d] = math.max(latest[d] or 0, tonumber(ARGV[i+2]))
-              sequences[#sequences + 1] = next[d]
-              i = i + 4
+              local k = tonumber(ARGV[i])
+              local need = {}
+              for m = 0, k - 1 do
+                local d = tonumber(ARGV[i + 1 + 4*m])
+                need[d] = (need[d] or 0) + 1
+              end
+              local full = nil
+              for d, count in pairs(need) do
+                if length[d] + count > cap and not swept[d] then
+                  drop_expired(KEYS[2*d], now)
+                  swept[d] = true
+                  length[d] = redis.call('XLEN', KEYS[2*d])
+                end
+                if length[d] + count > cap and (full == nil or d < full) then full = d end
+              end
+              if full then
+                replies[#replies + 1] = full
+              else
+                local sequences = {}
+                for m = 0, k - 1 do
+                  local at = i + 1 + 4*m
+                  local d = tonumber(ARGV[at])
+                  if empty[d] == nil then empty[d] = length[d] == 0 end
+                  next[d] = next[d] + 1
+                  used[d] = (used[d] or 0) + 1
+                  length[d] = length[d] + 1
+                  redis.call('XADD', KEYS[2*d], next[d] .. '-0', 'i', ARGV[at+1], 'e', ARGV[at+2], 'p', ARGV[at+3])
+                  latest[d] = math.max(latest[d] or 0, tonumber(ARGV[at+2]))
+                  sequences[#sequences + 1] = next[d]
+                end
+                replies[#replies + 1] = sequences
+              end
+              i = i + 1 + 4*k
+            end
+            for d = 1, devices do
+              local unused = wanted[d] - (used[d] or 0)
+              if unused > 0 then redis.call('DECRBY', KEYS[2*d-1], unused) end
             end
             -- The stream lives until its last message has expired, plus the slack. GT never
             -- shortens it, but treats a key without a TTL as never expiring, so a stream that
             -- was empty (perhaps new) gets its TTL set outright.
             for d, expires in pairs(latest) do
-              if length[d] == 0 then
+              if empty[d] then
                 redis.call('PEXPIRE', KEYS[2*d], expires - now + slack)
               else
                 redis.call('PEXPIRE', KEYS[2*d], expires - now + slack, 'GT')
               end
             end
-            return sequences
+            return replies
             """
     )
 

@@ -23,6 +23,7 @@ public final class RedisPushStore: PushStore {
     private let now: @Sendable () -> Int64
     private let replicas: Int
     private let waitTimeoutMillis: Int64
+    private let groups: AppendGroups
 
     /// Creates the store. `prefix` starts every key (`herald` by default; tests use their own).
     /// With `replicas` > 0, an append returns only once that many replicas acknowledged it
@@ -38,6 +39,7 @@ public final class RedisPushStore: PushStore {
         self.replicas = replicas
         self.waitTimeoutMillis = waitTimeoutMillis
         self.now = now
+        groups = AppendGroups(loops: client.loops.count)
     }
 
     /// The device's counter and stream.
@@ -48,18 +50,33 @@ public final class RedisPushStore: PushStore {
 
     public func append(_ messages: [NewMessage]) async throws(StoreError) -> [StoredMessage] {
         guard !messages.isEmpty else { return [] }
-        if client.configuration.isCluster, let first = messages.first?.clientID, messages.contains(where: { $0.clientID != first }) {
+        guard client.configuration.isCluster else {
+            return try await groups.append(messages, loop: client.callerLoopIndex()) { requests in await self.appendGroup(requests) }
+        }
+        // On a cluster one script reaches one slot: no group commit, a batch per device.
+        if let first = messages.first?.clientID, messages.contains(where: { $0.clientID != first }) {
             return try await appendAcrossSlots(messages)
         }
+        return try await appendGroup([messages])[0].get()
+    }
+
+    /// Runs `requests` as one script call (`appendScript`): one outcome per request, each all
+    /// or nothing. The deadline, the `WAIT` and a failure to reach Redis are the group's.
+    private func appendGroup(_ requests: [[NewMessage]]) async -> [AppendGroups.Outcome] {
         var devices: [String] = []
         var index: [String: Int] = [:]
-        var counts: [Int] = []
-        for message in messages where index[message.clientID] == nil {
-            index[message.clientID] = devices.count + 1
-            devices.append(message.clientID)
-            counts.append(0)
+        var counts: [Int64] = []
+        for request in requests {
+            for message in request {
+                if let known = index[message.clientID] {
+                    counts[known - 1] += 1
+                } else {
+                    devices.append(message.clientID)
+                    index[message.clientID] = devices.count
+                    counts.append(1)
+                }
+            }
         }
-        for message in messages { counts[index[message.clientID]! - 1] += 1 }
         // A request that times out is answered 503, but its bytes may still reach a paused Redis
         // and run later. The script refuses to run after this deadline (by Redis's clock), and
         // the deadline is half the command timeout, so a 503 never turns into a stored message
@@ -69,50 +86,61 @@ public final class RedisPushStore: PushStore {
             .integer(deadline), .integer(Int64(maxPending)), .integer(now()), .integer(Self.expirySlackMillis),
             .integer(Int64(devices.count)),
         ]
-        arguments += counts.map { .integer(Int64($0)) }
-        for message in messages {
-            arguments += [
-                .integer(Int64(index[message.clientID]!)), .string(message.id), .integer(message.expiresAtMillis),
-                .bytes(message.payload),
-            ]
+        arguments += counts.map { .integer($0) }
+        for request in requests {
+            arguments.append(.integer(Int64(request.count)))
+            for message in request {
+                arguments += [
+                    .integer(Int64(index[message.clientID]!)), .string(message.id), .integer(message.expiresAtMillis),
+                    .bytes(message.payload),
+                ]
+            }
         }
         let wait: [[RedisArgument]] = replicas > 0 ? [[.string("WAIT"), .integer(Int64(replicas)), .integer(waitTimeoutMillis)]] : []
-        let replies = try await client.run(Self.appendScript, keys: devices.flatMap(keys), arguments: arguments, then: wait)
-        let reply = replies[0]
+        let replies: [RESPValue]
+        do {
+            replies = try await client.run(Self.appendScript, keys: devices.flatMap(keys), arguments: arguments, then: wait)
+        } catch {
+            return requests.map { _ in .failure(error) }
+        }
+        let perRequest: [RESPValue]
+        switch replies[0] {
+        case .array(let array) where array.count == requests.count:
+            perRequest = array
+        case .error(let text) where text.hasPrefix("LATE"):
+            return requests.map { _ in .failure(StoreError(.unavailable, "redis ran the append after its deadline; nothing was stored")) }
+        case let reply:
+            return requests.map { _ in .failure(StoreError(.unavailable, "unexpected reply to append: \(reply)")) }
+        }
+        var outcomes = zip(requests, perRequest).map { request, reply -> AppendGroups.Outcome in
+            switch reply {
+            case .array(let sequences) where sequences.count == request.count:
+                .success(
+                    zip(request, sequences).map { message, sequence in
+                        StoredMessage(
+                            clientID: message.clientID, id: message.id, sequence: UInt64(sequence.int64 ?? 0),
+                            payload: message.payload, expiresAtMillis: message.expiresAtMillis
+                        )
+                    })
+            case .integer(let position) where devices.indices.contains(Int(position) - 1):
+                .failure(StoreError(.pendingFull, "pending queue of \(devices[Int(position) - 1]) is full (\(maxPending))"))
+            default:
+                .failure(StoreError(.unavailable, "unexpected reply to append: \(reply)"))
+            }
+        }
         // A WAIT that failed (an error reply) counts as no replica: fail closed.
-        if replicas > 0, case .array = reply, case let acknowledged = replies[1].int64 ?? 0, acknowledged < replicas {
+        if replicas > 0, case let acknowledged = replies[1].int64 ?? 0, acknowledged < replicas {
             // Not on enough replicas: a failover could lose it. Take it back, so that the
             // failed request stores nothing (as protocol.md promises).
-            if case .array(let sequences) = reply, sequences.count == messages.count {
-                let stored = zip(messages, sequences).map { message, sequence in
-                    StoredMessage(
-                        clientID: message.clientID, id: message.id, sequence: UInt64(sequence.int64 ?? 0), payload: ByteBuffer(),
-                        expiresAtMillis: 0
-                    )
-                }
-                await takeBack(stored)
-            }
-            throw StoreError(
+            await takeBack(outcomes.flatMap { (try? $0.get()) ?? [] })
+            let failure = StoreError(
                 .unavailable, "not acknowledged by \(replicas) replica(s) within \(waitTimeoutMillis) ms (\(acknowledged) did); nothing was kept"
             )
-        }
-        switch reply {
-        case .array(let sequences) where sequences.count == messages.count:
-            return zip(messages, sequences).map { message, sequence in
-                StoredMessage(
-                    clientID: message.clientID, id: message.id, sequence: UInt64(sequence.int64 ?? 0),
-                    payload: message.payload, expiresAtMillis: message.expiresAtMillis
-                )
+            outcomes = outcomes.map { outcome in
+                if case .success = outcome { .failure(failure) } else { outcome }
             }
-        case .error(let text) where text.hasPrefix("LATE"):
-            throw StoreError(.unavailable, "redis ran the append after its deadline; nothing was stored")
-        case .error(let text) where text.hasPrefix("FULL"):
-            let position = Int(text.split(separator: " ").last ?? "") ?? 1
-            let device = devices.indices.contains(position - 1) ? devices[position - 1] : "?"
-            throw StoreError(.pendingFull, "pending queue of \(device) is full (\(maxPending))")
-        default:
-            throw StoreError(.unavailable, "unexpected reply to append: \(reply)")
         }
+        return outcomes
     }
 
     /// On a Redis Cluster, one script cannot touch two devices (two slots): a batch for several

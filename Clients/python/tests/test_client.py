@@ -66,9 +66,10 @@ class HeraldTests(unittest.IsolatedAsyncioTestCase):
             pending_while_handling.append(await asyncio.get_running_loop().run_in_executor(None, server.pending, "dev-1"))
             got.append(push)
 
-        run = Run(Client(server.address, "dev-1", on_push=handle))
+        run = Run(Client(server.address, "dev-1", on_push=handle, heartbeat_s=7))
         await eventually("connected", lambda: run.client.state is State.CONNECTED)
         self.assertIsNotNone(run.client.node_id)
+        self.assertEqual(run.client.heartbeat_s, 7, "WELCOME's heartbeat (the one asked for, within the server's range)")
         sent = server.push("dev-1", "hello")
         await eventually("the push", lambda: len(got) == 1)
         self.assertEqual((got[0].msg_id, got[0].payload), (sent, b"hello"))
@@ -188,17 +189,25 @@ class ScriptedPeerTests(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(acks, [b"m1", b"m1", b"m2"])
             await run.stop()
 
-    async def test_a_silent_server_is_dropped_after_two_heartbeats(self) -> None:
+    async def test_pings_on_time_pongs_answered_and_a_silent_server_dropped(self) -> None:
+        received: List[int] = []
+
         async def script(connection: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_frame(reader)
-            writer.write(WELCOME_1S)
-            await reader.read()  # PINGs are read, never answered
+            writer.write(WELCOME_1S + frame(frames.PING))
+            try:
+                while True:  # PINGs are read, never answered
+                    received.append((await read_frame(reader))[0])
+            except asyncio.IncompleteReadError:
+                pass
 
         async with ScriptedPeer(script) as peer:
             disconnects: List[Disconnect] = []
             run = Run(Client(peer.address, "dev-9", on_disconnect=disconnects.append, backoff_base=5))
             await eventually("dropped", lambda: len(disconnects) == 1)
             self.assertIn("silent for 2 s", disconnects[0].reason)
+            self.assertEqual(received[0], frames.PONG, "the server's PING answered")
+            self.assertIn(frames.PING, received, "a PING within the two heartbeats")
             await run.stop()
 
     async def test_an_oversized_or_malformed_frame_is_a_protocol_error_not_a_crash(self) -> None:

@@ -52,13 +52,14 @@ class HeraldClientTest {
         try (Herald server = new Herald()) {
             List<String> got = Collections.synchronizedList(new ArrayList<>());
             List<Integer> pendingWhileHandling = new ArrayList<>();
-            try (HeraldClient client = new HeraldClient.Builder("dev-1").server(server.address()).onPush(push -> {
+            try (HeraldClient client = new HeraldClient.Builder("dev-1").server(server.address()).heartbeatSeconds(7).onPush(push -> {
                 pendingWhileHandling.add(server.pending("dev-1"));
                 got.add(push.msgId + "=" + new String(push.payload(), StandardCharsets.UTF_8));
             }).build()) {
                 client.start();
                 eventually("connected", () -> client.state() == HeraldClient.State.CONNECTED);
                 assertNotNull(client.nodeId());
+                assertEquals(7, client.heartbeatSeconds(), "WELCOME's heartbeat (the one asked for, within the server's range)");
                 String id = server.push("dev-1", "hello");
                 eventually("the push", () -> got.size() == 1);
                 assertEquals(List.of(id + "=hello"), got);
@@ -224,11 +225,12 @@ class HeraldClientTest {
         }
     }
 
-    @Test void aSilentServerIsDroppedAfterTwoHeartbeats() throws Exception {
+    @Test void pingsOnTimePongsAnsweredAndASilentServerDropped() throws Exception {
+        List<Integer> received = Collections.synchronizedList(new ArrayList<>());
         try (ServerSocket server = peer((connection, in, out) -> {
             readFrame(in);
-            out.write(WELCOME_1S);
-            while (in.read() >= 0) { /* PINGs read, never answered */ }
+            out.write(concat(WELCOME_1S, frame(Frames.PING, new byte[0])));
+            while (true) received.add((int) readFrame(in)[0]); // PINGs read, never answered; ends with the connection
         })) {
             Events events = new Events();
             try (HeraldClient client = new HeraldClient.Builder("dev-9").server("127.0.0.1:" + server.getLocalPort()).backoff(5000, 5000)
@@ -236,6 +238,8 @@ class HeraldClientTest {
                 client.start();
                 eventually("dropped", () -> events.disconnects.size() == 1);
                 assertTrue(events.disconnects.get(0).reason.contains("silent for 2 s"), events.disconnects.get(0).reason);
+                assertEquals(Frames.PONG, received.get(0), "the server's PING answered");
+                assertTrue(received.contains(Frames.PING), "a PING within the two heartbeats");
             }
         }
     }

@@ -101,5 +101,5 @@ int main(int argc, char **argv) {
     if (ca_file) herald_mbedtls_free(&tls);
 #endif
     (void)server_name;
-    return status == 1 ? 3 : 0;
+    return status == 1 ? 3 : status < 0 ? 2 : 0;
 }

@@ -230,6 +230,7 @@ int herald_posix_run(herald_client *client, const herald_posix_loop *loop) {
         char host[256], port[16], error[160];
         const char *colon = strrchr(server, ':');
         size_t at = 0, got = 0;
+        int stalled = 0; /* the core took nothing: its output is full, wait until the socket drains */
         if (!colon || (size_t)(colon - server) >= sizeof host || strlen(colon + 1) >= sizeof port) return -1;
         memcpy(host, server, (size_t)(colon - server));
         host[colon - server] = '\0';
@@ -253,10 +254,10 @@ int herald_posix_run(herald_client *client, const herald_posix_loop *loop) {
                 herald_closed(client, now_ms(), HERALD_REASON_IO, &event);
                 break;
             }
-            if (at == got && transport->pending(transport->context) == 0) {
+            if (stalled || (at == got && transport->pending(transport->context) == 0)) {
                 const uint8_t *unused;
                 p.fd = transport->fd(transport->context);
-                p.events = POLLIN | (herald_output(client, &unused) ? POLLOUT : 0);
+                p.events = (stalled ? 0 : POLLIN) | (herald_output(client, &unused) ? POLLOUT : 0);
                 p.revents = 0;
                 {
                     uint32_t wait = herald_next_tick_ms(client, now_ms());
@@ -264,6 +265,10 @@ int herald_posix_run(herald_client *client, const herald_posix_loop *loop) {
                 }
                 herald_tick(client, now_ms(), &event);
                 if (event.type != HERALD_EVENT_NONE) break;
+                if (stalled) {
+                    stalled = 0;
+                    continue; /* flush at the top, then offer the bytes again */
+                }
                 if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
             }
             if (at == got) {
@@ -276,7 +281,11 @@ int herald_posix_run(herald_client *client, const herald_posix_loop *loop) {
                 at = 0;
                 got = (size_t)n;
             }
-            at += herald_receive(client, buffer + at, got - at, now_ms(), &event);
+            {
+                size_t used = herald_receive(client, buffer + at, got - at, now_ms(), &event);
+                at += used;
+                stalled = used == 0 && event.type == HERALD_EVENT_NONE;
+            }
             if (event.type == HERALD_EVENT_PUSH) {
                 if (loop->on_push(loop->user, &event) == 0) {
                     herald_ack(client, &event);

@@ -11,8 +11,9 @@ import NIOCore
 ///   `e` (expiry, ms since the epoch) and `p` (payload); it expires once its last message has
 ///   expired, plus a minute of slack
 ///
-/// An append is one Lua script (atomic: the deadline, the caps, the sequences, the entries);
-/// an ACK of a message the connection sent is a plain `XDEL` of its entry. Expired entries are
+/// An append is one Lua script (atomic: the deadline, the caps, the sequences, the entries),
+/// shared on a single Redis by the appends one event loop starts in one tick, each still all
+/// or nothing on its own (`AppendGroups`, Docs/store.md "Group commit"); an ACK of a message the connection sent is a plain `XDEL` of its entry. Expired entries are
 /// skipped and deleted by reads, and by an append that finds its queue full. A queue of the
 /// previous schema (`seq`, `ids`, `exp`, `data`) is moved into the stream the first time the
 /// device is touched (Docs/operations.md, "Upgrading").

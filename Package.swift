@@ -182,7 +182,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
-                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -236,9 +236,9 @@ let package = Package(
             dependencies: [
                 "PushApp", "HeraldClient", "HeraldTestSupport", "Transport",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                // PushFastPath's tests on NIO's testing channel speak its HTTP types.
+                // PushFastPath's tests on NIO's testing channel speak NIO's HTTP/1 types.
                 .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

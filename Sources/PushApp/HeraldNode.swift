@@ -386,13 +386,11 @@ final class HeraldNode: Sendable {
         return Application(
             router: api.router(),
             // A connection with no request for HERALD_HTTP_IDLE_TIMEOUT_S is closed: idle sockets do not pile up.
-            // The same bound for a request's body, once its head is in (RequestDeadlineHandler).
+            // The same bound for a request's whole, once its head is in (HTTPTimeoutHandler).
             server: HTTPServerBuilder { responder in
                 HeraldHTTP1Channel(
-                    inner: HTTP1Channel(
-                        responder: responder,
-                        configuration: .init(additionalChannelHandlers: [RequestDeadlineHandler(timeout: idleTimeout)], idleTimeout: idleTimeout)
-                    ),
+                    inner: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: nil)),
+                    timeout: idleTimeout,
                     makeFastPath: { fastPath ? PushFastPath(api: api, keys: keys, serverName: serverName) : nil },
                     tls: tls
                 )

@@ -3,33 +3,35 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOSSL
 import Transport
-import NIOHTTPTypes
 import PushProtocol
 
 /// Serves `POST /v1/push`, `/v1/push/batch` and `/v1/broadcast` on the connection's event
-/// loop, in front of Hummingbird's router.
+/// loop, right after NIO's HTTP/1.1 decoder, in front of Hummingbird.
 ///
-/// Hummingbird serves every request of a connection in a task, through its router: more work
-/// than storing the message (Docs/benchmarks.md). This handler takes the requests that need
-/// nothing of the router: the right method and path, a valid API key (or none configured), a
-/// `Content-Length` within the endpoint's limit, no `Expect` and no `Connection: close`. It
-/// collects the body, validates and stores it through the same acceptor as the router
-/// (`HTTPAPI.acceptNow`/`accept`: same checks, same JSON, same errors), inline when the store
-/// answers at once, else in a task that runs on this loop, and writes the response itself. Every other request, including every one that will be refused before its
-/// body is read (401, 413), goes on to the router untouched.
+/// Hummingbird serves every request of a connection in a task, through its router, after
+/// converting it to HTTP types: more work than storing the message (Docs/benchmarks.md). This
+/// handler takes the requests that need nothing of the router: the right method and path,
+/// HTTP/1.1, a valid API key (or none configured), a `Content-Length` within the endpoint's
+/// limit, no `Expect` and no `Connection: close`. It collects the body, validates and stores
+/// it through the same acceptor as the router (`HTTPAPI.acceptNow`/`accept`: same checks,
+/// same JSON, same errors), inline when the store answers at once, else in a task that runs on
+/// this loop, and writes the response itself. Every other request, including every one that
+/// will be refused before its body is read (401, 413), goes on to the router untouched.
 ///
 /// Responses keep the requests' order: a request is served here only while the router owes
 /// this connection no response, and while this handler works out a response, what arrives
 /// after it waits here (and once something waits, no further reads are asked of the socket).
-/// It sits after Hummingbird's `HTTPConnectionStateHandler`, so the idle timeout sees its
-/// requests.
+/// The connection's time limits are `HTTPTimeoutHandler`'s, in front of this one, for both
+/// paths. A graceful shutdown's quiesce event waits here while a request of ours is under way,
+/// then goes on to Hummingbird, which closes the connection once the router owes nothing.
 final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPRequestPart
-    typealias InboundOut = HTTPRequestPart
-    typealias OutboundIn = HTTPResponsePart
-    typealias OutboundOut = HTTPResponsePart
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
     private enum State {
         /// Between requests.
@@ -45,6 +47,11 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             if case .responding = self { return true }
             return false
         }
+
+        var isIdle: Bool {
+            if case .idle = self { return true }
+            return false
+        }
     }
 
     private let api: HTTPAPI
@@ -54,13 +61,15 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     /// Requests passed to the router and not yet answered by it.
     private var routedInFlight = 0
     /// Parts that arrived while a response was being worked out, in order.
-    private var waiting = CircularBuffer<HTTPRequestPart>()
+    private var waiting = CircularBuffer<HTTPServerRequestPart>()
     /// A read the pipeline asked for while a response was being worked out.
     private var readHeld = false
     /// Parts were passed on since the last read-complete.
     private var passedOn = false
     /// The head of the last 202 written, and its body's length.
-    private var acceptedHead: (length: Int, head: HTTPResponse)?
+    private var acceptedHead: (length: Int, head: HTTPResponseHead)?
+    /// A quiesce event held until the request of ours under way is answered.
+    private var quiesceHeld = false
     /// This connection's loop as a task executor, once a store call had to be awaited.
     private var executor: EventLoopTaskExecutor?
 
@@ -84,7 +93,7 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelReadComplete()
     }
 
-    private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch (state, part) {
         case (.idle, .head(let head)):
             if routedInFlight == 0, let endpoint = servable(head) {
@@ -119,7 +128,7 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func passOn(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+    private func passOn(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         passedOn = true
         context.fireChannelRead(wrapInboundOut(part))
     }
@@ -146,27 +155,24 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// The endpoint, when this request is one this handler serves.
-    private func servable(_ head: HTTPRequest) -> HTTPAPI.Acceptance? {
-        guard head.method == .post, let target = head.path,
-            let endpoint = HTTPAPI.Acceptance(path: target[..<(target.firstIndex(of: "?") ?? target.endIndex)])
+    private func servable(_ head: HTTPRequestHead) -> HTTPAPI.Acceptance? {
+        guard head.method == .POST, head.version == .http1_1,
+            let endpoint = HTTPAPI.Acceptance(path: head.uri[..<(head.uri.firstIndex(of: "?") ?? head.uri.endIndex)])
         else { return nil }
         // One pass over the fields; a repeated Content-Length or Authorization goes to the router.
         var length: Int?
         var authorization: String?
-        for field in head.headerFields {
-            switch field.name {
-            case .contentLength:
-                guard length == nil, let value = Int(field.value) else { return nil }
+        for (name, value) in head.headers {
+            if name.isHeaderName("content-length") {
+                guard length == nil, let value = Int(value) else { return nil }
                 length = value
-            case .transferEncoding, .expect:
+            } else if name.isHeaderName("transfer-encoding") || name.isHeaderName("expect") {
                 return nil
-            case .connection:
-                guard field.value.lowercased() == "keep-alive" else { return nil }
-            case .authorization:
+            } else if name.isHeaderName("connection") {
+                guard value.isHeaderName("keep-alive") else { return nil }
+            } else if name.isHeaderName("authorization") {
                 guard authorization == nil else { return nil }
-                authorization = field.value
-            default:
-                continue
+                authorization = value
             }
         }
         guard let length, length <= api.bodyLimit(endpoint), keys.admits(authorization: authorization) else { return nil }
@@ -184,7 +190,7 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } catch {
             let failure = APIError.from(error)
-            return responded(context: context, status: failure.status, json: failure.body)
+            return responded(context: context, status: HTTPResponseStatus(statusCode: Int(failure.status.code)), json: failure.body)
         }
         let executor = self.executor ?? EventLoopTaskExecutor(context.eventLoop)
         self.executor = executor
@@ -193,34 +199,34 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         let context = NIOLoopBound(context, eventLoop: loop)
         let api = api
         Task(executorPreference: executor) {
-            let status: HTTPResponse.Status
+            let status: HTTPResponseStatus
             let json: ByteBuffer
             do {
                 json = try await api.accept(endpoint, body: body, on: loop)
                 status = .accepted
             } catch {
                 let failure = APIError.from(error)
-                (status, json) = (failure.status, failure.body)
+                (status, json) = (HTTPResponseStatus(statusCode: Int(failure.status.code)), failure.body)
             }
             handler.value.responded(context: context.value, status: status, json: json)
         }
     }
 
-    private func responded(context: ChannelHandlerContext, status: HTTPResponse.Status, json: ByteBuffer) {
-        let response: HTTPResponse
+    private func responded(context: ChannelHandlerContext, status: HTTPResponseStatus, json: ByteBuffer) {
+        let response: HTTPResponseHead
         if status == .accepted, let cached = acceptedHead, cached.length == json.readableBytes {
             // A 202's body has the same length every time (message ids have a fixed length):
             // its head is made once per connection.
             response = cached.head
         } else {
-            response = HTTPResponse(
-                status: status,
-                headerFields: [.contentType: "application/json", .contentLength: String(json.readableBytes), .server: serverName]
+            response = HTTPResponseHead(
+                version: .http1_1, status: status,
+                headers: ["Content-Type": "application/json", "Content-Length": String(json.readableBytes), "Server": serverName]
             )
             if status == .accepted { acceptedHead = (json.readableBytes, response) }
         }
         context.write(wrapOutboundOut(.head(response)), promise: nil)
-        context.write(wrapOutboundOut(.body(json)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(json))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         state = .idle
         // What arrived meanwhile, in order, until the next request of ours.
@@ -236,15 +242,38 @@ final class PushFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             readHeld = false
             context.read()
         }
+        if quiesceHeld, state.isIdle {
+            quiesceHeld = false
+            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Hummingbird closes the connection at a quiesce when its router owes nothing: a
+        // request of ours under way would lose its answer (its message perhaps stored).
+        if event is ChannelShouldQuiesceEvent {
+            switch state {
+            case .collecting, .responding:
+                quiesceHeld = true
+                return
+            case .idle, .forwarding:
+                break
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 
-/// Hummingbird's HTTP/1.1 child channel with `PushFastPath` placed after its connection state
-/// handler.
+/// Hummingbird's HTTP/1.1 child channel with Herald's handlers placed right after NIO's HTTP
+/// decoder, in front of the conversion to HTTP types: `HTTPTimeoutHandler` (the connection's
+/// time limits; Hummingbird's own idle timeout is off, as it would not see the fast path's
+/// requests), then `PushFastPath`.
 struct HeraldHTTP1Channel: ServerChildChannel {
     typealias Value = HTTP1Channel.Value
 
     let inner: HTTP1Channel
+    /// HERALD_HTTP_IDLE_TIMEOUT_S.
+    let timeout: TimeAmount
     let makeFastPath: @Sendable () -> PushFastPath?
     /// HTTPS: the credentials new handshakes use (reloaded on SIGHUP); nil: plain HTTP.
     var tls: TLSCredentials?
@@ -258,14 +287,14 @@ struct HeraldHTTP1Channel: ServerChildChannel {
             }
         }
         return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
-            if let fastPath = makeFastPath() {
-                let operations = channel.pipeline.syncOperations
-                try operations.addHandler(fastPath, position: .after(try operations.handler(type: HTTPConnectionStateHandler.self)))
-            }
+            let operations = channel.pipeline.syncOperations
+            let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            var handlers: [any ChannelHandler] = [HTTPTimeoutHandler(timeout: timeout)]
+            if let fastPath = makeFastPath() { handlers.append(fastPath) }
+            try operations.addHandlers(handlers, position: .after(decoder))
             return value
         }
     }
-
     /// Serves the connection's requests through Hummingbird's router with the connection's
     /// event loop as the task executor: each request's handler (and the store calls it
     /// awaits) runs on that loop, as the fast path's do, instead of hopping to the global
@@ -274,5 +303,14 @@ struct HeraldHTTP1Channel: ServerChildChannel {
         await withTaskExecutorPreference(EventLoopTaskExecutor(value.channel.eventLoop)) {
             await inner.handle(value: value, logger: logger)
         }
+    }
+}
+
+extension String {
+    /// Whether this header name (or token) is `lowercase`, ignoring ASCII case.
+    fileprivate func isHeaderName(_ lowercase: StaticString) -> Bool {
+        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        return utf8.count == expected.count
+            && utf8.elementsEqual(expected) { byte, lower in (byte &- UInt8(ascii: "A") < 26 ? byte | 0x20 : byte) == lower }
     }
 }

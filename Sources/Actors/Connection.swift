@@ -318,11 +318,14 @@ public actor Connection {
 
     // MARK: Timers
 
-    /// Closes a device silent for 2 x heartbeat (the loop's sweep calls this once a second).
-    func checkHeartbeat(now: NIODeadline) {
-        guard machine.heartbeatCheck(now: now) else { return }
+    /// Closes a device silent for 2 x heartbeat (the loop's sweep calls this when the deadline
+    /// it last returned has come).
+    /// Returns when to look again: the heartbeat deadline then in force; nil once closed.
+    func checkHeartbeat(now: NIODeadline) -> NIODeadline? {
+        guard machine.heartbeatCheck(now: now) else { return machine.heartbeatDeadline }
         services.logger.debug("closing silent connection", metadata: ["herald.client": "\(machine.loggedClientID)"])
         channel.close(promise: nil)
+        return nil
     }
 
     private func stalled() {

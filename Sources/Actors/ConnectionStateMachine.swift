@@ -367,6 +367,13 @@ public struct ConnectionStateMachine: Sendable {
         return true
     }
 
+    /// When the device, silent from now on, would have been silent for two heartbeats; nil
+    /// outside an active session.
+    public var heartbeatDeadline: NIODeadline? {
+        guard case .active(let session) = state else { return nil }
+        return lastReceived + session.heartbeat * 2
+    }
+
     /// The stall timer fired: whether to close the connection (the socket is still not
     /// writable: the device stopped reading).
     public mutating func stallTimerFired() -> Bool {

@@ -1,12 +1,15 @@
 import NIOCore
 import Synchronization
 
-/// Finds silent device connections: once a second, each event loop looks at the sessions it
-/// serves and closes those that sent nothing for two heartbeats.
+/// Finds silent device connections: once a second, each event loop looks at the sessions
+/// whose heartbeat deadline has come, and closes those that sent nothing for two heartbeats.
 ///
 /// A timer per connection cost each idle connection about 0.3 KB (the scheduled task, its
 /// promise and closure) and its loop a wake-up per heartbeat per device; the sweep costs a
 /// dictionary entry per connection and one wake-up a second per loop (Docs/benchmarks.md).
+/// Each session is filed under the sweep at which its deadline falls (a timing wheel), so a
+/// sweep looks only at the sessions due then: a device that keeps PINGing is looked at about
+/// once per two heartbeats, not every second, and its PINGs cost the sweep nothing.
 /// A silent device is closed between 2 x heartbeat and 2 x heartbeat + `interval`.
 public final class HeartbeatSweeps: Sendable {
     /// How often each loop sweeps.
@@ -42,21 +45,43 @@ public final class HeartbeatSweeps: Sendable {
 final class LoopSweep: @unchecked Sendable {
     private let loop: any EventLoop
     private let interval: TimeAmount
-    private var connections: [ObjectIdentifier: Connection] = [:]
+    /// The watched sessions, each with the sweep it is filed under.
+    private var connections: [ObjectIdentifier: (connection: Connection, due: Int64)] = [:]
+    /// Sessions by the sweep that is to look at them (sweep `n` runs at `n` x interval of the
+    /// loop's clock). An entry whose session has gone, or was filed anew under another sweep,
+    /// is passed over.
+    private var wheel: [Int64: [ObjectIdentifier]] = [:]
+    /// The last sweep run.
+    private var swept: Int64 = 0
     private var task: RepeatedTask?
+    /// Sessions looked at, for tests.
+    private(set) var checks = 0
 
     init(loop: any EventLoop, interval: TimeAmount) {
         self.loop = loop
         self.interval = interval
     }
 
-    /// Watches `connection` (an authenticated session on this loop) from now on.
+    /// The sweep at or after `deadline`.
+    private func sweep(after deadline: NIODeadline) -> Int64 {
+        let nanoseconds = Int64(clamping: deadline.uptimeNanoseconds)
+        return (nanoseconds + interval.nanoseconds - 1) / interval.nanoseconds
+    }
+
+    private func file(_ id: ObjectIdentifier, _ connection: Connection, under due: Int64) {
+        connections[id] = (connection, due)
+        wheel[due, default: []].append(id)
+    }
+
+    /// Watches `connection` (an authenticated session on this loop) from now on: the next
+    /// sweep looks at it and files it under its deadline.
     func add(_ connection: Connection) {
         loop.preconditionInEventLoop()
-        connections[ObjectIdentifier(connection)] = connection
         if task == nil {
+            swept = sweep(after: loop.now) - 1
             task = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in run() }
         }
+        file(ObjectIdentifier(connection), connection, under: swept + 1)
     }
 
     /// Stops watching `connection`; the sweep stops with the loop's last session.
@@ -66,14 +91,24 @@ final class LoopSweep: @unchecked Sendable {
         if connections.isEmpty {
             task?.cancel()
             task = nil
+            wheel = [:]
         }
     }
 
     private func run() {
         let now = loop.now
-        // A connection closed by its check leaves `connections` meanwhile: this iterates a copy.
-        for connection in connections.values {
-            connection.assumeIsolated { $0.checkHeartbeat(now: now) }
+        // Every sweep due by now, a late one included: the repeated task may run late.
+        let last = max(swept, sweep(after: now + .nanoseconds(1)) - 1)
+        while swept < last {
+            swept += 1
+            guard let due = wheel.removeValue(forKey: swept) else { continue }
+            for id in due {
+                // A session closed by its check leaves `connections` meanwhile.
+                guard let (connection, filed) = connections[id], filed == swept else { continue }
+                checks += 1
+                guard let deadline = connection.assumeIsolated({ $0.checkHeartbeat(now: now) }) else { continue }
+                file(id, connection, under: max(sweep(after: deadline), swept + 1))
+            }
         }
     }
 }

@@ -1,10 +1,11 @@
-import Actors
 import Logging
 import Metrics
 import NIOCore
 import NIOEmbedded
 import PushProtocol
 import Testing
+
+@testable import Actors
 
 /// One device connection on NIO's testing channel: the real `Connection` and
 /// `DeviceChannelHandler`, bytes in and out, no socket, and the loop's manual clock for every
@@ -127,6 +128,22 @@ struct ConnectionChannelTests {
         #expect(silent.isOpen, "the PING restarted the count")
         await silent.loop.advanceTime(by: .seconds(2))
         #expect(!silent.isOpen)
+    }
+
+    @Test("the sweep looks at a PINGing device about once per two heartbeats, not every second, and still closes it once silent")
+    func sweepLooksOnlyWhenDue() async throws {
+        let harness = try await Harness()
+        _ = try await harness.hello(heartbeat: 10)
+        let sweep = harness.services.heartbeats.sweep(for: harness.loop)
+        for _ in 0..<12 {
+            await harness.loop.advanceTime(by: .seconds(5))
+            try await harness.send(.ping)
+        }
+        #expect(harness.isOpen)
+        let checks = try await harness.loop.submit { sweep.checks }.get()
+        #expect(checks >= 2 && checks <= 5, "60 s of PINGs every 5 s at heartbeat 10: \(checks) looks, not one a second")
+        await harness.loop.advanceTime(by: .seconds(20))
+        #expect(!harness.isOpen, "silent for 2 x heartbeat after the last PING")
     }
 
     @Test("frames beyond the rate are 429 and nothing after is answered")

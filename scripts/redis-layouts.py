@@ -10,6 +10,13 @@ message for append, ack and both.
 
     scripts/redis-layouts.py --devices 10000 --messages 50000            # every layout
     scripts/redis-layouts.py --layouts current,lean --batch 100
+
+The `stream-seq+...` candidates add to the chosen layout what message status and webhook
+events would cost (the receipts issue): a status record per message written at the append,
+at the send and at the ACK (`+status-key`: a key per message id under its own tag;
+`+status-hash`: a field in the device's hash, under the device's tag, plus an id -> device
+key), or a `message.acked` event per ACK in a stream read by a consumer group (`+event`, its
+reading and acknowledging counted in the `events` column).
 """
 import argparse, os, socket, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -316,7 +323,65 @@ class Multi(Layout):
     def ack(self, device, mid, token):
         return [encode("HDEL", self.keys(device)[1], mid)]
 
-LAYOUTS = {"current": Current, "stream": Stream, "stream-seq": StreamSeq, "list-hash": ListHash, "zset-hash": ZsetHash, "multi": Multi}
+RETENTION_MS = 86_400_000   # HERALD_RECEIPT_RETENTION_S's default, 24 h
+
+class StatusKey(StreamSeq):
+    """The chosen layout plus a status key per message id, under the id's own tag (so not in
+    the device's slot: a separate call): written at the append, the send and the ACK."""
+    def append(self, messages, deadline):
+        # The script's reply (the sequences the ACKs need) must come last.
+        out = [encode("SET", f"herald:{{{mid}}}:s", f"{device} stored {self.now}", "PX", RETENTION_MS) for device, mid, _ in messages]
+        return out + super().append(messages, deadline)
+    def ack(self, device, mid, token):
+        return [encode("SET", f"herald:{{{mid}}}:s", f"{device} sent {self.now}", "KEEPTTL"),
+                *super().ack(device, mid, token),
+                encode("SET", f"herald:{{{mid}}}:s", f"{device} acked {self.now}", "PX", RETENTION_MS)]
+
+class StatusHash(StreamSeq):
+    """The chosen layout plus the status as a field of the device's hash `r` (in its slot, so
+    the ACK's delete and status are one MULTI), and an id -> device key to find it by id."""
+    def append(self, messages, deadline):
+        out = []
+        for device, mid, _ in messages:
+            out += [encode("HSET", f"herald:{{{device}}}:r", mid, f"stored {self.now}"),
+                    encode("SET", f"herald:{{{mid}}}:c", device, "PX", RETENTION_MS)]
+        return out + super().append(messages, deadline)
+    def ack(self, device, mid, token):
+        r = f"herald:{{{device}}}:r"
+        return [encode("HSET", r, mid, f"sent {self.now}"),
+                encode("MULTI"), *super().ack(device, mid, token), encode("HSET", r, mid, f"acked {self.now}"),
+                encode("PEXPIRE", r, RETENTION_MS), encode("EXEC")]
+
+class AckEvent(StreamSeq):
+    """The chosen layout plus a `message.acked` event per ACK, in one of 16 event streams
+    (a single Redis: one MULTI with the delete), read by a consumer group in batches of 100
+    and acknowledged and deleted once sent."""
+    SHARDS = 16
+    def setup(self):
+        super().setup()
+        for n in range(self.SHARDS):
+            self.conn.call("XGROUP", "CREATE", self.stream(n), "senders", "$", "MKSTREAM")
+    def stream(self, n): return f"herald:{{events{n}}}"
+    def ack(self, device, mid, token):
+        stream = self.stream(hash(device) % self.SHARDS)
+        return [encode("MULTI"),
+                encode("XADD", stream, "*", "t", "message.acked", "m", mid, "c", device, "at", self.now),
+                *super().ack(device, mid, token), encode("EXEC")]
+    def drain(self):
+        """Reads every event as a sender would, 100 at a time per stream, then XACK + XDEL."""
+        read = 0
+        for n in range(self.SHARDS):
+            while True:
+                reply = self.conn.call("XREADGROUP", "GROUP", "senders", "s1", "COUNT", 100, "STREAMS", self.stream(n), ">")
+                entries = reply[0][1] if reply else []
+                if not entries: break
+                ids = [e[0] for e in entries]
+                self.conn.pipeline([[encode("XACK", self.stream(n), "senders", *ids)], [encode("XDEL", self.stream(n), *ids)]], 2)
+                read += len(ids)
+        return read
+
+LAYOUTS = {"current": Current, "stream": Stream, "stream-seq": StreamSeq, "list-hash": ListHash, "zset-hash": ZsetHash, "multi": Multi,
+           "stream-seq+status-key": StatusKey, "stream-seq+status-hash": StatusHash, "stream-seq+event": AckEvent}
 
 def tokens(reply, count):
     """The per-message tokens an append returned (stream entry ids), or None for each."""
@@ -329,6 +394,8 @@ def run(port, name, args):
     conn.call("FLUSHALL")
     layout = LAYOUTS[name](name, conn, int(time.time() * 1000), 1_000_000)
     layout.setup()
+    used = lambda: int(dict(l.split(":", 1) for l in conn.call("INFO", "memory").decode().splitlines() if ":" in l)["used_memory"])
+    empty = used()
     payload = b"x" * args.payload_bytes
     messages = [(f"dev{i % args.devices}", f"{i:016x}-{i:08x}", payload) for i in range(args.messages)]
     deadline = int(time.time() * 1000) + 3600_000
@@ -341,10 +408,15 @@ def run(port, name, args):
     acks = [layout.ack(d, mid, tok) for (d, mid, _), tok in zip(messages, toks)]
     conn.pipeline(acks, args.depth)
     acked = redis_cpu(conn)
-    memory = conn.call("INFO", "memory").decode()
+    if isinstance(layout, (Stream, StreamSeq)) and None in toks:
+        raise SystemExit(f"{name}: an append's reply had no stream entry ids for the ACKs")
+    if hasattr(layout, "drain"):
+        read = layout.drain()
+        if read != args.messages: raise SystemExit(f"{name}: {read} events read, {args.messages} expected")
+    drained = redis_cpu(conn)
     left = conn.call("DBSIZE")
     us = lambda s: s / args.messages * 1e6
-    return us(appended - before), us(acked - appended), left
+    return us(appended - before), us(acked - appended), us(drained - acked), left, used() - empty
 
 def main():
     parser = argparse.ArgumentParser()
@@ -365,11 +437,11 @@ def main():
             except OSError: time.sleep(0.05)
         print(f"{args.messages} messages to {args.devices} devices, {args.payload_bytes}-byte payloads, "
               f"{args.batch} per append, {args.depth} calls in flight; Redis CPU per message (median of {args.rounds})")
-        print(f"{'layout':<10} {'append µs':>10} {'ack µs':>8} {'total µs':>9}  keys left")
+        print(f"{'layout':<22} {'append µs':>10} {'ack µs':>8} {'events µs':>10} {'total µs':>9}  keys left, memory left per message")
         for name in args.layouts.split(","):
-            results = sorted((run(port, name, args) for _ in range(args.rounds)), key=lambda r: r[0] + r[1])
-            a, k, left = results[len(results) // 2]
-            print(f"{name:<10} {a:>10.2f} {k:>8.2f} {a + k:>9.2f}  {left}")
+            results = sorted((run(port, name, args) for _ in range(args.rounds)), key=lambda r: r[0] + r[1] + r[2])
+            a, k, e, left, memory = results[len(results) // 2]
+            print(f"{name:<22} {a:>10.2f} {k:>8.2f} {e:>10.2f} {a + k + e:>9.2f}  {left}, {memory / args.messages:.0f} B")
     finally:
         redis.terminate(); redis.wait()
 

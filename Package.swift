@@ -31,8 +31,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         // ConfigurationSupport (swift-configuration) is not used: Herald reads HERALD_* itself.
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
-        // Already built for Hummingbird; Herald names its HTTP request parts (RequestDeadlineHandler).
-        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
         // Already built for jwt-kit; Herald uses its HMAC for the relay links' token.
         .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),

@@ -265,6 +265,9 @@ public actor Connection {
             }
             channel.flush()
             services.metrics.pushesDelivered.increment(by: Int64(delivery.send.count))
+            if let store = services.synchronousStore, let clientID = machine.clientID {
+                store.markSentNow(clientID: clientID, messages: delivery.send)
+            }
         }
         if let fetch = delivery.fetch { startFetch(fetch) }
     }

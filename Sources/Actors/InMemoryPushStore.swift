@@ -6,22 +6,53 @@ import Synchronization
 /// It keeps the whole `PushStore` contract except durability across a restart of the
 /// process. One lock guards all queues: every operation is a few dictionary and ring-buffer
 /// steps under it, and a batch spanning devices must be atomic, which one lock makes trivial.
-public final class InMemoryPushStore: SynchronousPushStore {
+///
+/// With a receipt retention it also keeps each message's status (`ReceiptStore`), changed
+/// under the same lock as the queue: a receipt per pending message, and each final one (acked,
+/// expired) for the retention, at most `maxReceipts` final ones (the oldest go first, counted).
+public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
     private struct DeviceQueue {
         var messages = CircularBuffer<StoredMessage>()
         var nextSequence: UInt64 = 1
     }
 
-    private let queues = Mutex<[String: DeviceQueue]>([:])
+    private struct State {
+        var queues: [String: DeviceQueue] = [:]
+        /// By message id: the receipt of every pending message, and of final ones until forgotten.
+        var receipts: [String: MessageReceipt] = [:]
+        /// Final receipts in the order they became final, with when to forget each.
+        var finals = CircularBuffer<(forgetAt: Int64, id: String)>()
+        /// Final receipts forgotten before their retention ran out, to stay under the cap.
+        var forgottenEarly = 0
+    }
+
+    private let state = Mutex(State())
     private let maxPending: Int
+    private let receiptRetentionMillis: Int64?
+    private let maxReceipts: Int
     private let now: @Sendable () -> Int64
 
     /// Creates a store holding at most `maxPending` unexpired messages per device; `now`
-    /// gives the wall-clock time in milliseconds since the Unix epoch.
-    public init(maxPending: Int, now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch) {
-        precondition(maxPending > 0)
+    /// gives the wall-clock time in milliseconds since the Unix epoch. With
+    /// `receiptRetentionMillis` it keeps message status, each final receipt for that long and
+    /// at most `maxReceipts` of them; without, none.
+    public init(
+        maxPending: Int, receiptRetentionMillis: Int64? = nil, maxReceipts: Int = 1_000_000,
+        now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
+    ) {
+        precondition(maxPending > 0 && maxReceipts > 0)
         self.maxPending = maxPending
+        self.receiptRetentionMillis = receiptRetentionMillis
+        self.maxReceipts = maxReceipts
         self.now = now
+    }
+
+    public var keepsReceipts: Bool { receiptRetentionMillis != nil }
+
+    /// How many receipts it holds (pending and final), and how many final ones it forgot
+    /// before their retention ran out to stay under `maxReceipts`.
+    public var receiptCounts: (kept: Int, forgottenEarly: Int) {
+        state.withLock { ($0.receipts.count, $0.forgottenEarly) }
     }
 
     public func append(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage] {
@@ -39,29 +70,29 @@ public final class InMemoryPushStore: SynchronousPushStore {
     public func appendNow(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage] {
         let now = now()
         if messages.count == 1 { return [try appendOne(messages[0], now: now)] }
-        let result: Result<[StoredMessage], StoreError> = queues.withLock { queues in
+        let result: Result<[StoredMessage], StoreError> = state.withLock { state in
             // Check every device's cap first, so that a refusal stores nothing.
             var added: [String: Int] = [:]
             for message in messages { added[message.clientID, default: 0] += 1 }
             for (clientID, count) in added {
-                var queue = queues[clientID] ?? DeviceQueue()
-                Self.dropExpired(&queue, now: now)
-                queues[clientID] = queue
-                if queue.messages.count + count > maxPending {
+                if state.queues[clientID] == nil { state.queues[clientID] = DeviceQueue() }
+                dropExpired(clientID, in: &state, now: now)
+                if state.queues[clientID]!.messages.count + count > maxPending {
                     return .failure(StoreError(.pendingFull, "pending queue of \(clientID) is full (\(maxPending))"))
                 }
             }
             var stored: [StoredMessage] = []
             stored.reserveCapacity(messages.count)
             for message in messages {
-                let sequence = queues[message.clientID]!.nextSequence
+                let sequence = state.queues[message.clientID]!.nextSequence
                 let entry = StoredMessage(
                     clientID: message.clientID, id: message.id, sequence: sequence,
                     payload: message.payload, expiresAtMillis: message.expiresAtMillis
                 )
-                queues[message.clientID]!.nextSequence += 1
-                queues[message.clientID]!.messages.append(entry)
+                state.queues[message.clientID]!.nextSequence += 1
+                state.queues[message.clientID]!.messages.append(entry)
                 stored.append(entry)
+                accepted(entry, in: &state, now: now)
             }
             return .success(stored)
         }
@@ -70,15 +101,24 @@ public final class InMemoryPushStore: SynchronousPushStore {
 
     /// One message: one lookup of its device's queue, changed in place.
     private func appendOne(_ message: NewMessage, now: Int64) throws(StoreError) -> StoredMessage {
-        let maxPending = maxPending
-        let result: Result<StoredMessage, StoreError> = queues.withLock { queues in
-            Self.appendOne(message, to: &queues[message.clientID, default: DeviceQueue()], now: now, maxPending: maxPending)
+        let result: Result<StoredMessage, StoreError> = state.withLock { state in
+            let result = appendOne(message, in: &state, now: now)
+            if case .success(let entry) = result { accepted(entry, in: &state, now: now) }
+            return result
         }
         return try result.get()
     }
 
-    private static func appendOne(_ message: NewMessage, to queue: inout DeviceQueue, now: Int64, maxPending: Int) -> Result<StoredMessage, StoreError> {
-        dropExpired(&queue, now: now)
+    private func appendOne(_ message: NewMessage, in state: inout State, now: Int64) -> Result<StoredMessage, StoreError> {
+        var expired: [String] = []
+        defer { for id in expired { finish(id, as: .expired, in: &state, now: now) } }
+        return Self.appendOne(message, to: &state.queues[message.clientID, default: DeviceQueue()], now: now, maxPending: maxPending, expired: &expired)
+    }
+
+    private static func appendOne(
+        _ message: NewMessage, to queue: inout DeviceQueue, now: Int64, maxPending: Int, expired: inout [String]
+    ) -> Result<StoredMessage, StoreError> {
+        dropExpired(&queue, now: now, into: &expired)
         guard queue.messages.count < maxPending else {
             return .failure(StoreError(.pendingFull, "pending queue of \(message.clientID) is full (\(maxPending))"))
         }
@@ -93,12 +133,11 @@ public final class InMemoryPushStore: SynchronousPushStore {
 
     public func pendingNow(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage] {
         let now = now()
-        return queues.withLock { queues in
-            guard var queue = queues[clientID] else { return [] }
-            Self.dropExpired(&queue, now: now)
-            queues[clientID] = queue
+        return state.withLock { state in
+            guard state.queues[clientID] != nil else { return [] }
+            dropExpired(clientID, in: &state, now: now)
             var result: [StoredMessage] = []
-            for message in queue.messages where message.sequence > sequence && message.expiresAtMillis > now {
+            for message in state.queues[clientID]!.messages where message.sequence > sequence && message.expiresAtMillis > now {
                 result.append(message)
                 if result.count == limit { break }
             }
@@ -107,12 +146,14 @@ public final class InMemoryPushStore: SynchronousPushStore {
     }
 
     public func acknowledgeNow(clientID: String, messages: [Acknowledgement]) -> Int {
-        queues.withLock { queues in
+        let now = now()
+        return state.withLock { state in
             var removed = 0
             for message in messages {
-                guard let index = queues[clientID]?.messages.firstIndex(where: { $0.id == message.id }) else { continue }
-                queues[clientID]!.messages.remove(at: index)
+                guard let index = state.queues[clientID]?.messages.firstIndex(where: { $0.id == message.id }) else { continue }
+                state.queues[clientID]!.messages.remove(at: index)
                 removed += 1
+                finish(message.id, as: .acked, in: &state, now: now)
             }
             return removed
         }
@@ -120,28 +161,114 @@ public final class InMemoryPushStore: SynchronousPushStore {
 
     public func pendingCount(for clientID: String) -> Int {
         let now = now()
-        return queues.withLock { queues in
-            queues[clientID]?.messages.reduce(0) { $0 + ($1.expiresAtMillis > now ? 1 : 0) } ?? 0
+        return state.withLock { state in
+            state.queues[clientID]?.messages.reduce(0) { $0 + ($1.expiresAtMillis > now ? 1 : 0) } ?? 0
         }
     }
 
     public func removeExpired() -> Int {
         let now = now()
-        return queues.withLock { queues in
+        return state.withLock { state in
             var removed = 0
-            for key in Array(queues.keys) {
-                let before = queues[key]!.messages.count
-                queues[key]!.messages.removeAll { $0.expiresAtMillis <= now }
-                removed += before - queues[key]!.messages.count
+            for key in Array(state.queues.keys) {
+                var expired: [String] = []
+                state.queues[key]!.messages.removeAll { message in
+                    guard message.expiresAtMillis <= now else { return false }
+                    expired.append(message.id)
+                    return true
+                }
+                removed += expired.count
+                for id in expired { finish(id, as: .expired, in: &state, now: now) }
             }
+            forget(in: &state, now: now)
             return removed
         }
     }
 
     public func ping() {}
 
-    /// Drops expired messages from the head of the queue; the sweeper removes the rest.
-    private static func dropExpired(_ queue: inout DeviceQueue, now: Int64) {
-        while let first = queue.messages.first, first.expiresAtMillis <= now { queue.messages.removeFirst() }
+    /// Drops expired messages from the head of `clientID`'s queue; the sweeper removes the rest.
+    private func dropExpired(_ clientID: String, in state: inout State, now: Int64) {
+        var expired: [String] = []
+        Self.dropExpired(&state.queues[clientID, default: DeviceQueue()], now: now, into: &expired)
+        for id in expired { finish(id, as: .expired, in: &state, now: now) }
+    }
+
+    private static func dropExpired(_ queue: inout DeviceQueue, now: Int64, into expired: inout [String]) {
+        while let first = queue.messages.first, first.expiresAtMillis <= now {
+            queue.messages.removeFirst()
+            expired.append(first.id)
+        }
+    }
+
+    // MARK: Receipts
+
+    public func receipt(of id: String) -> MessageReceipt? {
+        guard keepsReceipts else { return nil }
+        let now = now()
+        return state.withLock { state in
+            forget(in: &state, now: now)
+            return state.receipts[id]?.at(now)
+        }
+    }
+
+    public func pendingReceipts(for clientID: String, after sequence: UInt64, limit: Int) -> [MessageReceipt] {
+        guard keepsReceipts else { return [] }
+        let now = now()
+        return state.withLock { state in
+            var result: [MessageReceipt] = []
+            for message in state.queues[clientID]?.messages ?? [] where message.sequence > sequence && message.expiresAtMillis > now {
+                guard let receipt = state.receipts[message.id] else { continue }
+                result.append(receipt)
+                if result.count == limit { break }
+            }
+            return result
+        }
+    }
+
+    public func markSent(clientID: String, messages: [StoredMessage]) {
+        markSentNow(clientID: clientID, messages: messages)
+    }
+
+    public func markSentNow(clientID: String, messages: [StoredMessage]) {
+        guard keepsReceipts else { return }
+        let atMillis = now()
+        state.withLock { state in
+            for message in messages {
+                guard let index = state.receipts.index(forKey: message.id) else { continue }
+                let receipt = state.receipts.values[index]
+                guard receipt.clientID == clientID, receipt.state == .stored || receipt.state == .sent else { continue }
+                state.receipts.values[index].state = .sent
+                state.receipts.values[index].sentAtMillis = atMillis
+            }
+        }
+    }
+
+    /// A message was stored: its receipt says so.
+    private func accepted(_ message: StoredMessage, in state: inout State, now: Int64) {
+        guard keepsReceipts else { return }
+        state.receipts[message.id] = MessageReceipt(
+            id: message.id, clientID: message.clientID, sequence: message.sequence, state: .stored,
+            acceptedAtMillis: now, expiresAtMillis: message.expiresAtMillis
+        )
+    }
+
+    /// A message left its queue (acknowledged, or expired): its receipt takes the final state
+    /// and is kept for the retention.
+    private func finish(_ id: String, as final: MessageState, in state: inout State, now: Int64) {
+        guard let retention = receiptRetentionMillis, let index = state.receipts.index(forKey: id) else { return }
+        state.receipts.values[index].state = final
+        if final == .acked { state.receipts.values[index].ackedAtMillis = now }
+        state.finals.append((forgetAt: now + retention, id: id))
+        forget(in: &state, now: now)
+    }
+
+    /// Forgets the final receipts whose retention ran out, and the oldest beyond the cap.
+    private func forget(in state: inout State, now: Int64) {
+        while let first = state.finals.first, first.forgetAt <= now || state.finals.count > maxReceipts {
+            state.finals.removeFirst()
+            state.receipts.removeValue(forKey: first.id)
+            if first.forgetAt > now { state.forgottenEarly += 1 }
+        }
     }
 }

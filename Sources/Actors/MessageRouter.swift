@@ -38,6 +38,8 @@ public struct ClientStatus: Sendable, Hashable {
 public final class MessageRouter: Sendable {
     private let store: any PushStore
     private let synchronousStore: (any SynchronousPushStore)?
+    private let receipts: (any ReceiptStore)?
+    private let broadcasts: BroadcastReceipts?
     private let registry: ConnectionRegistry
     private let ids: MessageIDGenerator
     private let metrics: NodeMetrics
@@ -49,8 +51,13 @@ public final class MessageRouter: Sendable {
     public init(
         nodeID: String, store: any PushStore, registry: ConnectionRegistry, metrics: NodeMetrics,
         cluster: any ClusterLink = LoneNode(), ids: MessageIDGenerator = MessageIDGenerator(),
+        receiptRetentionMillis: Int64? = nil,
         now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
+        let receipts = (store as? any ReceiptStore).flatMap { $0.keepsReceipts ? $0 : nil }
+        self.receipts = receipts
+        // Broadcast status only where message status is kept (so far, the memory store of a lone node).
+        self.broadcasts = receipts == nil ? nil : receiptRetentionMillis.map { BroadcastReceipts(retentionMillis: $0, now: now) }
         self.nodeID = nodeID
         self.cluster = cluster
         self.store = store
@@ -117,6 +124,7 @@ public final class MessageRouter: Sendable {
     public func broadcast(_ payload: ByteBuffer) -> (id: String, recipients: Int) {
         let id = ids.next()
         let recipients = broadcastLocally(messageID: id, payload: payload)
+        broadcasts?.record(id: id, node: nodeID, sent: recipients)
         cluster.broadcast(messageID: id, payload: payload)
         return (id, recipients)
     }
@@ -135,6 +143,23 @@ public final class MessageRouter: Sendable {
         }
         let location = try await cluster.locate(clientID)
         return ClientStatus(online: location != nil, node: location?.nodeID, pending: pending)
+    }
+
+    /// Whether this node keeps message status (`receipt(of:)`, `pendingReceipts`).
+    public var keepsReceipts: Bool { receipts != nil }
+
+    /// The status of message `id`: a device's message, a broadcast, or nil (unknown, forgotten,
+    /// or no status kept).
+    public func receipt(of id: String) async throws(StoreError) -> Receipt? {
+        if let broadcast = broadcasts?.receipt(of: id) { return .broadcast(broadcast) }
+        guard let receipts else { return nil }
+        return try await receipts.receipt(of: id).map(Receipt.message)
+    }
+
+    /// Up to `limit` receipts of `clientID`'s pending messages after `sequence`, in order.
+    public func pendingReceipts(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [MessageReceipt] {
+        guard let receipts else { return [] }
+        return try await receipts.pendingReceipts(for: clientID, after: sequence, limit: limit)
     }
 
     /// Closes the device's connection on whichever node holds it. Returns whether one did.

@@ -20,6 +20,11 @@ public final class NodeMetrics: Sendable {
     public let httpFastPathRequests: Counter
     /// Store operation latency.
     public let storeLatency: Timer
+    /// Message statuses the store holds (pending and final; the memory store's).
+    public let receipts: Gauge
+    /// Final statuses forgotten before their retention, to stay under `HERALD_RECEIPT_MAX`.
+    public let receiptsForgottenEarly: Counter
+    private let receiptsForgottenSeen = Atomic<Int>(0)
     private let factory: any MetricsFactory
     private let frameErrorCounters: [UInt16: Counter]
     private let restartCounters = Mutex<[String: Counter]>([:])
@@ -36,11 +41,20 @@ public final class NodeMetrics: Sendable {
         pushesExpired = Counter(label: "herald_pushes_expired_total", factory: factory)
         httpFastPathRequests = Counter(label: "herald_http_fast_path_requests_total", factory: factory)
         storeLatency = Timer(label: "herald_store_latency_seconds", dimensions: [], factory: factory)
+        receipts = Gauge(label: "herald_receipts", factory: factory)
+        receiptsForgottenEarly = Counter(label: "herald_receipts_forgotten_early_total", factory: factory)
         var errors: [UInt16: Counter] = [:]
         for code in [400, 401, 408, 409, 413, 429, 503] as [UInt16] {
             errors[code] = Counter(label: "herald_frame_errors_total", dimensions: [("code", "\(code)")], factory: factory)
         }
         frameErrorCounters = errors
+    }
+
+    /// Takes the receipt store's counts (read when /metrics is scraped).
+    public func observeReceipts(kept: Int, forgottenEarly: Int) {
+        receipts.record(kept)
+        let previous = receiptsForgottenSeen.exchange(forgottenEarly, ordering: .relaxed)
+        if forgottenEarly > previous { receiptsForgottenEarly.increment(by: Int64(forgottenEarly - previous)) }
     }
 
     /// Counts one ERROR frame sent to a device.

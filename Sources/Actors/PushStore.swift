@@ -160,4 +160,6 @@ public protocol SynchronousPushStore: PushStore {
     func pendingNow(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage]
     /// `acknowledge`, at once.
     func acknowledgeNow(clientID: String, messages: [Acknowledgement]) -> Int
+    /// `ReceiptStore.markSent`, at once; nothing when the store keeps no message status.
+    func markSentNow(clientID: String, messages: [StoredMessage])
 }

@@ -81,7 +81,8 @@ struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             var failure = APIError.from(error)
             if failure.status == .notFound {
                 let allowed = routes.filter { Self.matches($0.path, request.uri.path) }.map(\.method)
-                if !allowed.isEmpty {
+                // A 404 of a route that takes this method is the handler's own (an unknown id).
+                if !allowed.isEmpty && !allowed.contains(request.method) {
                     failure = APIError(
                         status: .methodNotAllowed, code: "method_not_allowed",
                         message: "\(request.method) is not allowed here; use \(allowed.map(\.rawValue).joined(separator: " or "))",

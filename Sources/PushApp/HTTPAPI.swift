@@ -23,7 +23,7 @@ struct HTTPAPI: Sendable {
         var routes: [(method: HTTPRequest.Method, path: String)] = [
             (.post, "/v1/push"), (.post, "/v1/push/batch"), (.post, "/v1/broadcast"), (.get, "/v1/clients/{client_id}"),
             (.delete, "/v1/clients/{client_id}/connection"), (.get, "/v1/stats"), (.get, "/healthz"), (.get, "/readyz"),
-            (.get, "/metrics"),
+            (.get, "/metrics"), (.get, "/v1/messages/{id}"), (.get, "/v1/clients/{client_id}/messages"),
         ]
         if configuration.faultHooks {
             routes += [(.post, "/debug/kill/{child}"), (.post, "/debug/wedge-event-loop"), (.post, "/debug/stop-relaying")]
@@ -34,6 +34,8 @@ struct HTTPAPI: Sendable {
         router.post("/v1/broadcast") { request, _ in try await broadcast(request) }
         router.get("/v1/clients/{client_id}") { _, context in try await client(context) }
         router.delete("/v1/clients/{client_id}/connection") { _, context in try await disconnect(context) }
+        router.get("/v1/messages/{id}") { _, context in try await message(context) }
+        router.get("/v1/clients/{client_id}/messages") { request, context in try await clientMessages(request, context) }
         router.get("/v1/stats") { _, _ in stats() }
         router.get("/healthz") { _, _ in await health() }
         router.get("/readyz") { _, _ in await ready() }
@@ -341,6 +343,135 @@ struct HTTPAPI: Sendable {
         )
     }
 
+    // MARK: Message status
+
+    private struct MessageBody: Encodable {
+        var receipt: MessageReceipt
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(receipt.id, forKey: .id)
+            try container.encode(receipt.clientID, forKey: .client_id)
+            try container.encode(receipt.state.rawValue, forKey: .state)
+            try container.encode(receipt.acceptedAtMillis, forKey: .accepted_at)
+            try container.encode(receipt.sentAtMillis, forKey: .sent_at)  // null, not absent, until sent
+            try container.encode(receipt.ackedAtMillis, forKey: .acked_at)
+            try container.encode(receipt.expiresAtMillis, forKey: .expires_at)
+        }
+        enum CodingKeys: CodingKey { case id, client_id, state, accepted_at, sent_at, acked_at, expires_at }
+    }
+
+    private struct BroadcastStatusBody: Encodable {
+        var id: String
+        var type = "broadcast"
+        var accepted_at: Int64
+        var sent: [String: Int]
+    }
+
+    private struct PendingBody: Encodable {
+        var id: String
+        var sequence: UInt64
+        var state: String
+        var accepted_at: Int64
+        var age_ms: Int64
+        var sent_at: Int64?
+        var expires_at: Int64
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(id, forKey: .id)
+            try container.encode(sequence, forKey: .sequence)
+            try container.encode(state, forKey: .state)
+            try container.encode(accepted_at, forKey: .accepted_at)
+            try container.encode(age_ms, forKey: .age_ms)
+            try container.encode(sent_at, forKey: .sent_at)
+            try container.encode(expires_at, forKey: .expires_at)
+        }
+        enum CodingKeys: CodingKey { case id, sequence, state, accepted_at, age_ms, sent_at, expires_at }
+    }
+
+    private struct PendingListBody: Encodable {
+        var client_id: String
+        var messages: [PendingBody]
+        /// The `after` of the next page; null on the last page.
+        var next_after: UInt64?
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(client_id, forKey: .client_id)
+            try container.encode(messages, forKey: .messages)
+            try container.encode(next_after, forKey: .next_after)
+        }
+        enum CodingKeys: CodingKey { case client_id, messages, next_after }
+    }
+
+    /// The most entries one page of `GET /v1/clients/{id}/messages` carries, and its default.
+    static let maxPage = 1000
+    static let defaultPage = 100
+
+    private static let receiptsOff = APIError(
+        status: .notFound, code: "receipts_off", message: "this node keeps no message status (HERALD_RECEIPT_RETENTION_S=0, or a store without status)"
+    )
+
+    private func message(_ context: BasicRequestContext) async throws -> Response {
+        guard let raw = context.parameters.get("id"), let id = Self.percentDecoded(raw), Identifiers.isValidMessageID(id) else {
+            throw APIError.badRequest("a message id is 1 to 64 printable ASCII characters")
+        }
+        let receipt: Receipt?
+        do {
+            receipt = try await node.router.receipt(of: id)
+        } catch {
+            throw APIError.unavailable("store unavailable: \(error.message)")
+        }
+        switch receipt {
+        case .message(let receipt):
+            return JSONBody.response(status: .ok, MessageBody(receipt: receipt))
+        case .broadcast(let broadcast):
+            return JSONBody.response(
+                status: .ok, BroadcastStatusBody(id: broadcast.id, accepted_at: broadcast.acceptedAtMillis, sent: broadcast.sent)
+            )
+        case nil:
+            guard node.router.keepsReceipts else { throw Self.receiptsOff }
+            throw APIError(status: .notFound, code: "not_found", message: "no message \(id) (unknown, or forgotten after HERALD_RECEIPT_RETENTION_S)")
+        }
+    }
+
+    private func clientMessages(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let id = try clientID(context)
+        guard node.router.keepsReceipts else { throw Self.receiptsOff }
+        let query = request.uri.queryParameters
+        var after: UInt64 = 0
+        if let text = query.get("after") {
+            guard let value = UInt64(text) else { throw APIError.badRequest("after must be a sequence (an unsigned integer)") }
+            after = value
+        }
+        var limit = Self.defaultPage
+        if let text = query.get("limit") {
+            guard let value = Int(text), (1...Self.maxPage).contains(value) else {
+                throw APIError.badRequest("limit must be from 1 to \(Self.maxPage)")
+            }
+            limit = value
+        }
+        let receipts: [MessageReceipt]
+        do {
+            // One more than the page, to know whether another follows.
+            receipts = try await node.router.pendingReceipts(for: id, after: after, limit: limit + 1)
+        } catch {
+            throw APIError.unavailable("store unavailable: \(error.message)")
+        }
+        let now = WallClock.millisecondsSinceEpoch()
+        let page = receipts.prefix(limit).map { receipt in
+            PendingBody(
+                id: receipt.id, sequence: receipt.sequence, state: receipt.state.rawValue, accepted_at: receipt.acceptedAtMillis,
+                age_ms: max(0, now - receipt.acceptedAtMillis), sent_at: receipt.sentAtMillis, expires_at: receipt.expiresAtMillis
+            )
+        }
+        return JSONBody.response(
+            status: .ok,
+            PendingListBody(client_id: id, messages: page, next_after: receipts.count > limit ? page.last?.sequence : nil)
+        )
+    }
+
     private func disconnect(_ context: BasicRequestContext) async throws -> Response {
         let id = try clientID(context)
         do {
@@ -412,6 +543,10 @@ struct HTTPAPI: Sendable {
     }
 
     private func metrics() -> Response {
+        if let store = node.store as? InMemoryPushStore, store.keepsReceipts {
+            let counts = store.receiptCounts
+            node.metrics.observeReceipts(kept: counts.kept, forgottenEarly: counts.forgottenEarly)
+        }
         var bytes: [UInt8] = []
         node.prometheus.emit(into: &bytes)
         return Response(

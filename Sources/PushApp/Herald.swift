@@ -79,6 +79,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HERALD_DEFAULT_TTL_S: message TTL when a push gives none (86400).") var defaultTTLS: String?
     @Option(help: "HERALD_MAX_TTL_S: largest ttl_s a push may ask for (2592000).") var maxTTLS: String?
     @Option(help: "HERALD_MAX_PENDING: stored messages per device before pushes get 429 (1000).") var maxPending: String?
+    @Option(help: "HERALD_RECEIPT_RETENTION_S: seconds message status is kept after it is acked or expired (86400; 0: no status).") var receiptRetentionS: String?
+    @Option(help: "HERALD_RECEIPT_MAX: final message statuses the memory store keeps at most (200000).") var receiptMax: String?
     @Option(help: "HERALD_DRAIN_TIMEOUT_S: seconds devices get to leave after GOAWAY (30).") var drainTimeoutS: String?
     @Option(help: "HERALD_WRITE_STALL_TIMEOUT_S: seconds a device that stopped reading is kept (30).") var writeStallTimeoutS: String?
     @Option(help: "HERALD_MAX_CONNECTIONS: open device sockets before new ones get 429 (0: no limit).") var maxConnections: String?
@@ -97,7 +99,8 @@ struct Serve: AsyncParsableCommand {
             ("HERALD_MAX_PAYLOAD", maxPayload), ("HERALD_WINDOW", window), ("HERALD_HELLO_TIMEOUT_S", helloTimeoutS),
             ("HERALD_HEARTBEAT_S", heartbeatS), ("HERALD_HEARTBEAT_MIN_S", heartbeatMinS),
             ("HERALD_HEARTBEAT_MAX_S", heartbeatMaxS), ("HERALD_DEFAULT_TTL_S", defaultTTLS), ("HERALD_MAX_TTL_S", maxTTLS),
-            ("HERALD_MAX_PENDING", maxPending), ("HERALD_DRAIN_TIMEOUT_S", drainTimeoutS),
+            ("HERALD_MAX_PENDING", maxPending), ("HERALD_RECEIPT_RETENTION_S", receiptRetentionS),
+            ("HERALD_RECEIPT_MAX", receiptMax), ("HERALD_DRAIN_TIMEOUT_S", drainTimeoutS),
             ("HERALD_WRITE_STALL_TIMEOUT_S", writeStallTimeoutS), ("HERALD_MAX_CONNECTIONS", maxConnections),
             ("HERALD_MAX_FRAME_RATE", maxFrameRate), ("HERALD_LOG_LEVEL", logLevel),
         ]

@@ -128,11 +128,18 @@ final class HeraldNode: Sendable {
         } else {
             redis = nil
             cluster = nil
-            store = InMemoryPushStore(maxPending: configuration.maxPending)
+            store = InMemoryPushStore(
+                maxPending: configuration.maxPending,
+                receiptRetentionMillis: configuration.receiptRetentionSeconds > 0 ? Int64(configuration.receiptRetentionSeconds) * 1000 : nil,
+                maxReceipts: configuration.maxReceipts
+            )
             storeKind = "memory"
         }
         let link: any ClusterLink = cluster ?? LoneNode()
-        router = MessageRouter(nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link)
+        router = MessageRouter(
+            nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link,
+            receiptRetentionMillis: configuration.receiptRetentionSeconds > 0 ? Int64(configuration.receiptRetentionSeconds) * 1000 : nil
+        )
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,
             authenticator: authenticator, metrics: metrics, logger: logger, cluster: link,

@@ -68,6 +68,10 @@ struct NodeConfiguration: Sendable {
     var defaultTTLSeconds: Int64
     var maxTTLSeconds: Int64
     var maxPending: Int
+    /// How long a message's status is kept after its final state (acked, expired); 0: no status.
+    var receiptRetentionSeconds: Int
+    /// The most final statuses the memory store keeps (the oldest are forgotten first).
+    var maxReceipts: Int
     var drainTimeoutSeconds: Int
     var writeStallTimeoutSeconds: Int
     var maxConnections: Int
@@ -104,7 +108,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_MAX_HANDSHAKES", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_PROXY_PROTOCOL", "HERALD_TRUSTED_PROXIES", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
-        "HERALD_MAX_PENDING", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_EVENT_LOOPS", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
+        "HERALD_MAX_PENDING", "HERALD_RECEIPT_RETENTION_S", "HERALD_RECEIPT_MAX", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_EVENT_LOOPS", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
     ]
 
     /// Reads the configuration from `values` (variable name -> text; flags already merged over
@@ -241,6 +245,8 @@ struct NodeConfiguration: Sendable {
             defaultTTLSeconds: Int64(try reader.int("HERALD_DEFAULT_TTL_S", default: min(86_400, maxTTL), range: 1...maxTTL)),
             maxTTLSeconds: Int64(maxTTL),
             maxPending: try reader.int("HERALD_MAX_PENDING", default: 1000, range: 1...10_000_000),
+            receiptRetentionSeconds: try reader.int("HERALD_RECEIPT_RETENTION_S", default: 86_400, range: 0...2_592_000),
+            maxReceipts: try reader.int("HERALD_RECEIPT_MAX", default: 200_000, range: 1...100_000_000),
             drainTimeoutSeconds: try reader.int("HERALD_DRAIN_TIMEOUT_S", default: 30, range: 0...86_400),
             writeStallTimeoutSeconds: try reader.int("HERALD_WRITE_STALL_TIMEOUT_S", default: 30, range: 1...3600),
             maxConnections: try reader.int("HERALD_MAX_CONNECTIONS", default: 0, range: 0...100_000_000),

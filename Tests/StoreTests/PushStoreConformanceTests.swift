@@ -72,7 +72,8 @@ func withRedisClient(_ body: @Sendable (RedisClient) async throws -> Void) async
     try await RedisServer.with { server in try await withRedisClient(url: server.url, body) }
 }
 
-private func new(_ clientID: String, _ id: String, ttlMillis: Int64 = 60_000, clock: TestWallClock) -> NewMessage {
+/// A message for the store tests: its payload names its id, and it expires `ttlMillis` from now.
+func new(_ clientID: String, _ id: String, ttlMillis: Int64 = 60_000, clock: TestWallClock) -> NewMessage {
     NewMessage(clientID: clientID, id: id, payload: ByteBuffer(string: "payload-\(id)"), expiresAtMillis: clock.now + ttlMillis)
 }
 

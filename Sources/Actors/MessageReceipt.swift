@@ -1,0 +1,147 @@
+import NIOCore
+import Synchronization
+
+/// Where a device's message stands, as `GET /v1/messages/{id}` reports it.
+public enum MessageState: String, Sendable, Hashable {
+    /// Accepted and stored; not yet written to a connection of its device.
+    case stored
+    /// Written to a connection of its device; not acknowledged.
+    case sent
+    /// Acknowledged by its device (final).
+    case acked
+    /// Its TTL passed before an acknowledgement (final).
+    case expired
+}
+
+/// What a store knows of one message for one device: its state and when it changed.
+/// Times are milliseconds since the Unix epoch.
+public struct MessageReceipt: Sendable, Hashable {
+    /// The message id.
+    public var id: String
+    /// The device it is for.
+    public var clientID: String
+    /// Its sequence in the device's queue (the paging cursor of a device's list).
+    public var sequence: UInt64
+    /// Where it stands.
+    public var state: MessageState
+    /// When the store accepted it.
+    public var acceptedAtMillis: Int64
+    /// When it was last written to a connection, if ever (a redelivery moves it).
+    public var sentAtMillis: Int64?
+    /// When the device acknowledged it.
+    public var ackedAtMillis: Int64?
+    /// When it expires (or expired).
+    public var expiresAtMillis: Int64
+
+    /// Creates a receipt.
+    public init(
+        id: String, clientID: String, sequence: UInt64, state: MessageState, acceptedAtMillis: Int64,
+        sentAtMillis: Int64? = nil, ackedAtMillis: Int64? = nil, expiresAtMillis: Int64
+    ) {
+        self.id = id
+        self.clientID = clientID
+        self.sequence = sequence
+        self.state = state
+        self.acceptedAtMillis = acceptedAtMillis
+        self.sentAtMillis = sentAtMillis
+        self.ackedAtMillis = ackedAtMillis
+        self.expiresAtMillis = expiresAtMillis
+    }
+
+    /// The state at `now`: a message still stored or sent once its expiry has passed is expired,
+    /// whether or not a sweep has removed it yet.
+    public func at(_ now: Int64) -> MessageReceipt {
+        guard state == .stored || state == .sent, expiresAtMillis <= now else { return self }
+        var receipt = self
+        receipt.state = .expired
+        return receipt
+    }
+}
+
+/// A store that keeps message status (the receipts of `GET /v1/messages/{id}` and
+/// `GET /v1/clients/{id}/messages`) next to the messages, changed in the same step as them:
+/// written by `append`, moved to `acked` by `acknowledge` and to `expired` by expiry, and
+/// kept for the retention after that final state.
+public protocol ReceiptStore: PushStore {
+    /// Whether it keeps status (it may be configured not to); when not, the reads answer nothing.
+    var keepsReceipts: Bool { get }
+
+    /// The receipt of message `id`; nil for an unknown id or one forgotten after the retention.
+    func receipt(of id: String) async throws(StoreError) -> MessageReceipt?
+
+    /// Up to `limit` receipts of `clientID`'s pending (stored or sent, unexpired) messages whose
+    /// sequence is above `sequence`, in order.
+    func pendingReceipts(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [MessageReceipt]
+
+    /// Records that `messages` were written to a connection of `clientID` now (by the store's
+    /// clock). Messages no longer pending are passed over.
+    func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError)
+}
+
+/// What a node knows of a broadcast: when it was accepted and how many connections of each
+/// node it was written to. Broadcasts are not stored, so there is no ACK to report.
+public struct BroadcastReceipt: Sendable, Hashable {
+    /// The broadcast's message id.
+    public var id: String
+    /// When the API accepted it, in milliseconds since the Unix epoch.
+    public var acceptedAtMillis: Int64
+    /// Connections it was written to, by node id.
+    public var sent: [String: Int]
+
+    /// Creates a broadcast receipt.
+    public init(id: String, acceptedAtMillis: Int64, sent: [String: Int]) {
+        self.id = id
+        self.acceptedAtMillis = acceptedAtMillis
+        self.sent = sent
+    }
+}
+
+/// The status `GET /v1/messages/{id}` reports: of a device's message, or of a broadcast.
+public enum Receipt: Sendable, Hashable {
+    case message(MessageReceipt)
+    case broadcast(BroadcastReceipt)
+}
+
+/// The receipts of a node's own broadcasts, kept for the retention in memory, at most
+/// `maxKept` of them (the oldest go first).
+final class BroadcastReceipts: Sendable {
+    private struct State {
+        var receipts: [String: BroadcastReceipt] = [:]
+        var order = CircularBuffer<(forgetAt: Int64, id: String)>()
+    }
+
+    private let state = Mutex(State())
+    private let retentionMillis: Int64
+    private let maxKept: Int
+    private let now: @Sendable () -> Int64
+
+    init(retentionMillis: Int64, maxKept: Int = 10_000, now: @escaping @Sendable () -> Int64) {
+        self.retentionMillis = retentionMillis
+        self.maxKept = maxKept
+        self.now = now
+    }
+
+    func record(id: String, node: String, sent: Int) {
+        let now = now()
+        state.withLock { state in
+            state.receipts[id] = BroadcastReceipt(id: id, acceptedAtMillis: now, sent: [node: sent])
+            state.order.append((forgetAt: now + retentionMillis, id: id))
+            forget(&state, now: now)
+        }
+    }
+
+    func receipt(of id: String) -> BroadcastReceipt? {
+        let now = now()
+        return state.withLock { state in
+            forget(&state, now: now)
+            return state.receipts[id]
+        }
+    }
+
+    private func forget(_ state: inout State, now: Int64) {
+        while let first = state.order.first, first.forgetAt <= now || state.order.count > maxKept {
+            state.order.removeFirst()
+            state.receipts.removeValue(forKey: first.id)
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import Actors
+import NIOCore
+import Testing
+
+/// Every `ReceiptStore` implementation, made fresh for one test. (The Redis store keeps no
+/// message status yet: Docs/http-api.md, "Message status".)
+enum ReceiptStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case memory
+
+    var testDescription: String { rawValue }
+
+    func with(
+        maxPending: Int = 10, retentionMillis: Int64 = 60_000, clock: TestWallClock, _ body: @Sendable (any ReceiptStore) async throws -> Void
+    ) async throws {
+        switch self {
+        case .memory:
+            try await body(InMemoryPushStore(maxPending: maxPending, receiptRetentionMillis: retentionMillis, now: { clock.now }))
+        }
+    }
+}
+
+/// The status contract of `ReceiptStore`: what `GET /v1/messages/{id}` and
+/// `GET /v1/clients/{id}/messages` report, on a manual clock.
+@Suite("ReceiptStore conformance", .timeLimit(.minutes(1)))
+struct ReceiptStoreTests {
+    @Test("a message goes stored, sent, acked, with the time of each step", arguments: ReceiptStoreKind.allCases)
+    func lifecycle(kind: ReceiptStoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(clock: clock) { store in
+            let accepted = clock.now
+            let stored = try await store.append([new("a", "m1", clock: clock)])
+            var receipt = try #require(try await store.receipt(of: "m1"))
+            #expect(receipt.state == .stored && receipt.clientID == "a" && receipt.acceptedAtMillis == accepted)
+            #expect(receipt.sentAtMillis == nil && receipt.ackedAtMillis == nil && receipt.expiresAtMillis == accepted + 60_000)
+
+            clock.advance(byMillis: 5)
+            try await store.markSent(clientID: "a", messages: stored)
+            receipt = try #require(try await store.receipt(of: "m1"))
+            #expect(receipt.state == .sent && receipt.sentAtMillis == accepted + 5)
+
+            clock.advance(byMillis: 7)
+            #expect(try await store.acknowledge(clientID: "a", messageID: "m1"))
+            receipt = try #require(try await store.receipt(of: "m1"))
+            #expect(receipt.state == .acked && receipt.sentAtMillis == accepted + 5 && receipt.ackedAtMillis == accepted + 12)
+            #expect(try await store.pendingReceipts(for: "a", after: 0, limit: 10).isEmpty)
+
+            // A late "sent" (a redelivery racing the ACK) does not undo the ACK.
+            try await store.markSent(clientID: "a", messages: stored)
+            #expect(try await store.receipt(of: "m1")?.state == .acked)
+        }
+    }
+
+    @Test("a final status is kept for the retention, then forgotten", arguments: ReceiptStoreKind.allCases)
+    func retention(kind: ReceiptStoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(retentionMillis: 10_000, clock: clock) { store in
+            _ = try await store.append([new("a", "m1", ttlMillis: 1_000_000, clock: clock)])
+            // Pending, it is kept however long it waits.
+            clock.advance(byMillis: 500_000)
+            #expect(try await store.receipt(of: "m1")?.state == .stored)
+            _ = try await store.acknowledge(clientID: "a", messageID: "m1")
+            clock.advance(byMillis: 9_999)
+            #expect(try await store.receipt(of: "m1")?.state == .acked)
+            clock.advance(byMillis: 1)
+            #expect(try await store.receipt(of: "m1") == nil)
+        }
+    }
+
+    @Test("an expired message reads as expired, before and after the sweep", arguments: ReceiptStoreKind.allCases)
+    func expiry(kind: ReceiptStoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(retentionMillis: 10_000, clock: clock) { store in
+            let stored = try await store.append([new("a", "m1", ttlMillis: 1_000, clock: clock), new("a", "m2", ttlMillis: 100_000, clock: clock)])
+            try await store.markSent(clientID: "a", messages: stored)
+            clock.advance(byMillis: 1_000)
+            #expect(try await store.receipt(of: "m1")?.state == .expired)
+            #expect(try await store.receipt(of: "m2")?.state == .sent)
+            #expect(try await store.pendingReceipts(for: "a", after: 0, limit: 10).map(\.id) == ["m2"])
+            #expect(try await store.removeExpired() == 1)
+            #expect(try await store.receipt(of: "m1")?.state == .expired)
+            // Kept for the retention after the sweep found it expired, then forgotten.
+            clock.advance(byMillis: 10_000)
+            _ = try await store.removeExpired()
+            #expect(try await store.receipt(of: "m1") == nil)
+            #expect(try await store.receipt(of: "m2")?.state == .sent)
+        }
+    }
+
+    @Test("a device's pending list pages in order; another device's sends and ACKs change nothing", arguments: ReceiptStoreKind.allCases)
+    func pendingList(kind: ReceiptStoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(clock: clock) { store in
+            let stored = try await store.append((1...5).map { new("a", "m\($0)", clock: clock) })
+            try await store.markSent(clientID: "a", messages: Array(stored.prefix(2)))
+            try await store.markSent(clientID: "b", messages: Array(stored.suffix(3)))
+            #expect(try await store.acknowledge(clientID: "b", messageIDs: ["m1"]) == 0)
+            let first = try await store.pendingReceipts(for: "a", after: 0, limit: 3)
+            #expect(first.map(\.id) == ["m1", "m2", "m3"])
+            #expect(first.map(\.state) == [.sent, .sent, .stored])
+            let second = try await store.pendingReceipts(for: "a", after: first[2].sequence, limit: 3)
+            #expect(second.map(\.id) == ["m4", "m5"])
+            #expect(second.allSatisfy { $0.state == .stored })
+            #expect(try await store.pendingReceipts(for: "b", after: 0, limit: 3).isEmpty)
+        }
+    }
+
+    @Test("a refused push leaves no status", arguments: ReceiptStoreKind.allCases)
+    func refusedAppend(kind: ReceiptStoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.with(maxPending: 1, clock: clock) { store in
+            _ = try await store.append([new("a", "m1", clock: clock)])
+            await #expect(throws: StoreError(.pendingFull, "")) {
+                _ = try await store.append([new("b", "m2", clock: clock), new("a", "m3", clock: clock)])
+            }
+            #expect(try await store.receipt(of: "m2") == nil)
+            #expect(try await store.receipt(of: "m3") == nil)
+            #expect(try await store.receipt(of: "m1")?.state == .stored)
+        }
+    }
+}
+
+@Suite("In-memory receipts")
+struct InMemoryReceiptTests {
+    @Test("beyond the cap the oldest final status is forgotten first, and counted")
+    func cap() throws {
+        let clock = TestWallClock()
+        let store = InMemoryPushStore(maxPending: 10, receiptRetentionMillis: 60_000, maxReceipts: 2, now: { clock.now })
+        _ = try store.appendNow((1...4).map { new("a", "m\($0)", clock: clock) })
+        _ = store.acknowledgeNow(clientID: "a", messages: [Acknowledgement(id: "m1"), Acknowledgement(id: "m2")])
+        #expect(store.receiptCounts == (kept: 4, forgottenEarly: 0))
+        _ = store.acknowledgeNow(clientID: "a", messages: [Acknowledgement(id: "m3")])
+        #expect(store.receipt(of: "m1") == nil)
+        #expect(store.receipt(of: "m2")?.state == .acked)
+        #expect(store.receipt(of: "m4")?.state == .stored)
+        #expect(store.receiptCounts == (kept: 3, forgottenEarly: 1))
+    }
+
+    @Test("without a retention the store keeps no status")
+    func off() throws {
+        let store = InMemoryPushStore(maxPending: 10)
+        let stored = try store.appendNow([NewMessage(clientID: "a", id: "m1", payload: ByteBuffer(), expiresAtMillis: .max)])
+        store.markSentNow(clientID: "a", messages: stored)
+        #expect(!store.keepsReceipts)
+        #expect(store.receipt(of: "m1") == nil)
+        #expect(store.receiptCounts == (kept: 0, forgottenEarly: 0))
+    }
+}

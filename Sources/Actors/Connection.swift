@@ -265,8 +265,21 @@ public actor Connection {
             }
             channel.flush()
             services.metrics.pushesDelivered.increment(by: Int64(delivery.send.count))
-            if let store = services.synchronousStore, let clientID = machine.clientID {
-                store.markSentNow(clientID: clientID, messages: delivery.send)
+            if let clientID = machine.clientID {
+                if let store = services.synchronousStore {
+                    store.markSentNow(clientID: clientID, messages: delivery.send)
+                } else if let receipts = services.asynchronousReceipts {
+                    let sent = delivery.send
+                    let logger = services.logger
+                    Task {
+                        do {
+                            try await receipts.markSent(clientID: clientID, messages: sent)
+                        } catch {
+                            // Only the status is behind: the message is delivered, and its ACK still counts.
+                            logger.debug("recording a send failed", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
+                        }
+                    }
+                }
             }
         }
         if let fetch = delivery.fetch { startFetch(fetch) }

@@ -9,6 +9,9 @@ public final class DeviceServices: Sendable {
     public let store: any PushStore
     /// `store`, when it answers at once (the in-memory store): called inline, with no task.
     public let synchronousStore: (any SynchronousPushStore)?
+    /// `store`, when it keeps message status and does not answer at once (Redis): told of each
+    /// send by a task, off the delivery's path.
+    public let asynchronousReceipts: (any ReceiptStore)?
     /// Client id -> connection.
     public let registry: ConnectionRegistry
     /// Checks HELLO tokens.
@@ -37,6 +40,8 @@ public final class DeviceServices: Sendable {
         self.configuration = configuration
         self.store = store
         self.synchronousStore = store as? any SynchronousPushStore
+        let receipts = store as? any ReceiptStore
+        self.asynchronousReceipts = synchronousStore == nil && receipts?.keepsReceipts == true ? receipts : nil
         self.registry = registry
         self.authenticator = authenticator
         self.metrics = metrics

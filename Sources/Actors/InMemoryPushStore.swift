@@ -49,6 +49,8 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
 
     public var keepsReceipts: Bool { receiptRetentionMillis != nil }
 
+    public func messageID(_ base: String, for clientID: String) -> String { base }
+
     /// How many receipts it holds (pending and final), and how many final ones it forgot
     /// before their retention ran out to stay under `maxReceipts`.
     public var receiptCounts: (kept: Int, forgottenEarly: Int) {

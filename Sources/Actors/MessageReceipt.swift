@@ -66,6 +66,11 @@ public protocol ReceiptStore: PushStore {
     /// Whether it keeps status (it may be configured not to); when not, the reads answer nothing.
     var keepsReceipts: Bool { get }
 
+    /// The id a message for `clientID` gets, made from a unique `base`: a store may add what it
+    /// needs to find the status from the id alone (the Redis store, the slot). Status is kept
+    /// only for messages whose id was made here.
+    func messageID(_ base: String, for clientID: String) -> String
+
     /// The receipt of message `id`; nil for an unknown id or one forgotten after the retention.
     func receipt(of id: String) async throws(StoreError) -> MessageReceipt?
 

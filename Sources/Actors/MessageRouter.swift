@@ -40,6 +40,8 @@ public final class MessageRouter: Sendable {
     private let synchronousStore: (any SynchronousPushStore)?
     private let receipts: (any ReceiptStore)?
     private let broadcasts: BroadcastReceipts?
+    /// The receipt store that makes message ids, when it adds to them (not the memory store's).
+    private let idMaker: (any ReceiptStore)?
     private let registry: ConnectionRegistry
     private let ids: MessageIDGenerator
     private let metrics: NodeMetrics
@@ -56,6 +58,7 @@ public final class MessageRouter: Sendable {
     ) {
         let receipts = (store as? any ReceiptStore).flatMap { $0.keepsReceipts ? $0 : nil }
         self.receipts = receipts
+        self.idMaker = receipts is any SynchronousPushStore ? nil : receipts
         // Broadcast status only where message status is kept (so far, the memory store of a lone node).
         self.broadcasts = receipts == nil ? nil : receiptRetentionMillis.map { BroadcastReceipts(retentionMillis: $0, now: now) }
         self.nodeID = nodeID
@@ -95,8 +98,16 @@ public final class MessageRouter: Sendable {
 
     private func newMessages(_ requests: [PushRequest]) -> [NewMessage] {
         let now = now()
+        guard let receipts = idMaker else {
+            return requests.map {
+                NewMessage(clientID: $0.clientID, id: ids.next(), payload: $0.payload, expiresAtMillis: now + $0.ttlSeconds * 1000)
+            }
+        }
         return requests.map {
-            NewMessage(clientID: $0.clientID, id: ids.next(), payload: $0.payload, expiresAtMillis: now + $0.ttlSeconds * 1000)
+            NewMessage(
+                clientID: $0.clientID, id: receipts.messageID(ids.next(), for: $0.clientID), payload: $0.payload,
+                expiresAtMillis: now + $0.ttlSeconds * 1000
+            )
         }
     }
 

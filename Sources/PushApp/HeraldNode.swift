@@ -107,7 +107,7 @@ final class HeraldNode: Sendable {
             redis = client
             store = RedisPushStore(
                 client: client, maxPending: configuration.maxPending, replicas: configuration.redisWaitReplicas,
-                waitTimeoutMillis: Int64(configuration.redisWaitTimeoutMillis)
+                waitTimeoutMillis: Int64(configuration.redisWaitTimeoutMillis), receiptRetentionMillis: configuration.receiptRetentionMillis
             )
             storeKind = "redis"
             let secret = configuration.clusterSecret ?? configuration.deviceJWTSecret
@@ -130,15 +130,14 @@ final class HeraldNode: Sendable {
             cluster = nil
             store = InMemoryPushStore(
                 maxPending: configuration.maxPending,
-                receiptRetentionMillis: configuration.receiptRetentionSeconds > 0 ? Int64(configuration.receiptRetentionSeconds) * 1000 : nil,
-                maxReceipts: configuration.maxReceipts
+                receiptRetentionMillis: configuration.receiptRetentionMillis, maxReceipts: configuration.maxReceipts
             )
             storeKind = "memory"
         }
         let link: any ClusterLink = cluster ?? LoneNode()
         router = MessageRouter(
             nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link,
-            receiptRetentionMillis: configuration.receiptRetentionSeconds > 0 ? Int64(configuration.receiptRetentionSeconds) * 1000 : nil
+            receiptRetentionMillis: configuration.receiptRetentionMillis
         )
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,

@@ -70,6 +70,8 @@ struct NodeConfiguration: Sendable {
     var maxPending: Int
     /// How long a message's status is kept after its final state (acked, expired); 0: no status.
     var receiptRetentionSeconds: Int
+    /// The retention in milliseconds; nil: no status.
+    var receiptRetentionMillis: Int64? { receiptRetentionSeconds > 0 ? Int64(receiptRetentionSeconds) * 1000 : nil }
     /// The most final statuses the memory store keeps (the oldest are forgotten first).
     var maxReceipts: Int
     var drainTimeoutSeconds: Int

@@ -23,6 +23,26 @@ enum RedisCluster {
         return Int(crc) & (slotCount - 1)
     }
 
+    /// The shortest hash tag of `[0-9A-Za-z]` that hashes to `slot` (the first found, in the
+    /// order of length then of those characters): a key `...{tag}...` made with it lives in
+    /// that slot. Message ids carry their device's (Docs/store.md, "Message status").
+    static func tag(forSlot slot: Int) -> String { slotTags[slot] }
+
+    private static let slotTags: [String] = {
+        let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+        var tags = [String?](repeating: nil, count: slotCount)
+        var missing = slotCount
+        var candidates: [[UInt8]] = [[]]
+        while missing > 0 {
+            candidates = candidates.flatMap { prefix in alphabet.map { prefix + [$0] } }
+            for candidate in candidates where tags[slot(of: candidate)] == nil {
+                tags[slot(of: candidate)] = String(decoding: candidate, as: UTF8.self)
+                missing -= 1
+            }
+        }
+        return tags.map { $0! }
+    }()
+
     private static let crcTable: [UInt16] = (0..<256).map { index in
         var crc = UInt16(index) << 8
         for _ in 0..<8 { crc = crc & 0x8000 != 0 ? (crc << 1) ^ 0x1021 : crc << 1 }

@@ -57,12 +57,14 @@ extension RedisPushStore {
     /// Appends the requests of a group (one request alone, or the requests one event loop
     /// gathered in a tick: `AppendGroups`), each all or nothing on its own.
     ///
-    /// KEYS: per device (1-based d) its counter and its stream. ARGV: deadline, cap, now,
-    /// slack, devices, then per device the count of messages the group brings it, then per
-    /// request its message count k followed by k times: device index, id, expiry, payload.
-    /// Refuses to run past the deadline (LATE, for the whole group). Returns one reply per
-    /// request, in order: the sequences of its messages, or the index of the first device
-    /// whose cap it would pass (nothing of that request is added).
+    /// KEYS: per device (1-based d) its counter and its stream, then the status keys. ARGV:
+    /// deadline, cap, now, slack, devices, retention (0: no status), then per device the count
+    /// of messages the group brings it, then (with a retention) per device its client id, then
+    /// per request its message count k followed by k times: device index, id, expiry, payload,
+    /// the index in KEYS of its status key (0: none). Refuses to run past the deadline (LATE,
+    /// for the whole group). Returns one reply per request, in order: the sequences of its
+    /// messages, or the index of the first device whose cap it would pass (nothing of that
+    /// request is added, status included).
     static let appendScript = RedisScript(
         helpers + """
             local clock = redis.call('TIME')
@@ -70,11 +72,12 @@ extension RedisPushStore {
               return redis.error_reply('LATE')
             end
             local cap, now, slack, devices = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+            local retention, names = tonumber(ARGV[6]), 6 + devices
             -- Each counter is raised once by all the group brings; what a refused request
             -- would have used is given back at the end, so sequences have no gap.
             local next, length, wanted, swept = {}, {}, {}, {}
             for d = 1, devices do
-              wanted[d] = tonumber(ARGV[5+d])
+              wanted[d] = tonumber(ARGV[6+d])
               local last = redis.call('INCRBY', KEYS[2*d-1], wanted[d])
               if last == wanted[d] then
                 local old = migrate(KEYS[2*d-1], KEYS[2*d])
@@ -84,12 +87,13 @@ extension RedisPushStore {
               length[d] = redis.call('XLEN', KEYS[2*d])
             end
             local replies, latest, empty, used = {}, {}, {}, {}
-            local i = 6 + devices
+            local i = 7 + devices
+            if retention > 0 then i = i + devices end
             while i <= #ARGV do
               local k = tonumber(ARGV[i])
               local need = {}
               for m = 0, k - 1 do
-                local d = tonumber(ARGV[i + 1 + 4*m])
+                local d = tonumber(ARGV[i + 1 + 5*m])
                 need[d] = (need[d] or 0) + 1
               end
               local full = nil
@@ -106,7 +110,7 @@ extension RedisPushStore {
               else
                 local sequences = {}
                 for m = 0, k - 1 do
-                  local at = i + 1 + 4*m
+                  local at = i + 1 + 5*m
                   local d = tonumber(ARGV[at])
                   if empty[d] == nil then empty[d] = length[d] == 0 end
                   next[d] = next[d] + 1
@@ -114,11 +118,16 @@ extension RedisPushStore {
                   length[d] = length[d] + 1
                   redis.call('XADD', KEYS[2*d], next[d] .. '-0', 'i', ARGV[at+1], 'e', ARGV[at+2], 'p', ARGV[at+3])
                   latest[d] = math.max(latest[d] or 0, tonumber(ARGV[at+2]))
+                  local status = tonumber(ARGV[at+4])
+                  if status > 0 then
+                    redis.call('HSET', KEYS[status], 'c', ARGV[names + d], 'q', next[d], 'a', now, 'e', ARGV[at+2])
+                    redis.call('PEXPIRE', KEYS[status], tonumber(ARGV[at+2]) - now + retention + slack)
+                  end
                   sequences[#sequences + 1] = next[d]
                 end
                 replies[#replies + 1] = sequences
               end
-              i = i + 1 + 4*k
+              i = i + 1 + 5*k
             end
             for d = 1, devices do
               local unused = wanted[d] - (used[d] or 0)
@@ -189,6 +198,72 @@ extension RedisPushStore {
           if #entries < 500 then return removed end
           start = '(' .. entries[#entries][1]
         end
+        """
+    )
+
+    /// Shared by the scripts that change a message's status: `acked(index)` marks the status
+    /// key `KEYS[index]` acknowledged at `now` (and sent, if no send was recorded) and keeps it
+    /// for `retention` ms from now; it changes nothing for index 0, a status already acked, or
+    /// one gone (forgotten: it is never made again without its other fields).
+    private static let statusHelpers = """
+        local function acked(index, now, retention)
+          if index > 0 and redis.call('EXISTS', KEYS[index]) == 1 and redis.call('HSETNX', KEYS[index], 'k', now) == 1 then
+            redis.call('HSETNX', KEYS[index], 's', now)
+            redis.call('PEXPIRE', KEYS[index], retention)
+          end
+        end
+
+        """
+
+    /// An ACK with message status kept. KEYS: the stream, then status keys. ARGV: now,
+    /// retention, k, then k times: the entry id of a message the connection sent and the index
+    /// of its status key in KEYS (0: none), then for each id it did not send: the message id
+    /// and its status key's index. Deletes the entries, marks the status of each one deleted
+    /// acked, and returns how many were deleted.
+    static let acknowledgeWithStatusScript = RedisScript(
+        statusHelpers + """
+            local now, retention, k = ARGV[1], ARGV[2], tonumber(ARGV[3])
+            local removed = 0
+            for j = 0, k - 1 do
+              if redis.call('XDEL', KEYS[1], ARGV[4 + 2*j]) == 1 then
+                removed = removed + 1
+                acked(tonumber(ARGV[5 + 2*j]), now, retention)
+              end
+            end
+            local wanted, count = {}, 0
+            for j = 4 + 2*k, #ARGV, 2 do
+              wanted[ARGV[j]] = tonumber(ARGV[j + 1])
+              count = count + 1
+            end
+            if count == 0 then return removed end
+            local start = '-'
+            while true do
+              local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 500)
+              for _, entry in ipairs(entries) do
+                local index = wanted[entry[2][2]]
+                if index then
+                  wanted[entry[2][2]] = nil
+                  removed = removed + redis.call('XDEL', KEYS[1], entry[1])
+                  acked(index, now, retention)
+                end
+              end
+              if #entries < 500 then return removed end
+              start = '(' .. entries[#entries][1]
+            end
+            """
+    )
+
+    /// KEYS: status keys of one device's messages. ARGV: now. Records the send time of those
+    /// still there and not acknowledged (a late "sent" never undoes an ACK, nor makes a
+    /// forgotten status again).
+    static let markSentScript = RedisScript(
+        """
+        for _, key in ipairs(KEYS) do
+          if redis.call('EXISTS', key) == 1 and redis.call('HEXISTS', key, 'k') == 0 then
+            redis.call('HSET', key, 's', ARGV[1])
+          end
+        end
+        return 0
         """
     )
 

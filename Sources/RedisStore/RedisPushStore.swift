@@ -17,7 +17,14 @@ import NIOCore
 /// skipped and deleted by reads, and by an append that finds its queue full. A queue of the
 /// previous schema (`seq`, `ids`, `exp`, `data`) is moved into the stream the first time the
 /// device is touched (Docs/operations.md, "Upgrading").
-public final class RedisPushStore: PushStore {
+///
+/// With a receipt retention it also keeps each message's status (`ReceiptStore`): a hash
+/// `herald:{tag}:r:<message id>` with the fields `c` (client id), `q` (sequence), `a`
+/// (accepted), `e` (expiry), `s` (sent), `k` (acknowledged), written by the append's script,
+/// in the same step as the message. `tag` is the one that hashes to the device's slot, and the
+/// message id ends with it (`<id>.<tag>`), so that a read by id alone finds the key, and every
+/// script touching a device touches one slot (Docs/store.md, "Message status").
+public final class RedisPushStore: ReceiptStore {
     private let client: RedisClient
     private let prefix: String
     private let maxPending: Int
@@ -25,6 +32,7 @@ public final class RedisPushStore: PushStore {
     private let replicas: Int
     private let waitTimeoutMillis: Int64
     private let groups: AppendGroups
+    private let receiptRetentionMillis: Int64?
 
     /// Creates the store. `prefix` starts every key (`herald` by default; tests use their own).
     /// With `replicas` > 0, an append returns only once that many replicas acknowledged it
@@ -32,8 +40,9 @@ public final class RedisPushStore: PushStore {
     /// (Docs/store.md, "Redis Sentinel").
     public init(
         client: RedisClient, maxPending: Int, prefix: String = "herald", replicas: Int = 0, waitTimeoutMillis: Int64 = 500,
-        now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
+        receiptRetentionMillis: Int64? = nil, now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
+        self.receiptRetentionMillis = receiptRetentionMillis
         self.client = client
         self.maxPending = maxPending
         self.prefix = prefix
@@ -85,22 +94,29 @@ public final class RedisPushStore: PushStore {
         let deadline = WallClock.millisecondsSinceEpoch() + client.configuration.commandTimeout.nanoseconds / 2_000_000
         var arguments: [RedisArgument] = [
             .integer(deadline), .integer(Int64(maxPending)), .integer(now()), .integer(Self.expirySlackMillis),
-            .integer(Int64(devices.count)),
+            .integer(Int64(devices.count)), .integer(receiptRetentionMillis ?? 0),
         ]
         arguments += counts.map { .integer($0) }
+        var keys = devices.flatMap(keys)
+        if receiptRetentionMillis != nil { arguments += devices.map { .string($0) } }
         for request in requests {
             arguments.append(.integer(Int64(request.count)))
             for message in request {
+                var status: Int64 = 0
+                if receiptRetentionMillis != nil, let key = statusKey(message.id, of: message.clientID) {
+                    keys.append(key)
+                    status = Int64(keys.count)
+                }
                 arguments += [
                     .integer(Int64(index[message.clientID]!)), .string(message.id), .integer(message.expiresAtMillis),
-                    .bytes(message.payload),
+                    .bytes(message.payload), .integer(status),
                 ]
             }
         }
         let wait: [[RedisArgument]] = replicas > 0 ? [[.string("WAIT"), .integer(Int64(replicas)), .integer(waitTimeoutMillis)]] : []
         let replies: [RESPValue]
         do {
-            replies = try await client.run(Self.appendScript, keys: devices.flatMap(keys), arguments: arguments, then: wait)
+            replies = try await client.run(Self.appendScript, keys: keys, arguments: arguments, then: wait)
         } catch {
             return requests.map { _ in .failure(error) }
         }
@@ -183,10 +199,16 @@ public final class RedisPushStore: PushStore {
     /// not acknowledged by enough replicas). The sequences stay taken (a gap): a connection
     /// may have read the message meanwhile, and must never see its sequence again on another
     /// one. Best effort: what it cannot delete stays, as a message delivered at least once.
+    /// Their status goes with them: they were never accepted.
     private func takeBack(_ stored: [StoredMessage]) async {
-        var byDevice: [String: [Acknowledgement]] = [:]
-        for message in stored { byDevice[message.clientID, default: []].append(Acknowledgement(id: message.id, sequence: message.sequence)) }
-        for (device, messages) in byDevice { _ = try? await acknowledge(clientID: device, messages: messages) }
+        var byDevice: [String: [StoredMessage]] = [:]
+        for message in stored { byDevice[message.clientID, default: []].append(message) }
+        for (device, messages) in byDevice {
+            var commands: [[RedisArgument]] = [[.string("XDEL"), .string(keys(device)[1])] + messages.map { .string("\($0.sequence)-0") }]
+            let statusKeys = messages.compactMap { statusKey($0.id, of: device) }
+            if !statusKeys.isEmpty { commands.append([.string("DEL")] + statusKeys.map { .string($0) }) }
+            _ = try? await client.sendAll(commands)
+        }
     }
 
     public func pending(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [StoredMessage] {
@@ -215,6 +237,9 @@ public final class RedisPushStore: PushStore {
     public func acknowledge(clientID: String, messages: [Acknowledgement]) async throws(StoreError) -> Int {
         guard !messages.isEmpty else { return 0 }
         let stream = keys(clientID)[1]
+        if let retention = receiptRetentionMillis {
+            return try await acknowledgeWithStatus(clientID: clientID, stream: stream, messages: messages, retention: retention)
+        }
         var entries: [RedisArgument] = [.string("XDEL"), .string(stream)]
         var unsent: [RedisArgument] = []
         for message in messages {
@@ -242,6 +267,111 @@ public final class RedisPushStore: PushStore {
         let reply = try await client.run(Self.pendingCountScript, keys: keys(clientID), arguments: [.integer(now())])
         guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to pending count: \(reply)") }
         return Int(count)
+    }
+
+    // MARK: Message status
+
+    public var keepsReceipts: Bool { receiptRetentionMillis != nil }
+
+    public func messageID(_ base: String, for clientID: String) -> String {
+        "\(base).\(Self.tag(of: clientID))"
+    }
+
+    /// The hash tag naming `clientID`'s slot.
+    private static func tag(of clientID: String) -> String {
+        RedisCluster.tag(forSlot: RedisCluster.slot(of: Array(clientID.utf8)))
+    }
+
+    /// The status key of message `id` of `clientID`: nil unless the id ends with the device's
+    /// tag (an id made by `messageID` for it), so a device's scripts only ever name keys of its
+    /// own slot, whatever ids it sends.
+    private func statusKey(_ id: String, of clientID: String) -> String? {
+        guard let key = statusKey(id), id.hasSuffix(".\(Self.tag(of: clientID))") else { return nil }
+        return key
+    }
+
+    /// The status key of message `id`, from the tag its id ends with; nil for an id without one.
+    private func statusKey(_ id: String) -> String? {
+        let utf8 = id.utf8
+        guard let dot = utf8.lastIndex(of: UInt8(ascii: ".")) else { return nil }
+        let tag = utf8[utf8.index(after: dot)...]
+        guard (1...4).contains(tag.count), tag.allSatisfy({ Self.isTagByte($0) }) else { return nil }
+        return "\(prefix):{\(Substring(tag))}:r:\(id)"
+    }
+
+    private static func isTagByte(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+            || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+    }
+
+    private func acknowledgeWithStatus(
+        clientID: String, stream: String, messages: [Acknowledgement], retention: Int64
+    ) async throws(StoreError) -> Int {
+        var keys = [stream]
+        var sent: [RedisArgument] = []
+        var unsent: [RedisArgument] = []
+        for message in messages {
+            var index: Int64 = 0
+            if let key = statusKey(message.id, of: clientID) {
+                keys.append(key)
+                index = Int64(keys.count)
+            }
+            if let sequence = message.sequence {
+                sent += [.string("\(sequence)-0"), .integer(index)]
+            } else {
+                unsent += [.string(message.id), .integer(index)]
+            }
+        }
+        let arguments: [RedisArgument] = [.integer(now()), .integer(retention), .integer(Int64(sent.count / 2))] + sent + unsent
+        let reply = try await client.run(Self.acknowledgeWithStatusScript, keys: keys, arguments: arguments)
+        guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ack: \(reply)") }
+        return Int(count)
+    }
+
+    public func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError) {
+        guard receiptRetentionMillis != nil else { return }
+        let keys = messages.compactMap { statusKey($0.id, of: clientID) }
+        guard !keys.isEmpty else { return }
+        let reply = try await client.run(Self.markSentScript, keys: keys, arguments: [.integer(now())])
+        if case .error(let text) = reply { throw StoreError(.unavailable, "marking sent failed: \(text)") }
+    }
+
+    public func receipt(of id: String) async throws(StoreError) -> MessageReceipt? {
+        guard receiptRetentionMillis != nil, let key = statusKey(id) else { return nil }
+        return try await receipts(ofKeys: [(id, key)]).first ?? nil
+    }
+
+    public func pendingReceipts(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [MessageReceipt] {
+        guard receiptRetentionMillis != nil else { return [] }
+        let pending = try await pending(for: clientID, after: sequence, limit: limit)
+        let keyed = pending.compactMap { message in statusKey(message.id, of: clientID).map { (message.id, $0) } }
+        return try await receipts(ofKeys: keyed).compactMap { $0 }
+    }
+
+    /// The status hashes of `keyed` (one slot, or any on a single Redis), read in one write.
+    private func receipts(ofKeys keyed: [(id: String, key: String)]) async throws(StoreError) -> [MessageReceipt?] {
+        guard !keyed.isEmpty else { return [] }
+        let replies = try await client.sendAll(keyed.map { [.string("HGETALL"), .string($0.key)] })
+        let now = now()
+        return try zip(keyed, replies).map { (entry, reply) throws(StoreError) -> MessageReceipt? in
+            guard case .array(let pairs) = reply else { throw StoreError(.unavailable, "unexpected reply to HGETALL: \(reply)") }
+            var fields: [String: String] = [:]
+            var position = 0
+            while position + 1 < pairs.count {
+                if let name = pairs[position].string, let value = pairs[position + 1].string { fields[name] = value }
+                position += 2
+            }
+            guard let clientID = fields["c"], let sequence = fields["q"].flatMap(UInt64.init),
+                let accepted = fields["a"].flatMap(Int64.init), let expires = fields["e"].flatMap(Int64.init)
+            else { return nil }
+            let sent = fields["s"].flatMap(Int64.init)
+            let acked = fields["k"].flatMap(Int64.init)
+            let state: MessageState = acked != nil ? .acked : sent != nil ? .sent : .stored
+            return MessageReceipt(
+                id: entry.id, clientID: clientID, sequence: sequence, state: state, acceptedAtMillis: accepted,
+                sentAtMillis: sent, ackedAtMillis: acked, expiresAtMillis: expires
+            ).at(now)
+        }
     }
 
     /// Redis deletes a device's expired queue by itself (key TTLs), and reads and full queues

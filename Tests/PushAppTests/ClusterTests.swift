@@ -179,6 +179,32 @@ struct ClusterTests {
         }
     }
 
+    @Test("message status is one truth across the cluster: pushed through one node, sent and acked on another, read on a third", arguments: RedisDeployment.allCases)
+    func statusAcrossNodes(redis: RedisDeployment) async throws {
+        try await TestCluster.with(redis: redis) { cluster in
+            func state(_ id: String, via node: Int) async throws -> String? {
+                let response = try await HTTPTestClient.get("/v1/messages/\(id)", port: cluster.nodes[node].httpPort)
+                return response.status == 200 ? try JSONFields(response.body).string("state") : nil
+            }
+            let id = try await cluster.push("watched", "status", via: 0)
+            #expect(try await state(id, via: 2) == "stored")
+            let listed = try JSONFields(try await HTTPTestClient.get("/v1/clients/watched/messages", port: cluster.nodes[1].httpPort).body)
+            #expect((listed.object["messages"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [id])
+
+            let device = try await cluster.device("watched", on: 1, autoAcknowledge: false)
+            #expect(try await device.pushes(1).map(\.id) == [id])
+            try await eventually("sent, seen on node-2") { try await state(id, via: 2) == "sent" }
+            device.acknowledge(id)
+            try await eventually("acked, seen on node-0") { try await state(id, via: 0) == "acked" }
+            let status = try JSONFields(try await HTTPTestClient.get("/v1/messages/\(id)", port: cluster.nodes[2].httpPort).body)
+            #expect(try status.string("client_id") == "watched")
+            #expect(try status.int("accepted_at") <= status.int("sent_at") && status.int("sent_at") <= status.int("acked_at"))
+            let after = try JSONFields(try await HTTPTestClient.get("/v1/clients/watched/messages", port: cluster.nodes[2].httpPort).body)
+            #expect((after.object["messages"] as? [Any])?.isEmpty == true)
+            await device.close()
+        }
+    }
+
     @Test("a broadcast through one node reaches the devices of every node")
     func broadcastEverywhere() async throws {
         try await TestCluster.with { cluster in

@@ -1,13 +1,22 @@
 import Actors
+import HeraldTestSupport
+import RedisStore
 import NIOCore
 import Testing
 
-/// Every `ReceiptStore` implementation, made fresh for one test. (The Redis store keeps no
-/// message status yet: Docs/http-api.md, "Message status".)
+/// Every `ReceiptStore` implementation, made fresh for one test: the memory store, and the
+/// Redis store on a real redis-server of its own and on a real Redis Cluster (where the
+/// tests' devices "a" and "b" live on different masters).
 enum ReceiptStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case memory
+    case redis
+    case redisCluster
 
     var testDescription: String { rawValue }
+
+    /// Whether a status is forgotten by the store's clock (the test's); Redis forgets by its
+    /// own, through key TTLs (`RedisReceiptTests` checks those).
+    var forgetsByTestClock: Bool { self == .memory }
 
     func with(
         maxPending: Int = 10, retentionMillis: Int64 = 60_000, clock: TestWallClock, _ body: @Sendable (any ReceiptStore) async throws -> Void
@@ -15,8 +24,30 @@ enum ReceiptStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertib
         switch self {
         case .memory:
             try await body(InMemoryPushStore(maxPending: maxPending, receiptRetentionMillis: retentionMillis, now: { clock.now }))
+        case .redis:
+            try await withRedisClient { client in
+                try await body(RedisPushStore(client: client, maxPending: maxPending, receiptRetentionMillis: retentionMillis, now: { clock.now }))
+            }
+        case .redisCluster:
+            try await RedisClusterSet.withShared { cluster in
+                try await withRedisClient(url: cluster.url) { client in
+                    let prefix = "t\(UInt64.random(in: 0...UInt64.max))"
+                    try await body(
+                        RedisPushStore(client: client, maxPending: maxPending, prefix: prefix, receiptRetentionMillis: retentionMillis, now: { clock.now })
+                    )
+                }
+            }
         }
     }
+}
+
+extension ReceiptStore {
+    /// A message for `clientID` whose id the store made from `base` (as the router does).
+    func message(_ clientID: String, _ base: String, ttlMillis: Int64 = 60_000, clock: TestWallClock) -> NewMessage {
+        new(clientID, messageID(base, for: clientID), ttlMillis: ttlMillis, clock: clock)
+    }
+
+    func id(_ base: String, _ clientID: String = "a") -> String { messageID(base, for: clientID) }
 }
 
 /// The status contract of `ReceiptStore`: what `GET /v1/messages/{id}` and
@@ -28,25 +59,25 @@ struct ReceiptStoreTests {
         let clock = TestWallClock()
         try await kind.with(clock: clock) { store in
             let accepted = clock.now
-            let stored = try await store.append([new("a", "m1", clock: clock)])
-            var receipt = try #require(try await store.receipt(of: "m1"))
+            let stored = try await store.append([store.message("a", "m1", clock: clock)])
+            var receipt = try #require(try await store.receipt(of: store.id("m1")))
             #expect(receipt.state == .stored && receipt.clientID == "a" && receipt.acceptedAtMillis == accepted)
             #expect(receipt.sentAtMillis == nil && receipt.ackedAtMillis == nil && receipt.expiresAtMillis == accepted + 60_000)
 
             clock.advance(byMillis: 5)
             try await store.markSent(clientID: "a", messages: stored)
-            receipt = try #require(try await store.receipt(of: "m1"))
+            receipt = try #require(try await store.receipt(of: store.id("m1")))
             #expect(receipt.state == .sent && receipt.sentAtMillis == accepted + 5)
 
             clock.advance(byMillis: 7)
-            #expect(try await store.acknowledge(clientID: "a", messageID: "m1"))
-            receipt = try #require(try await store.receipt(of: "m1"))
+            #expect(try await store.acknowledge(clientID: "a", messageID: store.id("m1")))
+            receipt = try #require(try await store.receipt(of: store.id("m1")))
             #expect(receipt.state == .acked && receipt.sentAtMillis == accepted + 5 && receipt.ackedAtMillis == accepted + 12)
             #expect(try await store.pendingReceipts(for: "a", after: 0, limit: 10).isEmpty)
 
             // A late "sent" (a redelivery racing the ACK) does not undo the ACK.
             try await store.markSent(clientID: "a", messages: stored)
-            #expect(try await store.receipt(of: "m1")?.state == .acked)
+            #expect(try await store.receipt(of: store.id("m1"))?.state == .acked)
         }
     }
 
@@ -54,15 +85,15 @@ struct ReceiptStoreTests {
     func retention(kind: ReceiptStoreKind) async throws {
         let clock = TestWallClock()
         try await kind.with(retentionMillis: 10_000, clock: clock) { store in
-            _ = try await store.append([new("a", "m1", ttlMillis: 1_000_000, clock: clock)])
+            _ = try await store.append([store.message("a", "m1", ttlMillis: 1_000_000, clock: clock)])
             // Pending, it is kept however long it waits.
             clock.advance(byMillis: 500_000)
-            #expect(try await store.receipt(of: "m1")?.state == .stored)
-            _ = try await store.acknowledge(clientID: "a", messageID: "m1")
+            #expect(try await store.receipt(of: store.id("m1"))?.state == .stored)
+            _ = try await store.acknowledge(clientID: "a", messageID: store.id("m1"))
             clock.advance(byMillis: 9_999)
-            #expect(try await store.receipt(of: "m1")?.state == .acked)
+            #expect(try await store.receipt(of: store.id("m1"))?.state == .acked)
             clock.advance(byMillis: 1)
-            #expect(try await store.receipt(of: "m1") == nil)
+            if kind.forgetsByTestClock { #expect(try await store.receipt(of: store.id("m1")) == nil) }
         }
     }
 
@@ -70,19 +101,19 @@ struct ReceiptStoreTests {
     func expiry(kind: ReceiptStoreKind) async throws {
         let clock = TestWallClock()
         try await kind.with(retentionMillis: 10_000, clock: clock) { store in
-            let stored = try await store.append([new("a", "m1", ttlMillis: 1_000, clock: clock), new("a", "m2", ttlMillis: 100_000, clock: clock)])
+            let stored = try await store.append([store.message("a", "m1", ttlMillis: 1_000, clock: clock), store.message("a", "m2", ttlMillis: 100_000, clock: clock)])
             try await store.markSent(clientID: "a", messages: stored)
             clock.advance(byMillis: 1_000)
-            #expect(try await store.receipt(of: "m1")?.state == .expired)
-            #expect(try await store.receipt(of: "m2")?.state == .sent)
-            #expect(try await store.pendingReceipts(for: "a", after: 0, limit: 10).map(\.id) == ["m2"])
-            #expect(try await store.removeExpired() == 1)
-            #expect(try await store.receipt(of: "m1")?.state == .expired)
+            #expect(try await store.receipt(of: store.id("m1"))?.state == .expired)
+            #expect(try await store.receipt(of: store.id("m2"))?.state == .sent)
+            #expect(try await store.pendingReceipts(for: "a", after: 0, limit: 10).map(\.id) == [store.id("m2")])
+            _ = try await store.removeExpired()
+            #expect(try await store.receipt(of: store.id("m1"))?.state == .expired)
             // Kept for the retention after the sweep found it expired, then forgotten.
             clock.advance(byMillis: 10_000)
             _ = try await store.removeExpired()
-            #expect(try await store.receipt(of: "m1") == nil)
-            #expect(try await store.receipt(of: "m2")?.state == .sent)
+            if kind.forgetsByTestClock { #expect(try await store.receipt(of: store.id("m1")) == nil) }
+            #expect(try await store.receipt(of: store.id("m2"))?.state == .sent)
         }
     }
 
@@ -90,15 +121,15 @@ struct ReceiptStoreTests {
     func pendingList(kind: ReceiptStoreKind) async throws {
         let clock = TestWallClock()
         try await kind.with(clock: clock) { store in
-            let stored = try await store.append((1...5).map { new("a", "m\($0)", clock: clock) })
+            let stored = try await store.append((1...5).map { store.message("a", "m\($0)", clock: clock) })
             try await store.markSent(clientID: "a", messages: Array(stored.prefix(2)))
             try await store.markSent(clientID: "b", messages: Array(stored.suffix(3)))
-            #expect(try await store.acknowledge(clientID: "b", messageIDs: ["m1"]) == 0)
+            #expect(try await store.acknowledge(clientID: "b", messageIDs: [store.id("m1")]) == 0)
             let first = try await store.pendingReceipts(for: "a", after: 0, limit: 3)
-            #expect(first.map(\.id) == ["m1", "m2", "m3"])
+            #expect(first.map(\.id) == ["m1", "m2", "m3"].map { store.id($0) })
             #expect(first.map(\.state) == [.sent, .sent, .stored])
             let second = try await store.pendingReceipts(for: "a", after: first[2].sequence, limit: 3)
-            #expect(second.map(\.id) == ["m4", "m5"])
+            #expect(second.map(\.id) == ["m4", "m5"].map { store.id($0) })
             #expect(second.allSatisfy { $0.state == .stored })
             #expect(try await store.pendingReceipts(for: "b", after: 0, limit: 3).isEmpty)
         }
@@ -108,13 +139,13 @@ struct ReceiptStoreTests {
     func refusedAppend(kind: ReceiptStoreKind) async throws {
         let clock = TestWallClock()
         try await kind.with(maxPending: 1, clock: clock) { store in
-            _ = try await store.append([new("a", "m1", clock: clock)])
+            _ = try await store.append([store.message("a", "m1", clock: clock)])
             await #expect(throws: StoreError(.pendingFull, "")) {
-                _ = try await store.append([new("b", "m2", clock: clock), new("a", "m3", clock: clock)])
+                _ = try await store.append([store.message("b", "m2", clock: clock), store.message("a", "m3", clock: clock)])
             }
-            #expect(try await store.receipt(of: "m2") == nil)
-            #expect(try await store.receipt(of: "m3") == nil)
-            #expect(try await store.receipt(of: "m1")?.state == .stored)
+            #expect(try await store.receipt(of: store.id("m2", "b")) == nil)
+            #expect(try await store.receipt(of: store.id("m3")) == nil)
+            #expect(try await store.receipt(of: store.id("m1"))?.state == .stored)
         }
     }
 }
@@ -129,9 +160,9 @@ struct InMemoryReceiptTests {
         _ = store.acknowledgeNow(clientID: "a", messages: [Acknowledgement(id: "m1"), Acknowledgement(id: "m2")])
         #expect(store.receiptCounts == (kept: 4, forgottenEarly: 0))
         _ = store.acknowledgeNow(clientID: "a", messages: [Acknowledgement(id: "m3")])
-        #expect(store.receipt(of: "m1") == nil)
-        #expect(store.receipt(of: "m2")?.state == .acked)
-        #expect(store.receipt(of: "m4")?.state == .stored)
+        #expect(store.receipt(of: store.id("m1")) == nil)
+        #expect(store.receipt(of: store.id("m2"))?.state == .acked)
+        #expect(store.receipt(of: store.id("m4"))?.state == .stored)
         #expect(store.receiptCounts == (kept: 3, forgottenEarly: 1))
     }
 
@@ -141,7 +172,56 @@ struct InMemoryReceiptTests {
         let stored = try store.appendNow([NewMessage(clientID: "a", id: "m1", payload: ByteBuffer(), expiresAtMillis: .max)])
         store.markSentNow(clientID: "a", messages: stored)
         #expect(!store.keepsReceipts)
-        #expect(store.receipt(of: "m1") == nil)
+        #expect(store.receipt(of: store.id("m1")) == nil)
         #expect(store.receiptCounts == (kept: 0, forgottenEarly: 0))
+    }
+}
+
+@Suite("Redis receipts", .timeLimit(.minutes(1)))
+struct RedisReceiptTests {
+    private func statusKey(_ id: String) -> String {
+        "herald:{\(id.split(separator: ".").last!)}:r:\(id)"
+    }
+
+    private func ttl(_ key: String, _ client: RedisClient) async throws -> Int64 {
+        try #require(try await client.send([.string("PTTL"), .string(key)]).int64)
+    }
+
+    @Test("a status lives in Redis until the message expires plus the retention, and the retention after its ACK")
+    func keyLifetimes() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let store = RedisPushStore(client: client, maxPending: 10, receiptRetentionMillis: 3_600_000, now: { clock.now })
+            let id = store.messageID("m1", for: "a")
+            #expect(id.hasPrefix("m1.") && id.count <= 8)
+            _ = try await store.append([new("a", id, ttlMillis: 600_000, clock: clock)])
+            // TTL + retention + the store's minute of slack, less what passed since.
+            let pending = try await ttl(statusKey(id), client)
+            #expect(pending > 4_259_000 && pending <= 4_260_000, "\(pending)")
+            #expect(try await store.acknowledge(clientID: "a", messageID: id))
+            let acked = try await ttl(statusKey(id), client)
+            #expect(acked > 3_599_000 && acked <= 3_600_000, "\(acked)")
+            // Once forgotten (the key gone), a late ACK or send makes no half status again.
+            _ = try await client.send([.string("DEL"), .string(statusKey(id))])
+            try await store.markSent(clientID: "a", messages: [StoredMessage(clientID: "a", id: id, sequence: 1, payload: ByteBuffer(), expiresAtMillis: .max)])
+            #expect(try await client.send([.string("EXISTS"), .string(statusKey(id))]).int64 == 0)
+            #expect(try await store.receipt(of: id) == nil)
+        }
+    }
+
+    @Test("a device's ids carry the tag of its slot, so its status keys share the device's slot")
+    func slotTags() async throws {
+        // CLUSTER KEYSLOT is Redis's own slot function, on a real cluster.
+        try await RedisClusterSet.withShared { cluster in
+            try await withRedisClient(url: cluster.url) { client in
+                let redis = RedisPushStore(client: client, maxPending: 1, receiptRetentionMillis: 1000)
+                for device in ["a", "b", "alice", "device-42", "x:y@z.example"] {
+                    let id = redis.messageID("1-2-3", for: device)
+                    let deviceSlot = try #require(try await client.send([.string("CLUSTER"), .string("KEYSLOT"), .string("herald:{\(device)}:q")]).int64)
+                    let statusSlot = try #require(try await client.send([.string("CLUSTER"), .string("KEYSLOT"), .string(statusKey(id))]).int64)
+                    #expect(deviceSlot == statusSlot, "\(device): \(id)")
+                }
+            }
+        }
     }
 }

@@ -239,7 +239,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
             for message in messages {
                 guard let index = state.receipts.index(forKey: message.id) else { continue }
                 let receipt = state.receipts.values[index]
-                guard receipt.clientID == clientID, receipt.state == .stored || receipt.state == .sent else { continue }
+                guard receipt.clientID == clientID, receipt.state == .stored else { continue }
                 state.receipts.values[index].state = .sent
                 state.receipts.values[index].sentAtMillis = atMillis
             }
@@ -260,7 +260,10 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
     private func finish(_ id: String, as final: MessageState, in state: inout State, now: Int64) {
         guard let retention = receiptRetentionMillis, let index = state.receipts.index(forKey: id) else { return }
         state.receipts.values[index].state = final
-        if final == .acked { state.receipts.values[index].ackedAtMillis = now }
+        if final == .acked {
+            state.receipts.values[index].ackedAtMillis = now
+            if state.receipts.values[index].sentAtMillis == nil { state.receipts.values[index].sentAtMillis = now }
+        }
         state.finals.append((forgetAt: now + retention, id: id))
         forget(in: &state, now: now)
     }

@@ -26,7 +26,8 @@ public struct MessageReceipt: Sendable, Hashable {
     public var state: MessageState
     /// When the store accepted it.
     public var acceptedAtMillis: Int64
-    /// When it was last written to a connection, if ever (a redelivery moves it).
+    /// When it was first written to a connection, if ever (an ACK recorded before the send was
+    /// gives its own time).
     public var sentAtMillis: Int64?
     /// When the device acknowledged it.
     public var ackedAtMillis: Int64?
@@ -107,9 +108,19 @@ public enum Receipt: Sendable, Hashable {
     case broadcast(BroadcastReceipt)
 }
 
-/// The receipts of a node's own broadcasts, kept for the retention in memory, at most
+/// Where the status of broadcasts is kept: each node that writes a broadcast to its
+/// connections records how many, the node that accepted it also when.
+public protocol BroadcastReceiptStore: Sendable {
+    /// Records that `node` wrote broadcast `id` to `sent` connections (and, from the node that
+    /// accepted it, when it did).
+    func recordBroadcast(id: String, node: String, sent: Int, acceptedAtMillis: Int64?) async throws(StoreError)
+    /// The status of broadcast `id`; nil when unknown or forgotten.
+    func broadcastReceipt(of id: String) async throws(StoreError) -> BroadcastReceipt?
+}
+
+/// The status of a lone node's broadcasts, kept for the retention in memory, at most
 /// `maxKept` of them (the oldest go first).
-final class BroadcastReceipts: Sendable {
+public final class BroadcastReceipts: BroadcastReceiptStore {
     private struct State {
         var receipts: [String: BroadcastReceipt] = [:]
         var order = CircularBuffer<(forgetAt: Int64, id: String)>()
@@ -120,22 +131,26 @@ final class BroadcastReceipts: Sendable {
     private let maxKept: Int
     private let now: @Sendable () -> Int64
 
-    init(retentionMillis: Int64, maxKept: Int = 10_000, now: @escaping @Sendable () -> Int64) {
+    /// Creates the table; `now` gives the wall-clock time in milliseconds since the Unix epoch.
+    public init(retentionMillis: Int64, maxKept: Int = 10_000, now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch) {
         self.retentionMillis = retentionMillis
         self.maxKept = maxKept
         self.now = now
     }
 
-    func record(id: String, node: String, sent: Int) {
+    public func recordBroadcast(id: String, node: String, sent: Int, acceptedAtMillis: Int64?) {
         let now = now()
         state.withLock { state in
-            state.receipts[id] = BroadcastReceipt(id: id, acceptedAtMillis: now, sent: [node: sent])
-            state.order.append((forgetAt: now + retentionMillis, id: id))
+            if state.receipts[id] == nil {
+                state.receipts[id] = BroadcastReceipt(id: id, acceptedAtMillis: acceptedAtMillis ?? now, sent: [:])
+                state.order.append((forgetAt: now + retentionMillis, id: id))
+            }
+            state.receipts[id]!.sent[node] = sent
             forget(&state, now: now)
         }
     }
 
-    func receipt(of id: String) -> BroadcastReceipt? {
+    public func broadcastReceipt(of id: String) -> BroadcastReceipt? {
         let now = now()
         return state.withLock { state in
             forget(&state, now: now)

@@ -39,7 +39,7 @@ public final class MessageRouter: Sendable {
     private let store: any PushStore
     private let synchronousStore: (any SynchronousPushStore)?
     private let receipts: (any ReceiptStore)?
-    private let broadcasts: BroadcastReceipts?
+    private let broadcasts: (any BroadcastReceiptStore)?
     /// The receipt store that makes message ids, when it adds to them (not the memory store's).
     private let idMaker: (any ReceiptStore)?
     private let registry: ConnectionRegistry
@@ -53,14 +53,13 @@ public final class MessageRouter: Sendable {
     public init(
         nodeID: String, store: any PushStore, registry: ConnectionRegistry, metrics: NodeMetrics,
         cluster: any ClusterLink = LoneNode(), ids: MessageIDGenerator = MessageIDGenerator(),
-        receiptRetentionMillis: Int64? = nil,
+        broadcasts: (any BroadcastReceiptStore)? = nil,
         now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
         let receipts = (store as? any ReceiptStore).flatMap { $0.keepsReceipts ? $0 : nil }
         self.receipts = receipts
         self.idMaker = receipts is any SynchronousPushStore ? nil : receipts
-        // Broadcast status only where message status is kept (so far, the memory store of a lone node).
-        self.broadcasts = receipts == nil ? nil : receiptRetentionMillis.map { BroadcastReceipts(retentionMillis: $0, now: now) }
+        self.broadcasts = broadcasts
         self.nodeID = nodeID
         self.cluster = cluster
         self.store = store
@@ -135,7 +134,7 @@ public final class MessageRouter: Sendable {
     public func broadcast(_ payload: ByteBuffer) -> (id: String, recipients: Int) {
         let id = ids.next()
         let recipients = broadcastLocally(messageID: id, payload: payload)
-        broadcasts?.record(id: id, node: nodeID, sent: recipients)
+        recordBroadcast(id: id, sent: recipients, acceptedAtMillis: now())
         cluster.broadcast(messageID: id, payload: payload)
         return (id, recipients)
     }
@@ -156,15 +155,25 @@ public final class MessageRouter: Sendable {
         return ClientStatus(online: location != nil, node: location?.nodeID, pending: pending)
     }
 
+    /// Records that this node wrote broadcast `id` to `sent` connections: at once in memory,
+    /// else by a task (the status may lag the 202 by a store round trip).
+    public func recordBroadcast(id: String, sent: Int, acceptedAtMillis: Int64?) {
+        if let table = broadcasts as? BroadcastReceipts {
+            return table.recordBroadcast(id: id, node: nodeID, sent: sent, acceptedAtMillis: acceptedAtMillis)
+        }
+        guard let broadcasts else { return }
+        let nodeID = nodeID
+        Task { try? await broadcasts.recordBroadcast(id: id, node: nodeID, sent: sent, acceptedAtMillis: acceptedAtMillis) }
+    }
+
     /// Whether this node keeps message status (`receipt(of:)`, `pendingReceipts`).
     public var keepsReceipts: Bool { receipts != nil }
 
     /// The status of message `id`: a device's message, a broadcast, or nil (unknown, forgotten,
     /// or no status kept).
     public func receipt(of id: String) async throws(StoreError) -> Receipt? {
-        if let broadcast = broadcasts?.receipt(of: id) { return .broadcast(broadcast) }
-        guard let receipts else { return nil }
-        return try await receipts.receipt(of: id).map(Receipt.message)
+        if let receipts, let receipt = try await receipts.receipt(of: id) { return .message(receipt) }
+        return try await broadcasts?.broadcastReceipt(of: id).map(Receipt.broadcast)
     }
 
     /// Up to `limit` receipts of `clientID`'s pending messages after `sequence`, in order.

@@ -22,6 +22,8 @@ public final class ClusterRouter: ClusterLink {
     /// The live members, as of the last lease renewal.
     public let view = ClusterView()
     let metrics: RelayMetrics
+    /// Where each broadcast this node relays to its devices is counted (message status); nil: not kept.
+    private let broadcasts: (any BroadcastReceiptStore)?
     private let routes: any RouteTable
     private let membership: any MembershipStore
     private let registry: ConnectionRegistry
@@ -47,8 +49,9 @@ public final class ClusterRouter: ClusterLink {
     /// production: `RedisRouteTable`, `RedisMembershipStore`); `children` gives its services.
     public init(
         configuration: ClusterConfiguration, routes: any RouteTable, membership: any MembershipStore, registry: ConnectionRegistry,
-        metrics: RelayMetrics, group: any EventLoopGroup, logger: Logger
+        metrics: RelayMetrics, group: any EventLoopGroup, logger: Logger, broadcasts: (any BroadcastReceiptStore)? = nil
     ) {
+        self.broadcasts = broadcasts
         self.configuration = configuration
         self.routes = routes
         self.membership = membership
@@ -355,7 +358,11 @@ public final class ClusterRouter: ClusterLink {
         case .resync:
             nudgeEveryDevice()
         case .broadcast(let messageID, let payload):
-            registry.broadcast(messageID: messageID, payload: payload)
+            let sent = registry.broadcast(messageID: messageID, payload: payload)
+            if let broadcasts {
+                let nodeID = configuration.nodeID
+                Task { try? await broadcasts.recordBroadcast(id: messageID, node: nodeID, sent: sent, acceptedAtMillis: nil) }
+            }
         case .kick(let clientID, let routeText, let replaced):
             guard let connection = registry.connection(for: clientID) else { return }
             if !routeText.isEmpty {

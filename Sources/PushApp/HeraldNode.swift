@@ -102,13 +102,16 @@ final class HeraldNode: Sendable {
         self.metrics = metrics
         self.tls = tls
         transportMetrics = TransportMetrics(factory: PrometheusMetricsFactory(registry: prometheus), logger: logger)
+        let broadcasts: (any BroadcastReceiptStore)?
         if let redisConfiguration = configuration.redis {
             let client = RedisClient(configuration: redisConfiguration, group: group, logger: logger)
             redis = client
-            store = RedisPushStore(
+            let redisStore = RedisPushStore(
                 client: client, maxPending: configuration.maxPending, replicas: configuration.redisWaitReplicas,
                 waitTimeoutMillis: Int64(configuration.redisWaitTimeoutMillis), receiptRetentionMillis: configuration.receiptRetentionMillis
             )
+            store = redisStore
+            broadcasts = configuration.receiptRetentionMillis == nil ? nil : redisStore
             storeKind = "redis"
             let secret = configuration.clusterSecret ?? configuration.deviceJWTSecret
             if secret == nil {
@@ -123,11 +126,13 @@ final class HeraldNode: Sendable {
                 configuration: clusterConfiguration,
                 routes: RedisRouteTable(client: client, prefix: clusterConfiguration.prefix, ttl: clusterConfiguration.routeTTL),
                 membership: RedisMembershipStore(client: client, prefix: clusterConfiguration.prefix),
-                registry: registry, metrics: RelayMetrics(factory: PrometheusMetricsFactory(registry: prometheus)), group: group, logger: logger
+                registry: registry, metrics: RelayMetrics(factory: PrometheusMetricsFactory(registry: prometheus)), group: group, logger: logger,
+                broadcasts: broadcasts
             )
         } else {
             redis = nil
             cluster = nil
+            broadcasts = configuration.receiptRetentionMillis.map { BroadcastReceipts(retentionMillis: $0) }
             store = InMemoryPushStore(
                 maxPending: configuration.maxPending,
                 receiptRetentionMillis: configuration.receiptRetentionMillis, maxReceipts: configuration.maxReceipts
@@ -137,7 +142,7 @@ final class HeraldNode: Sendable {
         let link: any ClusterLink = cluster ?? LoneNode()
         router = MessageRouter(
             nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link,
-            receiptRetentionMillis: configuration.receiptRetentionMillis
+            broadcasts: broadcasts
         )
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,

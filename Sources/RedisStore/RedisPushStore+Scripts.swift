@@ -253,20 +253,6 @@ extension RedisPushStore {
             """
     )
 
-    /// KEYS: status keys of one device's messages. ARGV: now. Records the send time of those
-    /// still there and not acknowledged (a late "sent" never undoes an ACK, nor makes a
-    /// forgotten status again).
-    static let markSentScript = RedisScript(
-        """
-        for _, key in ipairs(KEYS) do
-          if redis.call('EXISTS', key) == 1 and redis.call('HEXISTS', key, 'k') == 0 then
-            redis.call('HSET', key, 's', ARGV[1])
-          end
-        end
-        return 0
-        """
-    )
-
     /// KEYS: counter, stream. ARGV: now. How many unexpired messages the stream holds.
     static let pendingCountScript = RedisScript(
         helpers + """

@@ -24,7 +24,10 @@ import NIOCore
 /// in the same step as the message. `tag` is the one that hashes to the device's slot, and the
 /// message id ends with it (`<id>.<tag>`), so that a read by id alone finds the key, and every
 /// script touching a device touches one slot (Docs/store.md, "Message status").
-public final class RedisPushStore: ReceiptStore {
+///
+/// A broadcast's status (`BroadcastReceiptStore`) is a hash `herald:{<id>}:b`: `a` (accepted,
+/// from the node that accepted it) and `n:<node>` (connections each node wrote it to).
+public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private let client: RedisClient
     private let prefix: String
     private let maxPending: Int
@@ -322,18 +325,49 @@ public final class RedisPushStore: ReceiptStore {
                 unsent += [.string(message.id), .integer(index)]
             }
         }
-        let arguments: [RedisArgument] = [.integer(now()), .integer(retention), .integer(Int64(sent.count / 2))] + sent + unsent
-        let reply = try await client.run(Self.acknowledgeWithStatusScript, keys: keys, arguments: arguments)
-        guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ack: \(reply)") }
+        let now = now()
+        guard unsent.isEmpty else {
+            // ACKs of ids this connection did not send (rare) need the queue searched: a script.
+            let arguments: [RedisArgument] = [.integer(now), .integer(retention), .integer(Int64(sent.count / 2))] + sent + unsent
+            let reply = try await client.run(Self.acknowledgeWithStatusScript, keys: keys, arguments: arguments)
+            guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ack: \(reply)") }
+            return Int(count)
+        }
+        // The common ACK: plain commands in one write, no script. The status first, then the
+        // delete: should the write be cut between them, the status says acked (the device did
+        // acknowledge) and the message is delivered again, never the other way round. An ACK
+        // whose status was forgotten (or taken back) makes only a key without `c`, `q`, `a`, `e`,
+        // which reads as no status and goes after the retention.
+        var commands: [[RedisArgument]] = []
+        for key in keys.dropFirst() {
+            commands += [
+                [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
+                [.string("HSETNX"), .string(key), .string("s"), .integer(now)],
+                [.string("PEXPIRE"), .string(key), .integer(retention)],
+            ]
+        }
+        commands.append([.string("XDEL"), .string(stream)] + stride(from: 0, to: sent.count, by: 2).map { sent[$0] })
+        let replies = try await client.sendAll(commands)
+        guard let count = replies.last?.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(replies.last ?? .null)") }
         return Int(count)
     }
 
     public func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError) {
         guard receiptRetentionMillis != nil else { return }
+        guard let retention = receiptRetentionMillis else { return }
         let keys = messages.compactMap { statusKey($0.id, of: clientID) }
         guard !keys.isEmpty else { return }
-        let reply = try await client.run(Self.markSentScript, keys: keys, arguments: [.integer(now())])
-        if case .error(let text) = reply { throw StoreError(.unavailable, "marking sent failed: \(text)") }
+        // Plain commands, no script: the first send's time only (an ACK that came first already
+        // set it). A status gone meanwhile (taken back) is made again as a key with `s` alone,
+        // which reads as no status and expires (NX: an existing status's TTL is untouched).
+        let now = now()
+        let replies = try await client.sendAll(keys.flatMap { key -> [[RedisArgument]] in
+            [
+                [.string("HSETNX"), .string(key), .string("s"), .integer(now)],
+                [.string("PEXPIRE"), .string(key), .integer(retention + Self.expirySlackMillis), .string("NX")],
+            ]
+        })
+        if case .error(let text)? = replies.first { throw StoreError(.unavailable, "recording a send failed: \(text)") }
     }
 
     public func receipt(of id: String) async throws(StoreError) -> MessageReceipt? {
@@ -372,6 +406,33 @@ public final class RedisPushStore: ReceiptStore {
                 sentAtMillis: sent, ackedAtMillis: acked, expiresAtMillis: expires
             ).at(now)
         }
+    }
+
+    public func recordBroadcast(id: String, node: String, sent: Int, acceptedAtMillis: Int64?) async throws(StoreError) {
+        guard let retention = receiptRetentionMillis else { return }
+        let key = "\(prefix):{\(id)}:b"
+        var write: [RedisArgument] = [.string("HSET"), .string(key), .string("n:\(node)"), .integer(Int64(sent))]
+        if let acceptedAtMillis { write += [.string("a"), .integer(acceptedAtMillis)] }
+        let replies = try await client.sendAll([write, [.string("PEXPIRE"), .string(key), .integer(retention)]])
+        if case .error(let text) = replies[0] { throw StoreError(.unavailable, "recording a broadcast failed: \(text)") }
+    }
+
+    public func broadcastReceipt(of id: String) async throws(StoreError) -> BroadcastReceipt? {
+        guard receiptRetentionMillis != nil else { return nil }
+        let reply = try await client.send([.string("HGETALL"), .string("\(prefix):{\(id)}:b")])
+        guard case .array(let pairs) = reply else { throw StoreError(.unavailable, "unexpected reply to HGETALL: \(reply)") }
+        var accepted: Int64?
+        var sent: [String: Int] = [:]
+        var position = 0
+        while position + 1 < pairs.count {
+            if let name = pairs[position].string, let value = pairs[position + 1].int64 ?? pairs[position + 1].string.flatMap(Int64.init) {
+                if name == "a" { accepted = value } else if name.hasPrefix("n:") { sent[String(name.dropFirst(2))] = Int(value) }
+            }
+            position += 2
+        }
+        // Until the accepting node's own write lands, only other nodes' counts may be there.
+        guard let accepted else { return nil }
+        return BroadcastReceipt(id: id, acceptedAtMillis: accepted, sent: sent)
     }
 
     /// Redis deletes a device's expired queue by itself (key TTLs), and reads and full queues

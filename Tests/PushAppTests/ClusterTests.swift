@@ -205,7 +205,7 @@ struct ClusterTests {
         }
     }
 
-    @Test("a broadcast through one node reaches the devices of every node")
+    @Test("a broadcast through one node reaches the devices of every node, and any node reports how many each reached")
     func broadcastEverywhere() async throws {
         try await TestCluster.with { cluster in
             let devices = try await (0..<3).asyncMap { try await cluster.device("b\($0)", on: $0) }
@@ -217,6 +217,13 @@ struct ClusterTests {
                 #expect(pushes.map(\.id) == [id])
                 #expect(pushes.map(\.text) == ["to all"])
                 await device.close()
+            }
+            // Its status, read on another node: how many connections of each node it reached.
+            try await eventually("every node's count recorded") {
+                let response = try await HTTPTestClient.get("/v1/messages/\(id)", port: cluster.nodes[2].httpPort)
+                guard response.status == 200 else { return false }
+                let status = try JSONFields(response.body)
+                return try status.string("type") == "broadcast" && status.object["sent"] as? [String: Int] == ["node-0": 1, "node-1": 1, "node-2": 1]
             }
         }
     }

@@ -269,16 +269,8 @@ public actor Connection {
                 if let store = services.synchronousStore {
                     store.markSentNow(clientID: clientID, messages: delivery.send)
                 } else if let receipts = services.asynchronousReceipts {
-                    let sent = delivery.send
-                    let logger = services.logger
-                    Task {
-                        do {
-                            try await receipts.markSent(clientID: clientID, messages: sent)
-                        } catch {
-                            // Only the status is behind: the message is delivered, and its ACK still counts.
-                            logger.debug("recording a send failed", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
-                        }
-                    }
+                    // Only the status is behind if this fails: the message is delivered, and its ACK counts.
+                    receipts.markSentDetached(clientID: clientID, messages: delivery.send)
                 }
             }
         }

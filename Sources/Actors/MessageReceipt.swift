@@ -82,6 +82,16 @@ public protocol ReceiptStore: PushStore {
     /// Records that `messages` were written to a connection of `clientID` now (by the store's
     /// clock). Messages no longer pending are passed over.
     func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError)
+
+    /// `markSent` without waiting for it: what a connection calls after writing PUSH frames.
+    /// A failure only leaves the status behind (it is logged or dropped, never thrown).
+    func markSentDetached(clientID: String, messages: [StoredMessage])
+}
+
+extension ReceiptStore {
+    public func markSentDetached(clientID: String, messages: [StoredMessage]) {
+        Task { try? await markSent(clientID: clientID, messages: messages) }
+    }
 }
 
 /// What a node knows of a broadcast: when it was accepted and how many connections of each

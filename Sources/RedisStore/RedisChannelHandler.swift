@@ -5,12 +5,17 @@ import NIOCore
 /// (so concurrent requests share round trips: automatic pipelining) and replies are matched
 /// to requests in order. Every request has a timeout; one that expires means the connection
 /// can no longer be trusted to match replies, so it fails every request and closes.
+///
+/// Replies come in request order, so only the oldest request's deadline can pass first: one
+/// timer serves them all, armed for the oldest and, when it fires early (that request was
+/// answered), re-armed for the oldest then. A command costs no timer operation of its own.
 final class RedisChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     private struct Pending {
-        var promise: EventLoopPromise<RESPValue>
-        var timeout: Scheduled<Void>?
+        /// nil: nobody waits for the reply (a detached command); it is read and dropped.
+        var promise: EventLoopPromise<RESPValue>?
+        var deadline: NIODeadline
     }
 
     private let parser = RESPParser()
@@ -19,6 +24,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
     private var outgoing: ByteBuffer?
     private var context: ChannelHandlerContext?
     private var flushScheduled = false
+    private var timer: Scheduled<Void>?
 
     init(commandTimeout: TimeAmount) {
         self.commandTimeout = commandTimeout
@@ -34,22 +40,37 @@ final class RedisChannelHandler: ChannelInboundHandler {
     }
 
     /// Queues a command; on this handler's event loop only.
-    func send(_ arguments: [RedisArgument], promise: EventLoopPromise<RESPValue>) {
+    func send(_ arguments: [RedisArgument], promise: EventLoopPromise<RESPValue>?) {
         guard let context, context.channel.isActive else {
-            promise.fail(StoreError(.unavailable, "redis connection is down"))
+            promise?.fail(StoreError(.unavailable, "redis connection is down"))
             return
         }
         if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: 256) }
         outgoing!.writeRedisCommand(arguments)
-        // A request that outlives its timeout means the connection can no longer be trusted to
-        // match replies: closing it fails every request (channelInactive), which then answer 503.
-        let channel = context.channel
-        let timeout = context.eventLoop.scheduleTask(in: commandTimeout) { channel.close(promise: nil) }
-        pending.append(Pending(promise: promise, timeout: timeout))
+        pending.append(Pending(promise: promise, deadline: .now() + commandTimeout))
+        armTimer(context: context)
         if !flushScheduled {
             flushScheduled = true
             let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
             context.eventLoop.execute { handler.value.flushOutgoing() }
+        }
+    }
+
+    /// A request that outlives its timeout means the connection can no longer be trusted to
+    /// match replies: closing it fails every request (channelInactive), which then answer 503.
+    private func armTimer(context: ChannelHandlerContext) {
+        guard timer == nil, let oldest = pending.first else { return }
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: oldest.deadline) { handler.value.timerFired() }
+    }
+
+    private func timerFired() {
+        timer = nil
+        guard let context, let oldest = pending.first else { return }
+        if oldest.deadline <= .now() {
+            context.close(promise: nil)
+        } else {
+            armTimer(context: context)
         }
     }
 
@@ -76,16 +97,15 @@ final class RedisChannelHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             }
-            request.timeout?.cancel()
             if case .error(let message) = reply, message.hasPrefix("READONLY") {
                 // A master demoted to replica by a failover: this connection is useless for writes.
                 // Closing it makes the client reconnect and ask the sentinels for the new master.
-                request.promise.fail(StoreError(.unavailable, "redis is a read-only replica now (failover)"))
+                request.promise?.fail(StoreError(.unavailable, "redis is a read-only replica now (failover)"))
                 failAll("redis is a read-only replica now (failover)")
                 context.close(promise: nil)
                 return
             }
-            request.promise.succeed(reply)
+            request.promise?.succeed(reply)
         }
     }
 
@@ -101,9 +121,10 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     private func failAll(_ reason: String) {
         outgoing = nil
+        timer?.cancel()
+        timer = nil
         while let request = pending.popFirst() {
-            request.timeout?.cancel()
-            request.promise.fail(StoreError(.unavailable, reason))
+            request.promise?.fail(StoreError(.unavailable, reason))
         }
     }
 }

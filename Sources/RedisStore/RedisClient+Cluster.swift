@@ -249,17 +249,18 @@ extension RedisClient {
             for (command, promise) in zip(commands, promises) { handler.send(command, promise: promise) }
         }
         if channel.eventLoop.inEventLoop { write() } else { channel.eventLoop.execute(write) }
+        // One suspension for all the replies, not one each.
+        let results = try? await EventLoopFuture.whenAllComplete(promises.map(\.futureResult), on: channel.eventLoop).get()
         var replies: [RESPValue] = []
         replies.reserveCapacity(commands.count)
-        for promise in promises {
-            do {
-                replies.append(try await promise.futureResult.get())
-            } catch let error as StoreError {
-                throw error
-            } catch {
-                throw StoreError(.unavailable, "\(error)")
+        for result in results ?? [] {
+            switch result {
+            case .success(let reply): replies.append(reply)
+            case .failure(let error as StoreError): throw error
+            case .failure(let error): throw StoreError(.unavailable, "\(error)")
             }
         }
+        guard replies.count == commands.count else { throw StoreError(.unavailable, "redis connection is down") }
         return replies
     }
 }

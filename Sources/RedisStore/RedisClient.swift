@@ -168,6 +168,24 @@ public final class RedisClient: Service, HealthReporting {
         return slots[start]
     }
 
+    /// Sends `commands` without waiting for their replies, which are read and dropped: for
+    /// writes whose loss leaves nothing wrong for long (a status's send time). No task on a
+    /// single Redis (the caller's loop's connection, as `send`); on a cluster, a task.
+    public func sendDetached(_ commands: [[RedisArgument]]) {
+        guard cluster == nil else {
+            Task { _ = try? await sendAll(commands) }
+            return
+        }
+        let slot = slotForCaller()
+        let write = {
+            guard let channel = slot.channel.withLock({ $0 }),
+                let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
+            else { return }
+            for command in commands { handler.send(command, promise: nil) }
+        }
+        if slot.loop.inEventLoop { write() } else { slot.loop.execute(write) }
+    }
+
     private static func send(_ arguments: [RedisArgument], on slot: Slot, promise: EventLoopPromise<RESPValue>) {
         guard let channel = slot.channel.withLock({ $0 }),
             let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)

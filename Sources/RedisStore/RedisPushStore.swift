@@ -342,7 +342,6 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         for key in keys.dropFirst() {
             commands += [
                 [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
-                [.string("HSETNX"), .string(key), .string("s"), .integer(now)],
                 [.string("PEXPIRE"), .string(key), .integer(retention)],
             ]
         }
@@ -353,21 +352,30 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     }
 
     public func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError) {
-        guard receiptRetentionMillis != nil else { return }
-        guard let retention = receiptRetentionMillis else { return }
-        let keys = messages.compactMap { statusKey($0.id, of: clientID) }
-        guard !keys.isEmpty else { return }
-        // Plain commands, no script: the first send's time only (an ACK that came first already
-        // set it). A status gone meanwhile (taken back) is made again as a key with `s` alone,
-        // which reads as no status and expires (NX: an existing status's TTL is untouched).
+        let commands = markSentCommands(clientID: clientID, messages: messages)
+        guard !commands.isEmpty else { return }
+        let replies = try await client.sendAll(commands)
+        if case .error(let text)? = replies.first { throw StoreError(.unavailable, "recording a send failed: \(text)") }
+    }
+
+    public func markSentDetached(clientID: String, messages: [StoredMessage]) {
+        let commands = markSentCommands(clientID: clientID, messages: messages)
+        if !commands.isEmpty { client.sendDetached(commands) }
+    }
+
+    /// Plain commands, no script: the first send's time only (an ACK that came first already
+    /// set `k`, which reads as sent too). A status gone meanwhile (taken back) is made again as
+    /// a key with `s` alone, which reads as no status and expires (NX: an existing status's
+    /// TTL is untouched).
+    private func markSentCommands(clientID: String, messages: [StoredMessage]) -> [[RedisArgument]] {
+        guard let retention = receiptRetentionMillis else { return [] }
         let now = now()
-        let replies = try await client.sendAll(keys.flatMap { key -> [[RedisArgument]] in
+        return messages.compactMap { statusKey($0.id, of: clientID) }.flatMap { key -> [[RedisArgument]] in
             [
                 [.string("HSETNX"), .string(key), .string("s"), .integer(now)],
                 [.string("PEXPIRE"), .string(key), .integer(retention + Self.expirySlackMillis), .string("NX")],
             ]
-        })
-        if case .error(let text)? = replies.first { throw StoreError(.unavailable, "recording a send failed: \(text)") }
+        }
     }
 
     public func receipt(of id: String) async throws(StoreError) -> MessageReceipt? {
@@ -398,8 +406,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             guard let clientID = fields["c"], let sequence = fields["q"].flatMap(UInt64.init),
                 let accepted = fields["a"].flatMap(Int64.init), let expires = fields["e"].flatMap(Int64.init)
             else { return nil }
-            let sent = fields["s"].flatMap(Int64.init)
             let acked = fields["k"].flatMap(Int64.init)
+            // An ACK recorded before its send (the send's write came later) stands for both.
+            let sent = fields["s"].flatMap(Int64.init) ?? acked
             let state: MessageState = acked != nil ? .acked : sent != nil ? .sent : .stored
             return MessageReceipt(
                 id: entry.id, clientID: clientID, sequence: sequence, state: state, acceptedAtMillis: accepted,

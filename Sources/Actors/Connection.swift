@@ -33,6 +33,8 @@ public actor Connection {
     private var stallTimer: Scheduled<Void>?
     /// The loop's heartbeat sweep, once the session is watched by it.
     private var sweep: LoopSweep?
+    /// Why the connection ends, for `device.disconnected`; nil: the device (or the network) closed it.
+    private var closeReason: String?
 
     /// Creates the connection for a channel whose transport is up (for plain TCP: freshly
     /// accepted), accepted at `acceptedAt` (default: now). Call on the channel's loop. Time is
@@ -91,6 +93,12 @@ public actor Connection {
         services.metrics.connectionClosed()
         if let clientID = teardown.unregister, services.registry.unregister(clientID, self) {
             services.cluster.disconnected(clientID: clientID, session: session)
+            if let events = services.events, events.wants(.deviceDisconnected) {
+                events.emit(
+                    .deviceDisconnected, clientID: clientID,
+                    data: [("node", .string(services.configuration.nodeID)), ("reason", .string(closeReason ?? "device_closed"))]
+                )
+            }
         }
     }
 
@@ -142,6 +150,7 @@ public actor Connection {
     /// Callable from any thread.
     public nonisolated func close() {
         onLoop { connection in
+            if connection.closeReason == nil { connection.closeReason = "closed_by_server" }
             connection.machine.closeRequested()
             connection.channel.close(promise: nil)
         }
@@ -229,6 +238,12 @@ public actor Connection {
             return fail(code, reason)
         case .start(let clientID, let heartbeatSeconds, let fetch):
             services.registry.register(clientID, self)?.replace()
+            if let events = services.events, events.wants(.deviceConnected) {
+                events.emit(
+                    .deviceConnected, clientID: clientID,
+                    data: [("node", .string(services.configuration.nodeID)), ("transport", .string(peer.transport)), ("address", .string(remoteHost))]
+                )
+            }
             channel.writeAndFlush(
                 Frame.welcome(heartbeatSeconds: heartbeatSeconds, nodeID: services.configuration.nodeID)
                     .encoded(allocator: channel.allocator),
@@ -332,6 +347,7 @@ public actor Connection {
     func checkHeartbeat(now: NIODeadline) -> NIODeadline? {
         guard machine.heartbeatCheck(now: now) else { return machine.heartbeatDeadline }
         services.logger.debug("closing silent connection", metadata: ["herald.client": "\(machine.loggedClientID)"])
+        closeReason = "heartbeat_timeout"
         channel.close(promise: nil)
         return nil
     }
@@ -340,6 +356,7 @@ public actor Connection {
         stallTimer = nil
         guard machine.stallTimerFired() else { return }
         services.logger.info("closing a device that stopped reading", metadata: ["herald.client": "\(machine.loggedClientID)"])
+        closeReason = "write_stall"
         channel.close(promise: nil)
     }
 
@@ -347,6 +364,7 @@ public actor Connection {
     /// the socket shortly after, so that the device reads the ERROR before the close.
     /// The machine has already closed the session.
     private func fail(_ code: ErrorCode, _ reason: String) {
+        if closeReason == nil { closeReason = code == .replaced ? "replaced" : "error_\(code.rawValue)" }
         services.metrics.frameError(code.rawValue)
         services.logger.debug(
             "closing with ERROR", metadata: [

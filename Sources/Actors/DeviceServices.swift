@@ -12,6 +12,8 @@ public final class DeviceServices: Sendable {
     /// `store`, when it keeps message status and does not answer at once (Redis): told of each
     /// send by a task, off the delivery's path.
     public let asynchronousReceipts: (any ReceiptStore)?
+    /// Where `device.connected` and `device.disconnected` go; nil without a webhook.
+    public let events: (any WebhookSink)?
     /// Client id -> connection.
     public let registry: ConnectionRegistry
     /// Checks HELLO tokens.
@@ -32,8 +34,10 @@ public final class DeviceServices: Sendable {
     public init(
         configuration: SessionConfiguration, store: any PushStore, registry: ConnectionRegistry,
         authenticator: any DeviceAuthenticator, metrics: NodeMetrics, logger: Logger, cluster: any ClusterLink = LoneNode(),
-        authFailures: AuthFailureLimiter = AuthFailureLimiter(burst: 0), heartbeats: HeartbeatSweeps = HeartbeatSweeps()
+        authFailures: AuthFailureLimiter = AuthFailureLimiter(burst: 0), heartbeats: HeartbeatSweeps = HeartbeatSweeps(),
+        events: (any WebhookSink)? = nil
     ) {
+        self.events = events
         self.heartbeats = heartbeats
         self.cluster = cluster
         self.authFailures = authFailures

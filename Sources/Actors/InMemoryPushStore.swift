@@ -24,12 +24,17 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
         var finals = CircularBuffer<(forgetAt: Int64, id: String)>()
         /// Final receipts forgotten before their retention ran out, to stay under the cap.
         var forgottenEarly = 0
+        /// Messages that expired in this operation, for the webhook (emitted after the lock).
+        var expiredOut: [StoredMessage] = []
+        /// Messages acknowledged in this operation, with their send time, for the webhook.
+        var ackedOut: [(message: String, clientID: String, sentAt: Int64?)] = []
     }
 
     private let state = Mutex(State())
     private let maxPending: Int
     private let receiptRetentionMillis: Int64?
     private let maxReceipts: Int
+    private let events: (any WebhookSink)?
     private let now: @Sendable () -> Int64
 
     /// Creates a store holding at most `maxPending` unexpired messages per device; `now`
@@ -37,9 +42,10 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
     /// `receiptRetentionMillis` it keeps message status, each final receipt for that long and
     /// at most `maxReceipts` of them; without, none.
     public init(
-        maxPending: Int, receiptRetentionMillis: Int64? = nil, maxReceipts: Int = 1_000_000,
+        maxPending: Int, receiptRetentionMillis: Int64? = nil, maxReceipts: Int = 1_000_000, events: (any WebhookSink)? = nil,
         now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
+        self.events = events
         precondition(maxPending > 0 && maxReceipts > 0)
         self.maxPending = maxPending
         self.receiptRetentionMillis = receiptRetentionMillis
@@ -72,7 +78,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
     public func appendNow(_ messages: [NewMessage]) throws(StoreError) -> [StoredMessage] {
         let now = now()
         if messages.count == 1 { return [try appendOne(messages[0], now: now)] }
-        let result: Result<[StoredMessage], StoreError> = state.withLock { state in
+        let result: Result<[StoredMessage], StoreError> = locked { state in
             // Check every device's cap first, so that a refusal stores nothing.
             var added: [String: Int] = [:]
             for message in messages { added[message.clientID, default: 0] += 1 }
@@ -80,7 +86,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
                 if state.queues[clientID] == nil { state.queues[clientID] = DeviceQueue() }
                 dropExpired(clientID, in: &state, now: now)
                 if state.queues[clientID]!.messages.count + count > maxPending {
-                    return .failure(StoreError(.pendingFull, "pending queue of \(clientID) is full (\(maxPending))"))
+                    return .failure(StoreError(.pendingFull, "pending queue of \(clientID) is full (\(maxPending))", clientID: clientID))
                 }
             }
             var stored: [StoredMessage] = []
@@ -103,7 +109,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
 
     /// One message: one lookup of its device's queue, changed in place.
     private func appendOne(_ message: NewMessage, now: Int64) throws(StoreError) -> StoredMessage {
-        let result: Result<StoredMessage, StoreError> = state.withLock { state in
+        let result: Result<StoredMessage, StoreError> = locked { state in
             let result = appendOne(message, in: &state, now: now)
             if case .success(let entry) = result { accepted(entry, in: &state, now: now) }
             return result
@@ -112,17 +118,17 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
     }
 
     private func appendOne(_ message: NewMessage, in state: inout State, now: Int64) -> Result<StoredMessage, StoreError> {
-        var expired: [String] = []
-        defer { for id in expired { finish(id, as: .expired, in: &state, now: now) } }
+        var expired: [StoredMessage] = []
+        defer { for message in expired { expire(message, in: &state, now: now) } }
         return Self.appendOne(message, to: &state.queues[message.clientID, default: DeviceQueue()], now: now, maxPending: maxPending, expired: &expired)
     }
 
     private static func appendOne(
-        _ message: NewMessage, to queue: inout DeviceQueue, now: Int64, maxPending: Int, expired: inout [String]
+        _ message: NewMessage, to queue: inout DeviceQueue, now: Int64, maxPending: Int, expired: inout [StoredMessage]
     ) -> Result<StoredMessage, StoreError> {
         dropExpired(&queue, now: now, into: &expired)
         guard queue.messages.count < maxPending else {
-            return .failure(StoreError(.pendingFull, "pending queue of \(message.clientID) is full (\(maxPending))"))
+            return .failure(StoreError(.pendingFull, "pending queue of \(message.clientID) is full (\(maxPending))", clientID: message.clientID))
         }
         let entry = StoredMessage(
             clientID: message.clientID, id: message.id, sequence: queue.nextSequence,
@@ -135,7 +141,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
 
     public func pendingNow(for clientID: String, after sequence: UInt64, limit: Int) -> [StoredMessage] {
         let now = now()
-        return state.withLock { state in
+        return locked { state in
             guard state.queues[clientID] != nil else { return [] }
             dropExpired(clientID, in: &state, now: now)
             var result: [StoredMessage] = []
@@ -149,13 +155,14 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
 
     public func acknowledgeNow(clientID: String, messages: [Acknowledgement]) -> Int {
         let now = now()
-        return state.withLock { state in
+        return locked { state in
             var removed = 0
             for message in messages {
                 guard let index = state.queues[clientID]?.messages.firstIndex(where: { $0.id == message.id }) else { continue }
                 state.queues[clientID]!.messages.remove(at: index)
                 removed += 1
                 finish(message.id, as: .acked, in: &state, now: now)
+                if events != nil { state.ackedOut.append((message.id, clientID, state.receipts[message.id]?.sentAtMillis)) }
             }
             return removed
         }
@@ -170,17 +177,17 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
 
     public func removeExpired() -> Int {
         let now = now()
-        return state.withLock { state in
+        return locked { state in
             var removed = 0
             for key in Array(state.queues.keys) {
-                var expired: [String] = []
+                var expired: [StoredMessage] = []
                 state.queues[key]!.messages.removeAll { message in
                     guard message.expiresAtMillis <= now else { return false }
-                    expired.append(message.id)
+                    expired.append(message)
                     return true
                 }
                 removed += expired.count
-                for id in expired { finish(id, as: .expired, in: &state, now: now) }
+                for message in expired { expire(message, in: &state, now: now) }
             }
             forget(in: &state, now: now)
             return removed
@@ -191,16 +198,45 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
 
     /// Drops expired messages from the head of `clientID`'s queue; the sweeper removes the rest.
     private func dropExpired(_ clientID: String, in state: inout State, now: Int64) {
-        var expired: [String] = []
+        var expired: [StoredMessage] = []
         Self.dropExpired(&state.queues[clientID, default: DeviceQueue()], now: now, into: &expired)
-        for id in expired { finish(id, as: .expired, in: &state, now: now) }
+        for message in expired { expire(message, in: &state, now: now) }
     }
 
-    private static func dropExpired(_ queue: inout DeviceQueue, now: Int64, into expired: inout [String]) {
+    private static func dropExpired(_ queue: inout DeviceQueue, now: Int64, into expired: inout [StoredMessage]) {
         while let first = queue.messages.first, first.expiresAtMillis <= now {
             queue.messages.removeFirst()
-            expired.append(first.id)
+            expired.append(first)
         }
+    }
+
+    /// A message left its queue expired: its status says so, and the webhook is told.
+    private func expire(_ message: StoredMessage, in state: inout State, now: Int64) {
+        finish(message.id, as: .expired, in: &state, now: now)
+        if events != nil { state.expiredOut.append(message) }
+    }
+
+    /// Runs `body` under the lock, then hands the webhook what it collected (outside the lock).
+    private func locked<T: Sendable>(_ body: (inout State) -> T) -> T {
+        guard let events else { return state.withLock { body(&$0) } }
+        let (result, expired, acked) = state.withLock { state in
+            let result = body(&state)
+            defer { state.expiredOut = []; state.ackedOut = [] }
+            return (result, state.expiredOut, state.ackedOut)
+        }
+        for message in expired {
+            events.emit(.messageExpired, clientID: message.clientID, data: [("message_id", .string(message.id)), ("expires_at", .integer(message.expiresAtMillis))])
+        }
+        if !acked.isEmpty {
+            let now = now()
+            for entry in acked {
+                events.emit(
+                    .messageAcked, clientID: entry.clientID,
+                    data: [("message_id", .string(entry.message)), ("sent_at", entry.sentAt.map { .integer($0) } ?? .null), ("acked_at", .integer(now))]
+                )
+            }
+        }
+        return result
     }
 
     // MARK: Receipts

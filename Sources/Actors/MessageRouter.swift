@@ -40,6 +40,8 @@ public final class MessageRouter: Sendable {
     private let synchronousStore: (any SynchronousPushStore)?
     private let receipts: (any ReceiptStore)?
     private let broadcasts: (any BroadcastReceiptStore)?
+    /// Where `message.rejected` goes; nil without a webhook.
+    private let events: (any WebhookSink)?
     /// The receipt store that makes message ids, when it adds to them (not the memory store's).
     private let idMaker: (any ReceiptStore)?
     private let registry: ConnectionRegistry
@@ -53,9 +55,10 @@ public final class MessageRouter: Sendable {
     public init(
         nodeID: String, store: any PushStore, registry: ConnectionRegistry, metrics: NodeMetrics,
         cluster: any ClusterLink = LoneNode(), ids: MessageIDGenerator = MessageIDGenerator(),
-        broadcasts: (any BroadcastReceiptStore)? = nil,
+        broadcasts: (any BroadcastReceiptStore)? = nil, events: (any WebhookSink)? = nil,
         now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
+        self.events = events
         let receipts = (store as? any ReceiptStore).flatMap { $0.keepsReceipts ? $0 : nil }
         self.receipts = receipts
         self.idMaker = receipts is any SynchronousPushStore ? nil : receipts
@@ -77,8 +80,20 @@ public final class MessageRouter: Sendable {
         if let synchronousStore { return try pushNow(requests, into: synchronousStore) }
         let messages = newMessages(requests)
         let start = ContinuousClock.now
-        let stored = try await store.append(messages)
+        let stored: [StoredMessage]
+        do {
+            stored = try await store.append(messages)
+        } catch {
+            rejected(error, count: messages.count)
+            throw error
+        }
         return notify(stored, storedIn: ContinuousClock.now - start)
+    }
+
+    /// `message.rejected` for a push refused because a device's queue is full.
+    private func rejected(_ error: StoreError, count: Int) {
+        guard error.code == .pendingFull, let events, let clientID = error.clientID else { return }
+        events.emit(.messageRejected, clientID: clientID, data: [("reason", .string("pending_full")), ("messages", .integer(Int64(count)))])
     }
 
     /// `push`, at once, when the store is synchronous (the in-memory store); nil otherwise
@@ -91,7 +106,13 @@ public final class MessageRouter: Sendable {
     private func pushNow(_ requests: [PushRequest], into store: any SynchronousPushStore) throws(StoreError) -> [String] {
         let messages = newMessages(requests)
         let start = ContinuousClock.now
-        let stored = try store.appendNow(messages)
+        let stored: [StoredMessage]
+        do {
+            stored = try store.appendNow(messages)
+        } catch {
+            rejected(error, count: messages.count)
+            throw error
+        }
         return notify(stored, storedIn: ContinuousClock.now - start)
     }
 

@@ -74,11 +74,14 @@ public struct StoreError: Error, Hashable, CustomStringConvertible {
     public let code: Code
     /// Details for the log and the error message.
     public let message: String
+    /// The device concerned (the one whose queue is full), when there is one.
+    public let clientID: String?
 
     /// Creates a store error.
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, clientID: String? = nil) {
         self.code = code
         self.message = message
+        self.clientID = clientID
     }
 
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }

@@ -547,6 +547,7 @@ struct HTTPAPI: Sendable {
             let counts = store.receiptCounts
             node.metrics.observeReceipts(kept: counts.kept, forgottenEarly: counts.forgottenEarly)
         }
+        if let queue = node.webhookQueue { node.webhookMetrics.observe(queue) }
         var bytes: [UInt8] = []
         node.prometheus.emit(into: &bytes)
         return Response(

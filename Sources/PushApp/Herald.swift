@@ -79,6 +79,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HERALD_DEFAULT_TTL_S: message TTL when a push gives none (86400).") var defaultTTLS: String?
     @Option(help: "HERALD_MAX_TTL_S: largest ttl_s a push may ask for (2592000).") var maxTTLS: String?
     @Option(help: "HERALD_MAX_PENDING: stored messages per device before pushes get 429 (1000).") var maxPending: String?
+    @Option(help: "HERALD_WEBHOOK_URL: http(s) URL the webhook events are POSTed to (unset: no webhook).") var webhookURL: String?
+    @Option(help: "HERALD_WEBHOOK_SECRET: the webhook's HMAC-SHA256 signing secret, at least 16 bytes.") var webhookSecret: String?
+    @Option(help: "HERALD_WEBHOOK_EVENTS: comma-separated event types to send (all).") var webhookEvents: String?
+    @Option(help: "HERALD_WEBHOOK_RETRY_S: seconds a batch is retried before it is given up (86400).") var webhookRetryS: String?
+    @Option(help: "HERALD_WEBHOOK_TIMEOUT_S: seconds one attempt may take (10).") var webhookTimeoutS: String?
+    @Option(help: "HERALD_WEBHOOK_CONCURRENCY: batches in flight at once (4).") var webhookConcurrency: String?
+    @Option(help: "HERALD_WEBHOOK_BATCH: events one POST carries at most (100).") var webhookBatch: String?
+    @Option(help: "HERALD_WEBHOOK_QUEUE_MAX: events waiting at most before new ones are dropped (100000).") var webhookQueueMax: String?
     @Option(help: "HERALD_RECEIPT_RETENTION_S: seconds message status is kept after it is acked or expired (86400; 0: no status).") var receiptRetentionS: String?
     @Option(help: "HERALD_RECEIPT_MAX: final message statuses the memory store keeps at most (200000).") var receiptMax: String?
     @Option(help: "HERALD_DRAIN_TIMEOUT_S: seconds devices get to leave after GOAWAY (30).") var drainTimeoutS: String?
@@ -100,6 +108,9 @@ struct Serve: AsyncParsableCommand {
             ("HERALD_HEARTBEAT_S", heartbeatS), ("HERALD_HEARTBEAT_MIN_S", heartbeatMinS),
             ("HERALD_HEARTBEAT_MAX_S", heartbeatMaxS), ("HERALD_DEFAULT_TTL_S", defaultTTLS), ("HERALD_MAX_TTL_S", maxTTLS),
             ("HERALD_MAX_PENDING", maxPending), ("HERALD_RECEIPT_RETENTION_S", receiptRetentionS),
+            ("HERALD_WEBHOOK_URL", webhookURL), ("HERALD_WEBHOOK_SECRET", webhookSecret), ("HERALD_WEBHOOK_EVENTS", webhookEvents),
+            ("HERALD_WEBHOOK_RETRY_S", webhookRetryS), ("HERALD_WEBHOOK_TIMEOUT_S", webhookTimeoutS),
+            ("HERALD_WEBHOOK_CONCURRENCY", webhookConcurrency), ("HERALD_WEBHOOK_BATCH", webhookBatch), ("HERALD_WEBHOOK_QUEUE_MAX", webhookQueueMax),
             ("HERALD_RECEIPT_MAX", receiptMax), ("HERALD_DRAIN_TIMEOUT_S", drainTimeoutS),
             ("HERALD_WRITE_STALL_TIMEOUT_S", writeStallTimeoutS), ("HERALD_MAX_CONNECTIONS", maxConnections),
             ("HERALD_MAX_FRAME_RATE", maxFrameRate), ("HERALD_LOG_LEVEL", logLevel),

@@ -4,6 +4,7 @@ import Crypto
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Hummingbird
 import HummingbirdCore
 import Prometheus
@@ -46,6 +47,10 @@ final class HeraldNode: Sendable {
     let registry = ConnectionRegistry()
     let tracker = ConnectionTracker()
     let router: MessageRouter
+    /// The webhook's queue, state and metrics; nil without `HERALD_WEBHOOK_URL`.
+    let webhookQueue: MemoryWebhookQueue?
+    let webhookState = WebhookState()
+    let webhookMetrics: WebhookMetrics
     let services: DeviceServices
     /// The TLS credentials every TLS listener's new handshakes use; nil without a certificate.
     let tls: TLSCredentials?
@@ -103,6 +108,11 @@ final class HeraldNode: Sendable {
         self.tls = tls
         transportMetrics = TransportMetrics(factory: PrometheusMetricsFactory(registry: prometheus), logger: logger)
         let broadcasts: (any BroadcastReceiptStore)?
+        let webhookQueue = configuration.webhook.map { settings in
+            MemoryWebhookQueue(lanes: settings.concurrency, capacity: settings.queueCapacity, types: settings.events, logger: logger)
+        }
+        self.webhookQueue = webhookQueue
+        webhookMetrics = WebhookMetrics(factory: PrometheusMetricsFactory(registry: prometheus))
         if let redisConfiguration = configuration.redis {
             let client = RedisClient(configuration: redisConfiguration, group: group, logger: logger)
             redis = client
@@ -135,20 +145,20 @@ final class HeraldNode: Sendable {
             broadcasts = configuration.receiptRetentionMillis.map { BroadcastReceipts(retentionMillis: $0) }
             store = InMemoryPushStore(
                 maxPending: configuration.maxPending,
-                receiptRetentionMillis: configuration.receiptRetentionMillis, maxReceipts: configuration.maxReceipts
+                receiptRetentionMillis: configuration.receiptRetentionMillis, maxReceipts: configuration.maxReceipts, events: webhookQueue
             )
             storeKind = "memory"
         }
         let link: any ClusterLink = cluster ?? LoneNode()
         router = MessageRouter(
             nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link,
-            broadcasts: broadcasts
+            broadcasts: broadcasts, events: webhookQueue
         )
         services = DeviceServices(
             configuration: configuration.session, store: store, registry: registry,
             authenticator: authenticator, metrics: metrics, logger: logger, cluster: link,
             authFailures: AuthFailureLimiter(burst: configuration.maxAuthFailures),
-            heartbeats: HeartbeatSweeps(loops: Array(group.makeIterator()))
+            heartbeats: HeartbeatSweeps(loops: Array(group.makeIterator())), events: webhookQueue
         )
         let root = Supervisor(
             name: "herald", strategy: .oneForOne, intensity: RestartIntensity(maxRestarts: 5, period: .seconds(30)),
@@ -319,7 +329,21 @@ final class HeraldNode: Sendable {
             ChildSpec(id: "sweeper", shutdownTimeout: .seconds(5)) { [unowned self] in
                 ExpirySweeper(store: store, metrics: metrics, interval: .seconds(10), clock: ContinuousClock(), logger: logger)
             },
-        ] + clusterChildren + listenerChildren(drainTimeout: drainTimeout)
+        ] + webhookChildren() + clusterChildren + listenerChildren(drainTimeout: drainTimeout)
+    }
+
+    /// The webhook sender, when a webhook is configured: its own child, so that a receiver's
+    /// trouble never reaches the push path (which only queues events).
+    private func webhookChildren() -> [ChildSpec] {
+        guard let settings = configuration.webhook, let queue = webhookQueue else { return [] }
+        return [
+            ChildSpec(id: "webhooks", shutdownTimeout: .seconds(2)) { [unowned self] in
+                let tls = settings.target.https ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+                return WebhookSender(
+                    queue: queue, settings: settings, state: webhookState, metrics: webhookMetrics, group: group, tls: tls, logger: logger
+                )
+            }
+        ]
     }
 
     /// The certificate reloader, the HTTP and HTTPS APIs and the device listeners.

@@ -104,13 +104,16 @@ struct NodeConfiguration: Sendable {
     var eventLoops: Int
     /// Test-only fault hooks (`HERALD_FAULT_HOOKS=1`): lets a test kill a supervised child.
     var faultHooks: Bool
+    /// The webhook (Docs/webhooks.md); nil without `HERALD_WEBHOOK_URL`.
+    var webhook: WebhookSettings? = nil
 
     /// The variables, in the order Docs/operations.md lists them.
     static let variables = [
         "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_RELAY_ADDR", "HERALD_RELAY_ADVERTISE_ADDR", "HERALD_CLUSTER_SECRET", "HERALD_RELAY_PING_S", "HERALD_HTTP_IDLE_TIMEOUT_S", "HERALD_HTTP_FAST_PATH", "HERALD_REDIS_WAIT_REPLICAS", "HERALD_REDIS_WAIT_TIMEOUT_MS", "HERALD_TCP_ADDR", "HERALD_HTTP_ADDR", "HERALD_TLS_CERT", "HERALD_TLS_KEY", "HERALD_TLS_CLIENT_CA", "HERALD_TLS_MAX_HANDSHAKES", "HERALD_TLS_ADDR", "HERALD_WS_ADDR", "HERALD_WSS_ADDR", "HERALD_HTTPS_ADDR", "HERALD_WS_ALLOWED_ORIGINS", "HERALD_PROXY_PROTOCOL", "HERALD_TRUSTED_PROXIES", "HERALD_API_KEYS", "HERALD_DEVICE_JWT_SECRET",
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
-        "HERALD_MAX_PENDING", "HERALD_RECEIPT_RETENTION_S", "HERALD_RECEIPT_MAX", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_EVENT_LOOPS", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
+        "HERALD_MAX_PENDING", "HERALD_WEBHOOK_URL", "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS", "HERALD_WEBHOOK_RETRY_S",
+        "HERALD_WEBHOOK_TIMEOUT_S", "HERALD_WEBHOOK_CONCURRENCY", "HERALD_WEBHOOK_BATCH", "HERALD_WEBHOOK_QUEUE_MAX", "HERALD_RECEIPT_RETENTION_S", "HERALD_RECEIPT_MAX", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_EVENT_LOOPS", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
     ]
 
     /// Reads the configuration from `values` (variable name -> text; flags already merged over
@@ -269,7 +272,45 @@ struct NodeConfiguration: Sendable {
             eventLoops: try reader.int("HERALD_EVENT_LOOPS", default: 0, range: 0...1024),
             faultHooks: try reader.bool("HERALD_FAULT_HOOKS", default: false)
         )
-        return configuration
+        var loaded = configuration
+        loaded.webhook = try webhookSettings(reader)
+        if loaded.webhook != nil && redis != nil {
+            throw ConfigurationError(
+                message: "HERALD_WEBHOOK_URL works on a lone node (the memory store) so far; with HERALD_REDIS_URL it is not supported yet (Docs/webhooks.md)"
+            )
+        }
+        return loaded
+    }
+
+    private static func webhookSettings(_ reader: Reader) throws -> WebhookSettings? {
+        guard let url = try reader.optional("HERALD_WEBHOOK_URL") else { return nil }
+        guard let target = WebhookTarget(url) else {
+            throw ConfigurationError(message: "HERALD_WEBHOOK_URL must be an http:// or https:// URL without user info, got \(url)")
+        }
+        guard let secret = try reader.optional("HERALD_WEBHOOK_SECRET"), secret.utf8.count >= 16 else {
+            throw ConfigurationError(message: "HERALD_WEBHOOK_URL needs HERALD_WEBHOOK_SECRET, at least 16 bytes: receivers check every request's signature")
+        }
+        var events = Set(WebhookEventType.allCases)
+        let named = try reader.list("HERALD_WEBHOOK_EVENTS")
+        if !named.isEmpty {
+            events = []
+            for name in named {
+                guard let type = WebhookEventType(rawValue: name) else {
+                    throw ConfigurationError(
+                        message: "HERALD_WEBHOOK_EVENTS: unknown event \(name); known: \(WebhookEventType.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
+                }
+                events.insert(type)
+            }
+        }
+        return WebhookSettings(
+            target: target, secret: secret, events: events,
+            retryFor: .seconds(try reader.int("HERALD_WEBHOOK_RETRY_S", default: 86_400, range: 0...2_592_000)),
+            timeout: .seconds(try reader.int("HERALD_WEBHOOK_TIMEOUT_S", default: 10, range: 1...300)),
+            concurrency: try reader.int("HERALD_WEBHOOK_CONCURRENCY", default: 4, range: 1...64),
+            batch: try reader.int("HERALD_WEBHOOK_BATCH", default: 100, range: 1...10_000),
+            queueCapacity: try reader.int("HERALD_WEBHOOK_QUEUE_MAX", default: 100_000, range: 1...100_000_000)
+        )
     }
 
     /// The address peers dial for this node's relay listener bound on `port`.

@@ -143,7 +143,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
                         )
                     })
             case .integer(let position) where devices.indices.contains(Int(position) - 1):
-                .failure(StoreError(.pendingFull, "pending queue of \(devices[Int(position) - 1]) is full (\(maxPending))"))
+                .failure(
+                    StoreError(.pendingFull, "pending queue of \(devices[Int(position) - 1]) is full (\(maxPending))", clientID: devices[Int(position) - 1])
+                )
             default:
                 .failure(StoreError(.unavailable, "unexpected reply to append: \(reply)"))
             }

@@ -175,7 +175,9 @@ struct TransportTests {
     func handshakeBound() async throws {
         let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let environment = pki.environment.merging(["HERALD_TLS_MAX_HANDSHAKES": "2", "HERALD_HELLO_TIMEOUT_S": "1"]) { $1 }
+        // A hello timeout long enough that both stalled sockets are surely in their handshakes
+        // at once, however loaded the machine (they are accepted one after the other).
+        let environment = pki.environment.merging(["HERALD_TLS_MAX_HANDSHAKES": "2", "HERALD_HELLO_TIMEOUT_S": "3"]) { $1 }
         try await TestNode.with(environment) { node in
             // Two sockets that never send a ClientHello hold both places until the hello timeout.
             let stalled = [try await RawConnection.connect(port: try node.port("tls")), try await RawConnection.connect(port: try node.port("tls"))]

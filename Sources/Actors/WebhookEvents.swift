@@ -35,18 +35,54 @@ public struct WebhookEvent: Sendable, Hashable {
     public init(id: String, type: WebhookEventType, atMillis: Int64, clientID: String, data: [(String, WebhookValue)]) {
         self.id = id
         self.clientID = clientID
-        var json = #"{"id":"# + Self.quoted(id) + #","type":""# + type.rawValue + #"","at":"# + String(atMillis)
-        json += #","data":{"client_id":"# + Self.quoted(clientID)
+        // Bytes, then one String: a few hundred instructions, where appending to a String
+        // piece by piece cost tens of thousands (measured with callgrind).
+        var json: [UInt8] = []
+        json.reserveCapacity(192)
+        json.append(contentsOf: #"{"id":"#.utf8)
+        Self.appendQuoted(id, to: &json)
+        json.append(contentsOf: #","type":""#.utf8)
+        json.append(contentsOf: type.rawValue.utf8)
+        json.append(contentsOf: #"","at":"#.utf8)
+        Self.appendInteger(atMillis, to: &json)
+        json.append(contentsOf: #","data":{"client_id":"#.utf8)
+        Self.appendQuoted(clientID, to: &json)
         for (name, value) in data {
-            json += "," + Self.quoted(name) + ":"
+            json.append(UInt8(ascii: ","))
+            Self.appendQuoted(name, to: &json)
+            json.append(UInt8(ascii: ":"))
             switch value {
-            case .string(let text): json += Self.quoted(text)
-            case .integer(let number): json += String(number)
-            case .null: json += "null"
+            case .string(let text): Self.appendQuoted(text, to: &json)
+            case .integer(let number): Self.appendInteger(number, to: &json)
+            case .null: json.append(contentsOf: "null".utf8)
             }
         }
-        json += "}}"
-        self.json = json
+        json.append(contentsOf: "}}".utf8)
+        self.json = String(decoding: json, as: UTF8.self)
+    }
+
+    /// Appends `text` as a JSON string, quotes included: its bytes at once when nothing in it
+    /// needs an escape (ids and names never do), else escaped.
+    static func appendQuoted(_ text: String, to json: inout [UInt8]) {
+        if text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            json.append(contentsOf: quoted(text).utf8)
+        } else {
+            json.append(UInt8(ascii: "\""))
+            json.append(contentsOf: text.utf8)
+            json.append(UInt8(ascii: "\""))
+        }
+    }
+
+    /// Appends the decimal digits of `number`.
+    static func appendInteger(_ number: Int64, to json: inout [UInt8]) {
+        if number < 0 { json.append(UInt8(ascii: "-")) }
+        var magnitude = number.magnitude
+        var digits: [UInt8] = []
+        repeat {
+            digits.append(UInt8(ascii: "0") + UInt8(magnitude % 10))
+            magnitude /= 10
+        } while magnitude > 0
+        json.append(contentsOf: digits.reversed())
     }
 
     /// `text` as a JSON string, quotes included.

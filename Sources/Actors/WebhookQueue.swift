@@ -24,7 +24,10 @@ public final class MemoryWebhookQueue: WebhookSink {
     private let lanes: [LaneLock]
     private let capacity: Int
     private let types: Set<WebhookEventType>
-    private let ids: MessageIDGenerator
+    /// Event ids: `ev-<64 random bits of this process, hex>-<counter, hex>`, unique across
+    /// nodes and restarts as message ids are.
+    private let idPrefix: String
+    private let eventCounter = Atomic<UInt64>(0)
     private let now: @Sendable () -> Int64
     private let count = Atomic<Int>(0)
     private let queuedTotal = Atomic<Int>(0)
@@ -42,7 +45,9 @@ public final class MemoryWebhookQueue: WebhookSink {
         self.lanes = (0..<lanes).map { _ in LaneLock() }
         self.capacity = capacity
         self.types = types
-        self.ids = MessageIDGenerator(now: now)
+        var generator = SystemRandomNumberGenerator()
+        let random = String(generator.next() as UInt64, radix: 16)
+        self.idPrefix = "ev-" + String(repeating: "0", count: 16 - random.count) + random + "-"
         self.now = now
     }
 
@@ -64,7 +69,10 @@ public final class MemoryWebhookQueue: WebhookSink {
     public func emit(_ type: WebhookEventType, clientID: String, data: [(String, WebhookValue)]) {
         guard types.contains(type) else { return }
         let now = now()
-        let event = WebhookEvent(id: "ev-" + ids.next(), type: type, atMillis: now, clientID: clientID, data: data)
+        let event = WebhookEvent(
+            id: idPrefix + String(eventCounter.add(1, ordering: .relaxed).newValue, radix: 16), type: type, atMillis: now,
+            clientID: clientID, data: data
+        )
         guard count.add(1, ordering: .relaxed).newValue <= capacity else {
             count.subtract(1, ordering: .relaxed)
             let dropped = droppedTotal.add(1, ordering: .relaxed).newValue

@@ -114,6 +114,9 @@ struct WebhookSender: Service {
     /// The first retry waits up to this; each further one up to twice the last, at most `backoffCap`.
     var backoffBase: Duration = .milliseconds(500)
     var backoffCap: Duration = .seconds(60)
+    /// How long a lane waits for more events when fewer than a batch wait: under load a
+    /// request carries a full batch rather than the one or two events of the moment.
+    var linger: Duration = .milliseconds(50)
 
     enum Outcome: Equatable {
         case delivered
@@ -134,8 +137,13 @@ struct WebhookSender: Service {
 
     private func runLane(_ lane: Int) async {
         while !Task.isCancelled && !state.isGone {
-            let batch = await queue.next(lane: lane, limit: settings.batch)
+            var batch = await queue.next(lane: lane, limit: settings.batch)
             guard !batch.isEmpty else { return }
+            if batch.count < settings.batch {
+                try? await Task.sleep(for: linger)
+                batch = await queue.next(lane: lane, limit: settings.batch)
+                guard !batch.isEmpty else { return }
+            }
             let body = #"{"events":["# + batch.map(\.json).joined(separator: ",") + "]}"
             let started = ContinuousClock.now
             var attempt = 0
@@ -216,8 +224,17 @@ struct WebhookSender: Service {
 
     /// Lowercase hex HMAC-SHA256, under the secret's UTF-8 bytes, of "<timestamp>.<body>".
     static func signature(secret: String, timestamp: Int64, body: String) -> String {
-        let code = HMAC<SHA256>.authenticationCode(for: Array("\(timestamp).\(body)".utf8), using: SymmetricKey(data: Array(secret.utf8)))
-        return code.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined()
+        var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array(secret.utf8)))
+        hmac.update(data: Array("\(timestamp).".utf8))
+        hmac.update(data: Array(body.utf8))
+        let digits = Array("0123456789abcdef".utf8)
+        var hex: [UInt8] = []
+        hex.reserveCapacity(64)
+        for byte in hmac.finalize() {
+            hex.append(digits[Int(byte >> 4)])
+            hex.append(digits[Int(byte & 0x0F)])
+        }
+        return String(decoding: hex, as: UTF8.self)
     }
 }
 

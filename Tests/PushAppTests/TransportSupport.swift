@@ -173,11 +173,31 @@ final class ProxyProcess: @unchecked Sendable {
 
     var output: String { logReader.text }
 
+    /// SIGKILL (the test runner's children inherit its ignoring of SIGTERM), to the process and
+    /// to its children: nginx's workers outlive a killed master otherwise.
     func stop() {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        guard process.isRunning else { return }
+        let pid = process.processIdentifier
+        // The children as they are now, then the parent (so that it cannot start new ones), then them.
+        let children = childProcesses(of: pid)
+        kill(pid, SIGKILL)
+        for child in children { kill(child, SIGKILL) }
     }
 
     deinit { stop() }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+func childProcesses(of pid: Int32) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> Int32? in
+        guard let candidate = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+            let close = stat.range(of: ")", options: .backwards)
+        else { return nil }
+        // After "pid (comm)": state, then the parent's pid.
+        let fields = stat[close.upperBound...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == pid ? candidate : nil
+    }
 }
 
 struct ProxyExited: Error, CustomStringConvertible {

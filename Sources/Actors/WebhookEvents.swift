@@ -73,16 +73,9 @@ public struct WebhookEvent: Sendable, Hashable {
         }
     }
 
-    /// Appends the decimal digits of `number`.
+    /// Appends the decimal digits of `number` (a small string: no allocation).
     static func appendInteger(_ number: Int64, to json: inout [UInt8]) {
-        if number < 0 { json.append(UInt8(ascii: "-")) }
-        var magnitude = number.magnitude
-        var digits: [UInt8] = []
-        repeat {
-            digits.append(UInt8(ascii: "0") + UInt8(magnitude % 10))
-            magnitude /= 10
-        } while magnitude > 0
-        json.append(contentsOf: digits.reversed())
+        json.append(contentsOf: String(number).utf8)
     }
 
     /// `text` as a JSON string, quotes included.

@@ -25,17 +25,19 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// Whether a batch across devices is written per device and taken back on refusal.
     var takesBackAcrossShards: Bool { self == .redisCluster }
 
-    /// Runs `body` with a fresh store of this kind; for Redis, a real redis-server of its own,
-    /// stopped afterwards.
+    /// Runs `body` with a fresh store of this kind (keeping message status for
+    /// `receiptRetentionMillis`, if given); for Redis, a real redis-server of its own, stopped
+    /// afterwards.
     func with(
-        maxPending: Int, clock: TestWallClock, _ body: @Sendable (any PushStore) async throws -> Void
+        maxPending: Int, receiptRetentionMillis retention: Int64? = nil, clock: TestWallClock,
+        _ body: @Sendable (any PushStore) async throws -> Void
     ) async throws {
         switch self {
         case .memory:
-            try await body(InMemoryPushStore(maxPending: maxPending, now: { clock.now }))
+            try await body(InMemoryPushStore(maxPending: maxPending, receiptRetentionMillis: retention, now: { clock.now }))
         case .redis:
             try await withRedisClient { client in
-                try await body(RedisPushStore(client: client, maxPending: maxPending, now: { clock.now }))
+                try await body(RedisPushStore(client: client, maxPending: maxPending, receiptRetentionMillis: retention, now: { clock.now }))
             }
         case .redisCluster:
             // One cluster for the tests running at once, so each test has keys of its own. The
@@ -43,7 +45,9 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
             try await RedisClusterSet.withShared { cluster in
                 try await withRedisClient(url: cluster.url) { client in
                     let prefix = "t\(UInt64.random(in: 0...UInt64.max))"
-                    try await body(RedisPushStore(client: client, maxPending: maxPending, prefix: prefix, now: { clock.now }))
+                    try await body(
+                        RedisPushStore(client: client, maxPending: maxPending, prefix: prefix, receiptRetentionMillis: retention, now: { clock.now })
+                    )
                 }
             }
         }

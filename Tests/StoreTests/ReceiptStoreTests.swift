@@ -4,39 +4,18 @@ import RedisStore
 import NIOCore
 import Testing
 
-/// Every `ReceiptStore` implementation, made fresh for one test: the memory store, and the
-/// Redis store on a real redis-server of its own and on a real Redis Cluster (where the
-/// tests' devices "a" and "b" live on different masters).
-enum ReceiptStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case memory
-    case redis
-    case redisCluster
-
-    var testDescription: String { rawValue }
-
+/// Every store keeps message status (`ReceiptStore`): the conformance suite's kinds, made with a
+/// retention.
+extension StoreKind {
     /// Whether a status is forgotten by the store's clock (the test's); Redis forgets by its
     /// own, through key TTLs (`RedisReceiptTests` checks those).
     var forgetsByTestClock: Bool { self == .memory }
 
-    func with(
+    func withReceipts(
         maxPending: Int = 10, retentionMillis: Int64 = 60_000, clock: TestWallClock, _ body: @Sendable (any ReceiptStore) async throws -> Void
     ) async throws {
-        switch self {
-        case .memory:
-            try await body(InMemoryPushStore(maxPending: maxPending, receiptRetentionMillis: retentionMillis, now: { clock.now }))
-        case .redis:
-            try await withRedisClient { client in
-                try await body(RedisPushStore(client: client, maxPending: maxPending, receiptRetentionMillis: retentionMillis, now: { clock.now }))
-            }
-        case .redisCluster:
-            try await RedisClusterSet.withShared { cluster in
-                try await withRedisClient(url: cluster.url) { client in
-                    let prefix = "t\(UInt64.random(in: 0...UInt64.max))"
-                    try await body(
-                        RedisPushStore(client: client, maxPending: maxPending, prefix: prefix, receiptRetentionMillis: retentionMillis, now: { clock.now })
-                    )
-                }
-            }
+        try await with(maxPending: maxPending, receiptRetentionMillis: retentionMillis, clock: clock) { store in
+            try await body(try #require(store as? any ReceiptStore))
         }
     }
 }
@@ -54,10 +33,10 @@ extension ReceiptStore {
 /// `GET /v1/clients/{id}/messages` report, on a manual clock.
 @Suite("ReceiptStore conformance", .timeLimit(.minutes(1)))
 struct ReceiptStoreTests {
-    @Test("a message goes stored, sent, acked, with the time of each step", arguments: ReceiptStoreKind.allCases)
-    func lifecycle(kind: ReceiptStoreKind) async throws {
+    @Test("a message goes stored, sent, acked, with the time of each step", arguments: StoreKind.allCases)
+    func lifecycle(kind: StoreKind) async throws {
         let clock = TestWallClock()
-        try await kind.with(clock: clock) { store in
+        try await kind.withReceipts(clock: clock) { store in
             let accepted = clock.now
             let stored = try await store.append([store.message("a", "m1", clock: clock)])
             var receipt = try #require(try await store.receipt(of: store.id("m1")))
@@ -81,10 +60,10 @@ struct ReceiptStoreTests {
         }
     }
 
-    @Test("a final status is kept for the retention, then forgotten", arguments: ReceiptStoreKind.allCases)
-    func retention(kind: ReceiptStoreKind) async throws {
+    @Test("a final status is kept for the retention, then forgotten", arguments: StoreKind.allCases)
+    func retention(kind: StoreKind) async throws {
         let clock = TestWallClock()
-        try await kind.with(retentionMillis: 10_000, clock: clock) { store in
+        try await kind.withReceipts(retentionMillis: 10_000, clock: clock) { store in
             _ = try await store.append([store.message("a", "m1", ttlMillis: 1_000_000, clock: clock)])
             // Pending, it is kept however long it waits.
             clock.advance(byMillis: 500_000)
@@ -97,10 +76,10 @@ struct ReceiptStoreTests {
         }
     }
 
-    @Test("an expired message reads as expired, before and after the sweep", arguments: ReceiptStoreKind.allCases)
-    func expiry(kind: ReceiptStoreKind) async throws {
+    @Test("an expired message reads as expired, before and after the sweep", arguments: StoreKind.allCases)
+    func expiry(kind: StoreKind) async throws {
         let clock = TestWallClock()
-        try await kind.with(retentionMillis: 10_000, clock: clock) { store in
+        try await kind.withReceipts(retentionMillis: 10_000, clock: clock) { store in
             let stored = try await store.append([store.message("a", "m1", ttlMillis: 1_000, clock: clock), store.message("a", "m2", ttlMillis: 100_000, clock: clock)])
             try await store.markSent(clientID: "a", messages: stored)
             clock.advance(byMillis: 1_000)
@@ -117,10 +96,10 @@ struct ReceiptStoreTests {
         }
     }
 
-    @Test("a device's pending list pages in order; another device's sends and ACKs change nothing", arguments: ReceiptStoreKind.allCases)
-    func pendingList(kind: ReceiptStoreKind) async throws {
+    @Test("a device's pending list pages in order; another device's sends and ACKs change nothing", arguments: StoreKind.allCases)
+    func pendingList(kind: StoreKind) async throws {
         let clock = TestWallClock()
-        try await kind.with(clock: clock) { store in
+        try await kind.withReceipts(clock: clock) { store in
             let stored = try await store.append((1...5).map { store.message("a", "m\($0)", clock: clock) })
             try await store.markSent(clientID: "a", messages: Array(stored.prefix(2)))
             try await store.markSent(clientID: "b", messages: Array(stored.suffix(3)))
@@ -135,10 +114,10 @@ struct ReceiptStoreTests {
         }
     }
 
-    @Test("a refused push leaves no status", arguments: ReceiptStoreKind.allCases)
-    func refusedAppend(kind: ReceiptStoreKind) async throws {
+    @Test("a refused push leaves no status", arguments: StoreKind.allCases)
+    func refusedAppend(kind: StoreKind) async throws {
         let clock = TestWallClock()
-        try await kind.with(maxPending: 1, clock: clock) { store in
+        try await kind.withReceipts(maxPending: 1, clock: clock) { store in
             _ = try await store.append([store.message("a", "m1", clock: clock)])
             await #expect(throws: StoreError(.pendingFull, "")) {
                 _ = try await store.append([store.message("b", "m2", clock: clock), store.message("a", "m3", clock: clock)])

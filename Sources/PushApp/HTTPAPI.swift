@@ -442,8 +442,11 @@ struct HTTPAPI: Sendable {
         let query = request.uri.queryParameters
         var after: UInt64 = 0
         if let text = query.get("after") {
-            guard let value = UInt64(text) else { throw APIError.badRequest("after must be a sequence (an unsigned integer)") }
-            after = value
+            // A sequence: 0 to 2^63 - 1, as Docs/openapi.yaml says (an int64 for every client's JSON).
+            guard let value = Int64(text), value >= 0 else {
+                throw APIError.badRequest("after must be a sequence, from 0 to \(Int64.max)")
+            }
+            after = UInt64(value)
         }
         var limit = Self.defaultPage
         if let text = query.get("limit") {

@@ -62,7 +62,7 @@ struct MessageStatusTests {
             let rest = try JSONFields(try await HTTPTestClient.get("/v1/clients/bob/messages?after=\(after)&limit=10", port: node.httpPort).body)
             #expect((rest.object["messages"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == Array(ids.suffix(3)))
             #expect(rest.isNull("next_after"))
-            for query in ["limit=0", "limit=1001", "after=-1", "after=x"] {
+            for query in ["limit=0", "limit=1001", "after=-1", "after=x", "after=9223372036854775808"] {
                 #expect(try await HTTPTestClient.get("/v1/clients/bob/messages?\(query)", port: node.httpPort).status == 400, "\(query)")
             }
             let metrics = try await HTTPTestClient.get("/metrics", port: node.httpPort).body

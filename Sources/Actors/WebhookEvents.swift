@@ -65,7 +65,7 @@ public struct WebhookEvent: Sendable, Hashable {
     /// needs an escape (ids and names never do), else escaped.
     static func appendQuoted(_ text: String, to json: inout [UInt8]) {
         if text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            json.append(contentsOf: quoted(text).utf8)
+            json.append(contentsOf: JSONString.quoted(text).utf8)
         } else {
             json.append(UInt8(ascii: "\""))
             json.append(contentsOf: text.utf8)
@@ -77,25 +77,6 @@ public struct WebhookEvent: Sendable, Hashable {
     static func appendInteger(_ number: Int64, to json: inout [UInt8]) {
         json.append(contentsOf: String(number).utf8)
     }
-
-    /// `text` as a JSON string, quotes included.
-    static func quoted(_ text: String) -> String {
-        var result = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            case let control where control.value < 0x20:
-                let hex = String(control.value, radix: 16)
-                result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
-    }
 }
 
 /// Where the node's parts hand webhook events. `emit` never waits and never fails the caller:
@@ -106,4 +87,26 @@ public protocol WebhookSink: Sendable {
     func wants(_ type: WebhookEventType) -> Bool
     /// Queues an event of `type` about `clientID` now.
     func emit(_ type: WebhookEventType, clientID: String, data: [(String, WebhookValue)])
+}
+
+/// JSON string quoting, for bodies written by hand (webhook events, the WebSocket refusals).
+public enum JSONString {
+    /// `text` as a JSON string, quotes included.
+    public static func quoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case let control where control.value < 0x20:
+                let hex = String(control.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
 }

@@ -225,13 +225,16 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
             return (result, state.expiredOut, state.ackedOut)
         }
         for message in expired {
-            events.emit(.messageExpired, clientID: message.clientID, data: [("message_id", .string(message.id)), ("expires_at", .integer(message.expiresAtMillis))])
+            events.emit(
+                .messageExpired, clientID: message.clientID, message: message.id,
+                data: [("message_id", .string(message.id)), ("expires_at", .integer(message.expiresAtMillis))]
+            )
         }
         if !acked.isEmpty {
             let now = now()
             for entry in acked {
                 events.emit(
-                    .messageAcked, clientID: entry.clientID,
+                    .messageAcked, clientID: entry.clientID, message: entry.message,
                     data: [("message_id", .string(entry.message)), ("sent_at", entry.sentAt.map { .integer($0) } ?? .null), ("acked_at", .integer(now))]
                 )
             }

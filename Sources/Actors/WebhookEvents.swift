@@ -23,12 +23,24 @@ public enum WebhookValue: Sendable, Hashable {
 
 /// One event, encoded once when it is emitted: `{"id", "type", "at", "data"}`.
 public struct WebhookEvent: Sendable, Hashable {
-    /// Unique across the cluster and restarts (receivers dedupe by it).
+    /// Unique across the cluster and restarts (receivers dedupe by it); an event about a
+    /// message has the id `WebhookEventIDs.id(of:message:)` makes, the same each time it is
+    /// made again.
     public let id: String
     /// The device it concerns: events of one device are sent in the order they were emitted.
     public let clientID: String
     /// The event's JSON object.
     public let json: String
+    /// Where its queue keeps it (a Redis stream entry id); nil in memory.
+    public var queueID: String?
+
+    /// An event read back from a queue.
+    public init(id: String, clientID: String, json: String, queueID: String?) {
+        self.id = id
+        self.clientID = clientID
+        self.json = json
+        self.queueID = queueID
+    }
 
     /// Encodes an event of `type` at `atMillis` (Unix milliseconds) about `clientID`, with
     /// `data` in the order given (`client_id` first, added here).
@@ -59,6 +71,7 @@ public struct WebhookEvent: Sendable, Hashable {
         }
         json.append(contentsOf: "}}".utf8)
         self.json = String(decoding: json, as: UTF8.self)
+        queueID = nil
     }
 
     /// Appends `text` as a JSON string, quotes included: its bytes at once when nothing in it
@@ -79,14 +92,96 @@ public struct WebhookEvent: Sendable, Hashable {
     }
 }
 
+/// Event ids. An event about a message (`message.acked`, `message.expired`) is named after it,
+/// `ack-<message id>` or `exp-<message id>`: the store may write such an event again (an ACK
+/// repeated after a crash between the event and the delete, Docs/webhooks.md), and the copy
+/// then has the same id for the receiver to drop. Every other event gets
+/// `ev-<64 random bits of this process, hex>-<counter, hex>`, unique across nodes and restarts
+/// as message ids are.
+public final class WebhookEventIDs: Sendable {
+    private let prefix: String
+    private let counter = Atomic<UInt64>(0)
+
+    /// Ids with a fresh random prefix.
+    public init() {
+        var generator = SystemRandomNumberGenerator()
+        let random = String(generator.next() as UInt64, radix: 16)
+        prefix = "ev-" + String(repeating: "0", count: 16 - random.count) + random + "-"
+    }
+
+    /// The id of an event of `type`, about `message` when it concerns one.
+    public func id(of type: WebhookEventType, message: String?) -> String {
+        switch (type, message) {
+        case (.messageAcked, let message?): "ack-" + message
+        case (.messageExpired, let message?): "exp-" + message
+        default: prefix + String(counter.add(1, ordering: .relaxed).newValue, radix: 16)
+        }
+    }
+}
+
 /// Where the node's parts hand webhook events. `emit` never waits and never fails the caller:
 /// a sink that cannot keep an event counts and logs the drop itself.
 public protocol WebhookSink: Sendable {
     /// Whether events of `type` are wanted (`HERALD_WEBHOOK_EVENTS`): callers skip building
     /// the others.
     func wants(_ type: WebhookEventType) -> Bool
-    /// Queues an event of `type` about `clientID` now.
-    func emit(_ type: WebhookEventType, clientID: String, data: [(String, WebhookValue)])
+    /// Queues an event of `type` about `clientID` (and `message`, for a message's events) now.
+    func emit(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)])
+}
+
+extension WebhookSink {
+    /// Queues an event of `type` about `clientID` that concerns no one message.
+    public func emit(_ type: WebhookEventType, clientID: String, data: [(String, WebhookValue)]) {
+        emit(type, clientID: clientID, message: nil, data: data)
+    }
+}
+
+/// A queue the webhook sender takes events from: `laneCount` lanes, a device's events always
+/// in the same lane, each lane sent one batch at a time, in order. In memory on a lone node
+/// (`MemoryWebhookQueue`); a stream per lane in Redis otherwise (`RedisWebhookQueue`), where a
+/// node sends only the lanes it holds a lease on.
+public protocol WebhookQueue: WebhookSink {
+    /// How many lanes there are (the sender's concurrency).
+    var laneCount: Int { get }
+    /// Up to `limit` of lane `lane`'s oldest events that this node is to send, waiting until
+    /// there is one; empty once the task is cancelled. They stay queued until `remove`.
+    func next(lane: Int, limit: Int) async -> [WebhookEvent]
+    /// Removes `batch` (what `next` returned, delivered or given up) from lane `lane`; false
+    /// when that failed (Redis unreachable): the caller tries again, or the batch is sent again.
+    func remove(lane: Int, batch: [WebhookEvent]) async -> Bool
+    /// Keeps what the queue needs kept while the sender runs (Redis: the lanes' leases), until
+    /// the task is cancelled; then lets go of it (another node takes the lanes at once).
+    func maintain() async
+    /// Events waiting, events this node ever queued, events it dropped; when the oldest waiting
+    /// event was queued (Unix ms), nil when none waits.
+    var figures: WebhookQueueFigures { get }
+}
+
+/// A webhook queue's figures, for /metrics.
+public struct WebhookQueueFigures: Sendable, Equatable {
+    public var depth: Int
+    public var queued: Int
+    public var dropped: Int
+    public var oldestQueuedAt: Int64?
+    /// Lanes this node sends (all of them in memory; those it holds a lease on in Redis).
+    public var lanesHeld: Int
+
+    public init(depth: Int, queued: Int, dropped: Int, oldestQueuedAt: Int64?, lanesHeld: Int) {
+        self.depth = depth
+        self.queued = queued
+        self.dropped = dropped
+        self.oldestQueuedAt = oldestQueuedAt
+        self.lanesHeld = lanesHeld
+    }
+}
+
+extension WebhookQueue {
+    /// The lane of `clientID`'s events: FNV-1a of its bytes, so every node agrees.
+    public func lane(of clientID: String) -> Int {
+        var hash: UInt64 = 14_695_981_039_346_656_037
+        for byte in clientID.utf8 { hash = (hash ^ UInt64(byte)) &* 1_099_511_628_211 }
+        return Int(hash % UInt64(laneCount))
+    }
 }
 
 /// JSON string quoting, for bodies written by hand (webhook events, the WebSocket refusals).

@@ -10,7 +10,7 @@ import Synchronization
 /// The sender takes a lane's oldest events with `next` (waiting while the lane is empty) and
 /// removes them with `remove` once the receiver has them, so a batch being retried stays
 /// first in its lane.
-public final class MemoryWebhookQueue: WebhookSink {
+public final class MemoryWebhookQueue: WebhookQueue {
     private struct Lane {
         var events = CircularBuffer<(event: WebhookEvent, queuedAt: Int64)>()
         var waiter: CheckedContinuation<Void, Never>?
@@ -24,10 +24,7 @@ public final class MemoryWebhookQueue: WebhookSink {
     private let lanes: [LaneLock]
     private let capacity: Int
     private let types: Set<WebhookEventType>
-    /// Event ids: `ev-<64 random bits of this process, hex>-<counter, hex>`, unique across
-    /// nodes and restarts as message ids are.
-    private let idPrefix: String
-    private let eventCounter = Atomic<UInt64>(0)
+    private let ids = WebhookEventIDs()
     private let now: @Sendable () -> Int64
     private let count = Atomic<Int>(0)
     private let queuedTotal = Atomic<Int>(0)
@@ -45,34 +42,24 @@ public final class MemoryWebhookQueue: WebhookSink {
         self.lanes = (0..<lanes).map { _ in LaneLock() }
         self.capacity = capacity
         self.types = types
-        var generator = SystemRandomNumberGenerator()
-        let random = String(generator.next() as UInt64, radix: 16)
-        self.idPrefix = "ev-" + String(repeating: "0", count: 16 - random.count) + random + "-"
         self.now = now
     }
 
-    /// How many lanes there are (the sender's concurrency).
     public var laneCount: Int { lanes.count }
 
-    /// Events waiting, events ever queued, events dropped because the queue was full.
-    public var counts: (depth: Int, queued: Int, dropped: Int) {
-        (count.load(ordering: .relaxed), queuedTotal.load(ordering: .relaxed), droppedTotal.load(ordering: .relaxed))
-    }
-
-    /// When the oldest waiting event was queued (Unix ms); nil when none waits.
-    public var oldestQueuedAt: Int64? {
-        lanes.compactMap { $0.withLock { $0.events.first?.queuedAt } }.min()
+    public var figures: WebhookQueueFigures {
+        WebhookQueueFigures(
+            depth: count.load(ordering: .relaxed), queued: queuedTotal.load(ordering: .relaxed), dropped: droppedTotal.load(ordering: .relaxed),
+            oldestQueuedAt: lanes.compactMap { $0.withLock { $0.events.first?.queuedAt } }.min(), lanesHeld: lanes.count
+        )
     }
 
     public func wants(_ type: WebhookEventType) -> Bool { types.contains(type) }
 
-    public func emit(_ type: WebhookEventType, clientID: String, data: [(String, WebhookValue)]) {
+    public func emit(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) {
         guard types.contains(type) else { return }
         let now = now()
-        let event = WebhookEvent(
-            id: idPrefix + String(eventCounter.add(1, ordering: .relaxed).newValue, radix: 16), type: type, atMillis: now,
-            clientID: clientID, data: data
-        )
+        let event = WebhookEvent(id: ids.id(of: type, message: message), type: type, atMillis: now, clientID: clientID, data: data)
         guard count.add(1, ordering: .relaxed).newValue <= capacity else {
             count.subtract(1, ordering: .relaxed)
             let dropped = droppedTotal.add(1, ordering: .relaxed).newValue
@@ -94,15 +81,6 @@ public final class MemoryWebhookQueue: WebhookSink {
         waiter?.resume()
     }
 
-    /// The lane of `clientID`'s events.
-    public func lane(of clientID: String) -> Int {
-        var hash: UInt64 = 14_695_981_039_346_656_037
-        for byte in clientID.utf8 { hash = (hash ^ UInt64(byte)) &* 1_099_511_628_211 }
-        return Int(hash % UInt64(lanes.count))
-    }
-
-    /// Up to `limit` of lane `index`'s oldest events, waiting until there is one (or the task is
-    /// cancelled: then empty). They stay queued until `remove`.
     public func next(lane index: Int, limit: Int) async -> [WebhookEvent] {
         while !Task.isCancelled {
             let batch = lanes[index].withLock { lane in Array(lane.events.prefix(limit).map(\.event)) }
@@ -126,13 +104,16 @@ public final class MemoryWebhookQueue: WebhookSink {
         return []
     }
 
-    /// Removes lane `index`'s `count` oldest events (the batch `next` returned, delivered or given up).
-    public func remove(lane index: Int, count removed: Int) {
+    /// Nothing to keep: returns at once.
+    public func maintain() async {}
+
+    public func remove(lane index: Int, batch: [WebhookEvent]) async -> Bool {
         let taken = lanes[index].withLock { lane in
-            let taken = min(removed, lane.events.count)
+            let taken = min(batch.count, lane.events.count)
             lane.events.removeFirst(taken)
             return taken
         }
         count.subtract(taken, ordering: .relaxed)
+        return true
     }
 }

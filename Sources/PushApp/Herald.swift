@@ -86,7 +86,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HERALD_WEBHOOK_TIMEOUT_S: seconds one attempt may take (10).") var webhookTimeoutS: String?
     @Option(help: "HERALD_WEBHOOK_CONCURRENCY: batches in flight at once (4).") var webhookConcurrency: String?
     @Option(help: "HERALD_WEBHOOK_BATCH: events one POST carries at most (100).") var webhookBatch: String?
-    @Option(help: "HERALD_WEBHOOK_QUEUE_MAX: events waiting at most before new ones are dropped (100000).") var webhookQueueMax: String?
+    @Option(help: "HERALD_WEBHOOK_QUEUE_MAX: events waiting at most before new ones are dropped (100000; memory store).") var webhookQueueMax: String?
+    @Option(help: "HERALD_WEBHOOK_LEASE_S: seconds a node's hold on a webhook lane lasts unless renewed (10; Redis).") var webhookLeaseS: String?
     @Option(help: "HERALD_RECEIPT_RETENTION_S: seconds message status is kept after it is acked or expired (86400; 0: no status).") var receiptRetentionS: String?
     @Option(help: "HERALD_RECEIPT_MAX: final message statuses the memory store keeps at most (200000).") var receiptMax: String?
     @Option(help: "HERALD_DRAIN_TIMEOUT_S: seconds devices get to leave after GOAWAY (30).") var drainTimeoutS: String?
@@ -111,6 +112,7 @@ struct Serve: AsyncParsableCommand {
             ("HERALD_WEBHOOK_URL", webhookURL), ("HERALD_WEBHOOK_SECRET", webhookSecret), ("HERALD_WEBHOOK_EVENTS", webhookEvents),
             ("HERALD_WEBHOOK_RETRY_S", webhookRetryS), ("HERALD_WEBHOOK_TIMEOUT_S", webhookTimeoutS),
             ("HERALD_WEBHOOK_CONCURRENCY", webhookConcurrency), ("HERALD_WEBHOOK_BATCH", webhookBatch), ("HERALD_WEBHOOK_QUEUE_MAX", webhookQueueMax),
+            ("HERALD_WEBHOOK_LEASE_S", webhookLeaseS),
             ("HERALD_RECEIPT_MAX", receiptMax), ("HERALD_DRAIN_TIMEOUT_S", drainTimeoutS),
             ("HERALD_WRITE_STALL_TIMEOUT_S", writeStallTimeoutS), ("HERALD_MAX_CONNECTIONS", maxConnections),
             ("HERALD_MAX_FRAME_RATE", maxFrameRate), ("HERALD_LOG_LEVEL", logLevel),

@@ -48,7 +48,7 @@ final class HeraldNode: Sendable {
     let tracker = ConnectionTracker()
     let router: MessageRouter
     /// The webhook's queue, state and metrics; nil without `HERALD_WEBHOOK_URL`.
-    let webhookQueue: MemoryWebhookQueue?
+    let webhookQueue: (any WebhookQueue)?
     let webhookState = WebhookState()
     let webhookMetrics: WebhookMetrics
     let services: DeviceServices
@@ -108,17 +108,22 @@ final class HeraldNode: Sendable {
         self.tls = tls
         transportMetrics = TransportMetrics(factory: PrometheusMetricsFactory(registry: prometheus), logger: logger)
         let broadcasts: (any BroadcastReceiptStore)?
-        let webhookQueue = configuration.webhook.map { settings in
-            MemoryWebhookQueue(lanes: settings.concurrency, capacity: settings.queueCapacity, types: settings.events, logger: logger)
-        }
-        self.webhookQueue = webhookQueue
+        let webhookQueue: (any WebhookQueue)?
         webhookMetrics = WebhookMetrics(factory: PrometheusMetricsFactory(registry: prometheus))
         if let redisConfiguration = configuration.redis {
             let client = RedisClient(configuration: redisConfiguration, group: group, logger: logger)
             redis = client
+            let redisEvents = configuration.webhook.map { settings in
+                RedisWebhookQueue(
+                    client: client, node: configuration.nodeID, lanes: settings.concurrency, types: settings.events, lease: settings.lease,
+                    logger: logger
+                )
+            }
+            webhookQueue = redisEvents
             let redisStore = RedisPushStore(
                 client: client, maxPending: configuration.maxPending, replicas: configuration.redisWaitReplicas,
-                waitTimeoutMillis: Int64(configuration.redisWaitTimeoutMillis), receiptRetentionMillis: configuration.receiptRetentionMillis
+                waitTimeoutMillis: Int64(configuration.redisWaitTimeoutMillis), receiptRetentionMillis: configuration.receiptRetentionMillis,
+                events: redisEvents
             )
             store = redisStore
             broadcasts = configuration.receiptRetentionMillis == nil ? nil : redisStore
@@ -142,13 +147,18 @@ final class HeraldNode: Sendable {
         } else {
             redis = nil
             cluster = nil
+            let memoryEvents = configuration.webhook.map { settings in
+                MemoryWebhookQueue(lanes: settings.concurrency, capacity: settings.queueCapacity, types: settings.events, logger: logger)
+            }
+            webhookQueue = memoryEvents
             broadcasts = configuration.receiptRetentionMillis.map { BroadcastReceipts(retentionMillis: $0) }
             store = InMemoryPushStore(
                 maxPending: configuration.maxPending,
-                receiptRetentionMillis: configuration.receiptRetentionMillis, maxReceipts: configuration.maxReceipts, events: webhookQueue
+                receiptRetentionMillis: configuration.receiptRetentionMillis, maxReceipts: configuration.maxReceipts, events: memoryEvents
             )
             storeKind = "memory"
         }
+        self.webhookQueue = webhookQueue
         let link: any ClusterLink = cluster ?? LoneNode()
         router = MessageRouter(
             nodeID: configuration.nodeID, store: store, registry: registry, metrics: metrics, cluster: link,

@@ -113,7 +113,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_MAX_FRAME", "HERALD_MAX_PAYLOAD", "HERALD_WINDOW", "HERALD_HELLO_TIMEOUT_S", "HERALD_HEARTBEAT_S",
         "HERALD_HEARTBEAT_MIN_S", "HERALD_HEARTBEAT_MAX_S", "HERALD_DEFAULT_TTL_S", "HERALD_MAX_TTL_S",
         "HERALD_MAX_PENDING", "HERALD_WEBHOOK_URL", "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS", "HERALD_WEBHOOK_RETRY_S",
-        "HERALD_WEBHOOK_TIMEOUT_S", "HERALD_WEBHOOK_CONCURRENCY", "HERALD_WEBHOOK_BATCH", "HERALD_WEBHOOK_QUEUE_MAX", "HERALD_RECEIPT_RETENTION_S", "HERALD_RECEIPT_MAX", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_EVENT_LOOPS", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
+        "HERALD_WEBHOOK_TIMEOUT_S", "HERALD_WEBHOOK_CONCURRENCY", "HERALD_WEBHOOK_BATCH", "HERALD_WEBHOOK_QUEUE_MAX", "HERALD_WEBHOOK_LEASE_S", "HERALD_RECEIPT_RETENTION_S", "HERALD_RECEIPT_MAX", "HERALD_DRAIN_TIMEOUT_S", "HERALD_WRITE_STALL_TIMEOUT_S", "HERALD_MAX_CONNECTIONS", "HERALD_MAX_FRAME_RATE", "HERALD_MAX_AUTH_FAILURES", "HERALD_EVENT_LOOPS", "HERALD_LOG_LEVEL", "HERALD_FAULT_HOOKS",
     ]
 
     /// Reads the configuration from `values` (variable name -> text; flags already merged over
@@ -274,11 +274,6 @@ struct NodeConfiguration: Sendable {
         )
         var loaded = configuration
         loaded.webhook = try webhookSettings(reader)
-        if loaded.webhook != nil && redis != nil {
-            throw ConfigurationError(
-                message: "HERALD_WEBHOOK_URL works on a lone node (the memory store) so far; with HERALD_REDIS_URL it is not supported yet (Docs/webhooks.md)"
-            )
-        }
         return loaded
     }
 
@@ -309,7 +304,8 @@ struct NodeConfiguration: Sendable {
             timeout: .seconds(try reader.int("HERALD_WEBHOOK_TIMEOUT_S", default: 10, range: 1...300)),
             concurrency: try reader.int("HERALD_WEBHOOK_CONCURRENCY", default: 4, range: 1...64),
             batch: try reader.int("HERALD_WEBHOOK_BATCH", default: 100, range: 1...10_000),
-            queueCapacity: try reader.int("HERALD_WEBHOOK_QUEUE_MAX", default: 100_000, range: 1...100_000_000)
+            queueCapacity: try reader.int("HERALD_WEBHOOK_QUEUE_MAX", default: 100_000, range: 1...100_000_000),
+            lease: .seconds(try reader.int("HERALD_WEBHOOK_LEASE_S", default: 10, range: 2...300))
         )
     }
 

@@ -50,6 +50,9 @@ struct WebhookSettings: Sendable {
     var batch: Int
     /// Events waiting at most (memory).
     var queueCapacity: Int
+    /// On Redis: how long a node's hold on a lane lasts unless renewed, so how soon another
+    /// node sends the lanes of a node that died.
+    var lease: Duration = .seconds(10)
 }
 
 /// What outlives a restart of the sender child: whether a receiver said 410 Gone.
@@ -70,6 +73,7 @@ final class WebhookMetrics: Sendable {
     let dropped: Counter
     let depth: Gauge
     let oldestAge: Gauge
+    let lanesHeld: Gauge
     private let seen = Mutex<(queued: Int, dropped: Int)>((0, 0))
 
     init(factory: any MetricsFactory) {
@@ -77,6 +81,7 @@ final class WebhookMetrics: Sendable {
         dropped = Counter(label: "herald_webhook_events_dropped_total", factory: factory)
         depth = Gauge(label: "herald_webhook_queue_depth", factory: factory)
         oldestAge = Gauge(label: "herald_webhook_oldest_event_age_seconds", factory: factory)
+        lanesHeld = Gauge(label: "herald_webhook_lanes_held", factory: factory)
         sent = Counter(label: "herald_webhook_events_sent_total", factory: factory)
         retried = Counter(label: "herald_webhook_attempts_failed_total", factory: factory)
         failed = Counter(label: "herald_webhook_events_rejected_total", factory: factory)
@@ -85,11 +90,11 @@ final class WebhookMetrics: Sendable {
     }
 
     /// Takes the queue's figures (read when /metrics is scraped).
-    func observe(_ queue: MemoryWebhookQueue) {
-        let counts = queue.counts
+    func observe(_ queue: any WebhookQueue) {
+        let counts = queue.figures
         depth.record(counts.depth)
-        let oldest = queue.oldestQueuedAt
-        oldestAge.record(oldest.map { Double(max(0, WallClock.millisecondsSinceEpoch() - $0)) / 1000 } ?? 0)
+        lanesHeld.record(counts.lanesHeld)
+        oldestAge.record(counts.oldestQueuedAt.map { Double(max(0, WallClock.millisecondsSinceEpoch() - $0)) / 1000 } ?? 0)
         let (newQueued, newDropped) = seen.withLock { seen in
             defer { seen = (counts.queued, counts.dropped) }
             return (counts.queued - seen.queued, counts.dropped - seen.dropped)
@@ -102,9 +107,10 @@ final class WebhookMetrics: Sendable {
 /// Sends the queued webhook events: one task per lane, each POSTing its lane's oldest events
 /// as one batch, signed, and retrying that batch (with full-jitter exponential backoff) until
 /// the receiver takes it or `retryFor` has passed, so a device's events arrive in order. A 410
-/// stops every lane until the node is restarted with the webhook configured again.
+/// stops every lane until the node is restarted with the webhook configured again. On Redis a
+/// node sends the lanes it holds a lease on (`RedisWebhookQueue`), kept by `maintain`.
 struct WebhookSender: Service {
-    let queue: MemoryWebhookQueue
+    let queue: any WebhookQueue
     let settings: WebhookSettings
     let state: WebhookState
     let metrics: WebhookMetrics
@@ -128,6 +134,7 @@ struct WebhookSender: Service {
     func run() async throws {
         try await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { lanes in
+                lanes.addTask { await queue.maintain() }
                 for lane in 0..<queue.laneCount { lanes.addTask { await runLane(lane) } }
             }
             // Stopped by a 410: stay up (a returning child would be restarted) until shutdown.
@@ -152,7 +159,7 @@ struct WebhookSender: Service {
                 switch await post(body) {
                 case .delivered:
                     metrics.sent.increment(by: Int64(batch.count))
-                    queue.remove(lane: lane, count: batch.count)
+                    await remove(batch, lane: lane)
                 case .gone:
                     state.markGone()
                     metrics.stopped.record(1)
@@ -167,7 +174,7 @@ struct WebhookSender: Service {
                         "the webhook receiver refused a batch; it is not sent again",
                         metadata: ["status": "\(status)", "events": "\(batch.count)", "first": "\(batch[0].id)"]
                     )
-                    queue.remove(lane: lane, count: batch.count)
+                    await remove(batch, lane: lane)
                 case .retry(let reason):
                     metrics.retried.increment()
                     attempt += 1
@@ -177,7 +184,7 @@ struct WebhookSender: Service {
                             "a webhook batch was given up after HERALD_WEBHOOK_RETRY_S",
                             metadata: ["reason": "\(reason)", "events": "\(batch.count)", "first": "\(batch[0].id)"]
                         )
-                        queue.remove(lane: lane, count: batch.count)
+                        await remove(batch, lane: lane)
                     } else {
                         logger.debug("webhook attempt failed, retrying", metadata: ["reason": "\(reason)", "attempt": "\(attempt)"])
                         try? await Task.sleep(for: backoff(attempt: attempt))
@@ -186,6 +193,16 @@ struct WebhookSender: Service {
                 }
                 break
             }
+        }
+    }
+
+    /// Removes a batch that is done with, trying again while Redis is away (else the batch would
+    /// be sent again: harmless, receivers dedupe, but avoidable).
+    private func remove(_ batch: [WebhookEvent], lane: Int) async {
+        var attempt = 0
+        while await !queue.remove(lane: lane, batch: batch), !Task.isCancelled {
+            attempt += 1
+            try? await Task.sleep(for: backoff(attempt: attempt))
         }
     }
 

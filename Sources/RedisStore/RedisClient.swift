@@ -169,19 +169,39 @@ public final class RedisClient: Service, HealthReporting {
     }
 
     /// Sends `commands` without waiting for their replies, which are read and dropped: for
-    /// writes whose loss leaves nothing wrong for long (a status's send time). No task on a
-    /// single Redis (the caller's loop's connection, as `send`); on a cluster, a task.
-    public func sendDetached(_ commands: [[RedisArgument]]) {
+    /// writes whose loss leaves nothing wrong for long (a status's send time), or whose loss
+    /// `failed` counts (called when a command could not be sent or was answered with an error).
+    /// No task on a single Redis (the caller's loop's connection, as `send`); on a cluster, a task.
+    public func sendDetached(_ commands: [[RedisArgument]], failed: (@Sendable () -> Void)? = nil) {
         guard cluster == nil else {
-            Task { _ = try? await sendAll(commands) }
+            Task {
+                let replies = try? await sendAll(commands)
+                if let failed, replies?.contains(where: { if case .error = $0 { true } else { false } }) != false { failed() }
+            }
             return
         }
         let slot = slotForCaller()
         let write = {
             guard let channel = slot.channel.withLock({ $0 }),
                 let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
-            else { return }
-            for command in commands { handler.send(command, promise: nil) }
+            else {
+                failed?()
+                return
+            }
+            for command in commands {
+                guard let failed else {
+                    handler.send(command, promise: nil)
+                    continue
+                }
+                let promise = slot.loop.makePromise(of: RESPValue.self)
+                promise.futureResult.whenComplete { result in
+                    switch result {
+                    case .success(.error), .failure: failed()
+                    case .success: break
+                    }
+                }
+                handler.send(command, promise: promise)
+            }
         }
         if slot.loop.inEventLoop { write() } else { slot.loop.execute(write) }
     }

@@ -60,6 +60,13 @@ enum RedisCluster {
         case "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO":
             guard command.count > 3, case .integer(let keys) = command[2], keys > 0 else { return nil }
             keyIndex = 3
+        case "XGROUP", "XINFO":
+            keyIndex = 2
+        case "XREAD", "XREADGROUP":
+            // The first key follows STREAMS (the stream commands of the webhook queue).
+            guard let streams = command.firstIndex(where: { if case .string(let word) = $0 { word.uppercased() == "STREAMS" } else { false } })
+            else { return nil }
+            keyIndex = streams + 1
         case "PING", "WAIT", "SCRIPT", "INFO", "TIME", "ROLE", "CLUSTER", "ASKING", "AUTH", "HELLO", "SELECT", "COMMAND",
             "DBSIZE", "FLUSHALL", "FLUSHDB", "READONLY", "READWRITE", "ECHO":
             return nil

@@ -36,16 +36,20 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private let waitTimeoutMillis: Int64
     private let groups: AppendGroups
     private let receiptRetentionMillis: Int64?
+    private let events: RedisWebhookQueue?
 
     /// Creates the store. `prefix` starts every key (`herald` by default; tests use their own).
     /// With `replicas` > 0, an append returns only once that many replicas acknowledged it
     /// (`WAIT`, at most `waitTimeoutMillis`); otherwise it is removed again and the append fails
-    /// (Docs/store.md, "Redis Sentinel").
+    /// (Docs/store.md, "Redis Sentinel"). With `events`, an ACK queues its `message.acked`
+    /// event in Redis before it deletes the message (Docs/webhooks.md).
     public init(
         client: RedisClient, maxPending: Int, prefix: String = "herald", replicas: Int = 0, waitTimeoutMillis: Int64 = 500,
-        receiptRetentionMillis: Int64? = nil, now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
+        receiptRetentionMillis: Int64? = nil, events: RedisWebhookQueue? = nil,
+        now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
         self.receiptRetentionMillis = receiptRetentionMillis
+        self.events = events.flatMap { $0.wants(.messageAcked) ? $0 : nil }
         self.client = client
         self.maxPending = maxPending
         self.prefix = prefix
@@ -242,6 +246,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     public func acknowledge(clientID: String, messages: [Acknowledgement]) async throws(StoreError) -> Int {
         guard !messages.isEmpty else { return 0 }
         let stream = keys(clientID)[1]
+        if let events {
+            return try await acknowledgeWithEvents(clientID: clientID, stream: stream, messages: messages, events: events)
+        }
         if let retention = receiptRetentionMillis {
             return try await acknowledgeWithStatus(clientID: clientID, stream: stream, messages: messages, retention: retention)
         }
@@ -350,6 +357,57 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         commands.append([.string("XDEL"), .string(stream)] + stride(from: 0, to: sent.count, by: 2).map { sent[$0] })
         let replies = try await client.sendAll(commands)
         guard let count = replies.last?.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(replies.last ?? .null)") }
+        return Int(count)
+    }
+
+    /// The ACK with webhook events: each removed message's `message.acked` event is queued
+    /// before its delete, so no crash can lose it (one may make it twice, with the same event
+    /// id). On a single Redis all of it is one `MULTI`, in one write; on a cluster the events
+    /// (on their lanes' masters) are kept first, then the status and the delete are written.
+    private func acknowledgeWithEvents(
+        clientID: String, stream: String, messages: [Acknowledgement], events: RedisWebhookQueue
+    ) async throws(StoreError) -> Int {
+        var found: [(id: String, sequence: UInt64)] = messages.compactMap { message in message.sequence.map { (message.id, $0) } }
+        if found.count < messages.count {
+            // Ids this connection did not send (rare): find them in the queue, so that only a
+            // message that is there makes an event.
+            let wanted = Set(messages.lazy.filter { $0.sequence == nil }.map(\.id))
+            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map { ($0.id, $0.sequence) }
+        }
+        guard !found.isEmpty else { return 0 }
+        let now = now()
+        let queued = found.compactMap { message in
+            events.command(
+                .messageAcked, clientID: clientID, message: message.id,
+                data: [("message_id", .string(message.id)), ("sent_at", .null), ("acked_at", .integer(now))]
+            )
+        }
+        var writes: [[RedisArgument]] = []
+        if let retention = receiptRetentionMillis {
+            for key in found.compactMap({ statusKey($0.id, of: clientID) }) {
+                writes += [
+                    [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
+                    [.string("PEXPIRE"), .string(key), .integer(retention)],
+                ]
+            }
+        }
+        writes.append([.string("XDEL"), .string(stream)] + found.map { .string("\($0.sequence)-0") })
+        let removed: RESPValue
+        if client.configuration.isCluster {
+            let kept = try await client.sendAll(queued)
+            if let failure = kept.first(where: { if case .error = $0 { true } else { false } }) {
+                throw StoreError(.unavailable, "queueing a webhook event failed: \(failure)")
+            }
+            removed = try await client.sendAll(writes).last ?? .null
+        } else {
+            let replies = try await client.sendAll([[.string("MULTI")]] + queued + writes + [[.string("EXEC")]])
+            guard case .array(let results) = replies.last, results.count == queued.count + writes.count else {
+                throw StoreError(.unavailable, "the ACK's transaction failed: \(replies.last ?? .null)")
+            }
+            removed = results.last ?? .null
+        }
+        events.queued(queued.count, lane: events.lane(of: clientID))
+        guard let count = removed.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(removed)") }
         return Int(count)
     }
 

@@ -42,14 +42,15 @@ struct TestCluster: Sendable {
     /// Starts Redis and `count` nodes (those in `proxied` behind a fault proxy), waits until
     /// every node sees every other and every relay link is up, runs `body`, stops them all.
     static func with(
-        count: Int = 3, proxied: Set<Int> = [], redis: RedisDeployment = .single, _ body: @Sendable (TestCluster) async throws -> Void
+        count: Int = 3, proxied: Set<Int> = [], redis: RedisDeployment = .single, environment: [String: String] = [:],
+        _ body: @Sendable (TestCluster) async throws -> Void
     ) async throws {
         try await redis.with { redisURL in
             var nodes: [ClusterMember] = []
             defer { for node in nodes { if node.process.process.isRunning { node.process.process.terminate() } } }
             for index in 0..<count {
                 let proxy = proxied.contains(index) ? try await FaultProxy.start() : nil
-                nodes.append(try await startMember(index, redisURL: redisURL, proxy: proxy))
+                nodes.append(try await startMember(index, redisURL: redisURL, proxy: proxy, environment: environment))
             }
             let cluster = TestCluster(redisURL: redisURL, nodes: nodes)
             try await cluster.waitUntilFormed()
@@ -59,14 +60,16 @@ struct TestCluster: Sendable {
     }
 
     /// Starts the process `node-<index>` on Redis (its relay behind `proxy`, if given), with
-    /// the fault hooks on; returns once its listeners are bound.
-    static func startMember(_ index: Int, redisURL: String, proxy: FaultProxy? = nil) async throws -> ClusterMember {
+    /// the fault hooks on, and `extra` in its environment; returns once its listeners are bound.
+    static func startMember(
+        _ index: Int, redisURL: String, proxy: FaultProxy? = nil, environment extra: [String: String] = [:]
+    ) async throws -> ClusterMember {
         var environment = [
             "HERALD_NODE_ID": "node-\(index)", "HERALD_REDIS_URL": redisURL, "HERALD_TCP_ADDR": "127.0.0.1:0",
             "HERALD_HTTP_ADDR": "127.0.0.1:0", "HERALD_RELAY_ADDR": "127.0.0.1:0", "HERALD_RELAY_PING_S": "1",
             "HERALD_DRAIN_TIMEOUT_S": "1", "HERALD_CLUSTER_SECRET": "a cluster secret of at least 32 bytes",
             "HERALD_FAULT_HOOKS": "1",
-        ]
+        ].merging(extra) { $1 }
         if let proxy { environment["HERALD_RELAY_ADVERTISE_ADDR"] = "127.0.0.1:\(proxy.port)" }
         let process = try HeraldTestProcess(environment: environment)
         let relayPort = try await process.boundPort("relay listener bound")

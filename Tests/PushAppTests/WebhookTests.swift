@@ -221,3 +221,82 @@ private func hmacHex(key: String, message: String) -> String {
     process.waitUntilExit()
     return String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
 }
+
+@Suite("Webhooks on Redis: events queued in Redis, sent by whichever node holds their lane", .serialized, .timeLimit(.minutes(3)))
+struct RedisWebhookTests {
+    private func environment(_ url: String, _ extra: [String: String] = [:]) -> [String: String] {
+        [
+            "HERALD_WEBHOOK_URL": url, "HERALD_WEBHOOK_SECRET": WebhookReceiver.secret, "HERALD_WEBHOOK_EVENTS": "message.acked",
+            "HERALD_WEBHOOK_LEASE_S": "2",
+        ].merging(extra) { $1 }
+    }
+
+    @Test(
+        "every ACK taken on one node makes one message.acked, sent from Redis, in order; the status reads acked on the other node",
+        arguments: RedisDeployment.allCases
+    )
+    func ackedAcrossNodes(redis: RedisDeployment) async throws {
+        let receiver = try await WebhookReceiver()
+        defer { receiver.stop() }
+        // The default lease (10 s): no lane changes hands during the test, so no batch is sent twice.
+        try await TestCluster.with(count: 2, redis: redis, environment: environment(receiver.url, ["HERALD_WEBHOOK_LEASE_S": "10"])) { cluster in
+            let device = try await cluster.device("hooked", on: 0)
+            var ids: [String] = []
+            for index in 0..<20 { ids.append(try await cluster.push("hooked", "m\(index)", via: 1)) }
+            _ = try await device.pushes(20)
+            try await eventually("20 events delivered", timeout: .seconds(30)) { receiver.delivered.count >= 20 }
+            let events = receiver.delivered
+            #expect(events.count == 20, "one event per ACK")
+            #expect(events.compactMap { $0["id"] as? String } == ids.map { "ack-\($0)" }, "named after their message, in order")
+            #expect(events.compactMap { data($0)["message_id"] as? String } == ids)
+            #expect(events.allSatisfy { $0["type"] as? String == "message.acked" && data($0)["client_id"] as? String == "hooked" })
+            #expect(receiver.requests.allSatisfy { $0.signatureOK })
+            let status = try JSONFields(try await HTTPTestClient.get("/v1/messages/\(ids[19])", port: cluster.nodes[1].httpPort).body)
+            #expect(try status.string("state") == "acked")
+            await device.close()
+        }
+    }
+
+    @Test("kill -9 of the node sending a lane while the receiver is down: the other node takes the lane and delivers every event")
+    func killSendingNode() async throws {
+        let first = try await WebhookReceiver()
+        let port = first.port
+        first.stop()
+        try await TestCluster.with(count: 2, environment: environment("http://127.0.0.1:\(port)/hooks")) { cluster in
+            let device = try await cluster.device("orphan", on: 0)
+            var ids: [String] = []
+            for index in 0..<30 { ids.append(try await cluster.push("orphan", "m\(index)", via: 0)) }
+            _ = try await device.pushes(30)
+            try await eventually("30 acknowledged") { try await cluster.client("orphan", via: 1).int("pending") == 0 }
+            await device.close()
+            // The node holding the device's lane has read its events (they are pending under its
+            // name in the group) and failed to send them: that is the one to kill.
+            var sender: Int?
+            try await eventually("a node tried to send", timeout: .seconds(20)) {
+                for (index, node) in cluster.nodes.enumerated() {
+                    let metrics = try await HTTPTestClient.get("/metrics", port: node.httpPort).body
+                    if metric("herald_webhook_attempts_failed_total", in: metrics) >= 1 { sender = index }
+                }
+                return sender != nil
+            }
+            let victim = try #require(sender)
+            kill(cluster.nodes[victim].process.process.processIdentifier, SIGKILL)
+            _ = try await cluster.nodes[victim].process.waitForExit()
+            let receiver = try await WebhookReceiver(port: port)
+            defer { receiver.stop() }
+            try await eventually("every event arrives from the survivor", timeout: .seconds(60)) {
+                Set(receiver.delivered.compactMap { $0["id"] as? String }).count >= 30
+            }
+            // At least once: a batch may come twice (the dead node's answer was lost); the
+            // receiver drops the copy by its event id, and then has each message once, in order.
+            var seen = Set<String>()
+            let unique = receiver.delivered.filter { seen.insert($0["id"] as? String ?? "").inserted }
+            #expect(unique.compactMap { data($0)["message_id"] as? String } == ids)
+            let survivor = cluster.nodes[1 - victim]
+            #expect(survivor.process.stderr.contains("took over pending webhook events"), "the dead node's claimed batch was taken over")
+            let metrics = try await HTTPTestClient.get("/metrics", port: survivor.httpPort).body
+            #expect(metric("herald_webhook_lanes_held", in: metrics) == 4, "the survivor holds every lane")
+            #expect(metric("herald_webhook_queue_depth", in: metrics) >= 0)
+        }
+    }
+}

@@ -19,6 +19,15 @@ struct RedisClusterTests {
             }
             #expect(RedisCluster.slot(of: [.string("EVALSHA"), .string("sha"), .integer(2), .string("h:{d}:n")]) == RedisCluster.slot(of: Array("d".utf8)))
             #expect(RedisCluster.slot(of: [.string("WAIT"), .integer(1), .integer(100)]) == nil)
+            // The stream commands whose key is not the first argument.
+            let lane = RedisCluster.slot(of: Array("wh3".utf8))
+            #expect(RedisCluster.slot(of: [.string("XGROUP"), .string("CREATE"), .string("h:{wh3}:events"), .string("g"), .string("0")]) == lane)
+            #expect(
+                RedisCluster.slot(of: [
+                    .string("XREADGROUP"), .string("GROUP"), .string("g"), .string("c"), .string("COUNT"), .integer(5), .string("STREAMS"),
+                    .string("h:{wh3}:events"), .string(">"),
+                ]) == lane
+            )
         }
     }
 

@@ -1,0 +1,375 @@
+import Actors
+import Logging
+import NIOCore
+import Synchronization
+
+/// The webhook events of a cluster (or of a lone node on Redis), queued durably in Redis so
+/// that any node can send what a dead node had queued or claimed (Docs/webhooks.md).
+///
+/// Per lane `n` (`HERALD_WEBHOOK_CONCURRENCY` lanes, the same on every node), under the hash
+/// tag `{wh<n>}` (the lanes spread over a Redis Cluster's masters):
+/// - `herald:{wh<n>}:events`  stream, one entry per event with the fields `i` (event id) and
+///   `j` (the event's JSON), read through the consumer group `herald`, one consumer per node
+/// - `herald:{wh<n>}:sender`  string, the node that sends this lane: a lease it renews every
+///   third of `HERALD_WEBHOOK_LEASE_S`
+///
+/// A node sends only the lanes it holds, one batch at a time, so a device's events go out in
+/// order. A node that takes a lane first claims every entry still pending in the group
+/// (`XAUTOCLAIM`): a dead node's unanswered batch is sent again, first. A delivered batch is
+/// `XACK`ed and `XDEL`eted. The ACK's event is written before the ACK's delete, in the same
+/// `MULTI` on a single Redis (RedisPushStore).
+public final class RedisWebhookQueue: WebhookQueue {
+    private struct Lane {
+        /// This node holds the lane's lease.
+        var held = false
+        /// The group exists and the entries other consumers had pending are ours.
+        var prepared = false
+        var waiter: CheckedContinuation<Void, Never>?
+        var woken = false
+    }
+
+    private final class LaneLock: Sendable {
+        let mutex = Mutex(Lane())
+        func withLock<T: Sendable>(_ body: (inout Lane) -> T) -> T { mutex.withLock { body(&$0) } }
+    }
+
+    public let laneCount: Int
+    private let lanes: [LaneLock]
+    private let client: RedisClient
+    private let prefix: String
+    private let node: String
+    private let types: Set<WebhookEventType>
+    private let lease: Duration
+    private let ids = WebhookEventIDs()
+    private let now: @Sendable () -> Int64
+    private let logger: Logger
+    private let queuedTotal = Atomic<Int>(0)
+    private let droppedTotal = Atomic<Int>(0)
+    private let seen = Mutex<(depth: Int, oldest: Int64?)>((0, nil))
+    /// How long a lane with nothing to send waits before it looks again (events this node
+    /// queues for a lane it holds wake it at once).
+    let pollInterval: Duration
+
+    static let group = "herald"
+
+    /// Creates the queue of node `node` (its consumer name and lease value).
+    public init(
+        client: RedisClient, node: String, lanes: Int, types: Set<WebhookEventType>, lease: Duration = .seconds(10),
+        pollInterval: Duration = .milliseconds(250), prefix: String = "herald", logger: Logger = Logger(label: "herald.webhooks"),
+        now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
+    ) {
+        precondition(lanes > 0)
+        laneCount = lanes
+        self.lanes = (0..<lanes).map { _ in LaneLock() }
+        self.client = client
+        self.node = node
+        self.types = types
+        self.lease = lease
+        self.pollInterval = pollInterval
+        self.prefix = prefix
+        self.logger = logger
+        self.now = now
+    }
+
+    /// Lane `lane`'s stream.
+    public func streamKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:events" }
+
+    /// Lane `lane`'s lease.
+    public func leaseKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:sender" }
+
+    // MARK: Queueing
+
+    public func wants(_ type: WebhookEventType) -> Bool { types.contains(type) }
+
+    /// Queues the event with one `XADD`, not awaited: an event that Redis did not take is
+    /// counted as dropped (and logged), like a full memory queue's.
+    public func emit(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) {
+        guard let command = command(type, clientID: clientID, message: message, data: data) else { return }
+        let lane = lane(of: clientID)
+        client.sendDetached([command]) { [self] in
+            queuedTotal.subtract(1, ordering: .relaxed)
+            dropped(type)
+        }
+        queued(1, lane: lane)
+    }
+
+    /// The `XADD` queueing an event of `type`, for a caller that writes it with more (the ACK's
+    /// delete); nil when the type is not wanted. Call `queued` once it is written.
+    public func command(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) -> [RedisArgument]? {
+        guard types.contains(type) else { return nil }
+        let event = WebhookEvent(id: ids.id(of: type, message: message), type: type, atMillis: now(), clientID: clientID, data: data)
+        return [.string("XADD"), .string(streamKey(lane(of: clientID))), .string("*"), .string("i"), .string(event.id), .string("j"), .string(event.json)]
+    }
+
+    /// Counts `count` events written to lane `lane`, and wakes the lane when this node sends it.
+    public func queued(_ count: Int, lane: Int) {
+        queuedTotal.add(count, ordering: .relaxed)
+        wake(lane)
+    }
+
+    private func dropped(_ type: WebhookEventType) {
+        let dropped = droppedTotal.add(1, ordering: .relaxed).newValue
+        if dropped % 1000 == 1 {
+            logger.warning(
+                "a webhook event could not be queued in Redis and is dropped",
+                metadata: ["dropped": "\(dropped)", "type": "\(type.rawValue)"]
+            )
+        }
+    }
+
+    // MARK: Sending
+
+    public var figures: WebhookQueueFigures {
+        let (depth, oldest) = seen.withLock { $0 }
+        return WebhookQueueFigures(
+            depth: depth, queued: queuedTotal.load(ordering: .relaxed), dropped: droppedTotal.load(ordering: .relaxed),
+            oldestQueuedAt: oldest, lanesHeld: lanes.count(where: { $0.withLock { $0.held } })
+        )
+    }
+
+    public func next(lane: Int, limit: Int) async -> [WebhookEvent] {
+        while !Task.isCancelled {
+            if lanes[lane].withLock({ $0.held }) {
+                do throws(StoreError) {
+                    let batch = try await read(lane: lane, limit: limit)
+                    if !batch.isEmpty { return batch }
+                } catch {
+                    logger.debug("reading a webhook lane failed", metadata: ["lane": "\(lane)", "error": "\(error)"])
+                }
+            }
+            await pause(lane: lane)
+        }
+        return []
+    }
+
+    /// The lane's oldest events this node has claimed and not removed, else new ones.
+    private func read(lane: Int, limit: Int) async throws(StoreError) -> [WebhookEvent] {
+        let key = streamKey(lane)
+        if !lanes[lane].withLock({ $0.prepared }) {
+            try await prepare(lane: lane)
+            lanes[lane].withLock { $0.prepared = true }
+        }
+        let read: (String) -> [RedisArgument] = { start in
+            [.string("XREADGROUP"), .string("GROUP"), .string(Self.group), .string(self.node), .string("COUNT"), .integer(Int64(limit)), .string("STREAMS"), .string(key), .string(start)]
+        }
+        // Ours first (a batch sent before and not removed), then new ones; one write.
+        let replies = try await client.sendAll([read("0"), read(">")])
+        for reply in replies {
+            if case .error(let text) = reply {
+                if text.hasPrefix("NOGROUP") { lanes[lane].withLock { $0.prepared = false } }
+                throw StoreError(.unavailable, "XREADGROUP: \(text)")
+            }
+        }
+        for reply in replies {
+            let (events, gone) = Self.entries(reply)
+            if !gone.isEmpty {
+                // Entries deleted while pending (by a node that had removed them): forget them.
+                _ = try await client.sendAll(removal(lane: lane, ids: gone))
+            }
+            if !events.isEmpty { return events }
+        }
+        return []
+    }
+
+    /// Makes the group (reading the stream from its start) and takes over every entry pending
+    /// in it, whoever claimed it: this node now holds the lane, so nobody else sends them.
+    private func prepare(lane: Int) async throws(StoreError) {
+        let key = streamKey(lane)
+        let created = try await client.send([.string("XGROUP"), .string("CREATE"), .string(key), .string(Self.group), .string("0"), .string("MKSTREAM")])
+        if case .error(let text) = created, !text.hasPrefix("BUSYGROUP") { throw StoreError(.unavailable, "XGROUP CREATE: \(text)") }
+        var start = "0-0"
+        var claimed = 0
+        repeat {
+            let reply = try await client.send([
+                .string("XAUTOCLAIM"), .string(key), .string(Self.group), .string(node), .string("0"), .string(start), .string("COUNT"), .string("1000"),
+            ])
+            guard case .array(let parts) = reply, parts.count >= 2, let next = parts[0].string else {
+                throw StoreError(.unavailable, "unexpected reply to XAUTOCLAIM: \(reply)")
+            }
+            if case .array(let entries) = parts[1] { claimed += entries.count }
+            start = next
+        } while start != "0-0"
+        if claimed > 0 { logger.info("took over pending webhook events", metadata: ["lane": "\(lane)", "events": "\(claimed)"]) }
+    }
+
+    public func remove(lane: Int, batch: [WebhookEvent]) async -> Bool {
+        let ids = batch.compactMap(\.queueID)
+        guard !ids.isEmpty else { return true }
+        guard let replies = try? await client.sendAll(removal(lane: lane, ids: ids)) else { return false }
+        return !replies.contains { if case .error = $0 { true } else { false } }
+    }
+
+    private func removal(lane: Int, ids: [String]) -> [[RedisArgument]] {
+        let key = streamKey(lane)
+        return [
+            [.string("XACK"), .string(key), .string(Self.group)] + ids.map { .string($0) },
+            [.string("XDEL"), .string(key)] + ids.map { .string($0) },
+        ]
+    }
+
+    /// The events of an `XREADGROUP` reply, and the ids of entries deleted since they were read.
+    static func entries(_ reply: RESPValue) -> (events: [WebhookEvent], gone: [String]) {
+        guard case .array(let streams) = reply, case .array(let stream)? = streams.first, stream.count == 2,
+            case .array(let entries) = stream[1]
+        else { return ([], []) }
+        var events: [WebhookEvent] = []
+        var gone: [String] = []
+        for entry in entries {
+            guard case .array(let parts) = entry, parts.count == 2, let queueID = parts[0].string else { continue }
+            guard case .array(let fields) = parts[1] else {
+                gone.append(queueID)
+                continue
+            }
+            var id: String?
+            var json: String?
+            var position = 0
+            while position + 1 < fields.count {
+                switch fields[position].string {
+                case "i": id = fields[position + 1].string
+                case "j": json = fields[position + 1].string
+                default: break
+                }
+                position += 2
+            }
+            if let id, let json {
+                events.append(WebhookEvent(id: id, clientID: "", json: json, queueID: queueID))
+            } else {
+                gone.append(queueID)
+            }
+        }
+        return (events, gone)
+    }
+
+    /// Waits until the lane is woken or `pollInterval` has passed.
+    private func pause(lane: Int) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let wait = lanes[lane].withLock { state -> Bool in
+                if state.woken || Task.isCancelled {
+                    state.woken = false
+                    return false
+                }
+                state.waiter = continuation
+                return true
+            }
+            guard wait else { return continuation.resume() }
+            let nanoseconds = pollInterval.components.seconds * 1_000_000_000 + pollInterval.components.attoseconds / 1_000_000_000
+            client.loops[lane % client.loops.count].scheduleTask(in: .nanoseconds(nanoseconds)) { self.wake(lane) }
+        }
+    }
+
+    private func wake(_ lane: Int) {
+        lanes[lane].withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.woken = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }?.resume()
+    }
+
+    // MARK: Leases
+
+    /// Takes free lanes and renews held ones every third of the lease, refreshes the figures,
+    /// and at the end (cancelled) gives the held lanes back so that another node takes them at
+    /// once.
+    public func maintain() async {
+        await checkLaneCount()
+        while !Task.isCancelled {
+            await renewLeases()
+            await refreshFigures()
+            try? await Task.sleep(for: lease / 3)
+        }
+        await releaseLeases()
+    }
+
+    /// Every node must split events into the same lanes; a node configured otherwise says so.
+    private func checkLaneCount() async {
+        let key = "\(prefix):webhook-lanes"
+        guard let replies = try? await client.sendAll([[.string("SET"), .string(key), .integer(Int64(laneCount)), .string("NX")], [.string("GET"), .string(key)]]),
+            let recorded = replies.last?.int64
+        else { return }
+        if recorded != Int64(laneCount) {
+            logger.error(
+                "HERALD_WEBHOOK_CONCURRENCY differs from the cluster's: a device's events may go to two lanes and out of order; set it alike on every node (or delete the key once all agree)",
+                metadata: ["herald.webhook_lanes": "\(laneCount)", "cluster": "\(recorded)", "key": "\(key)"]
+            )
+        }
+    }
+
+    private func renewLeases() async {
+        let millis = Int64(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000)
+        let outcomes = await concurrently(Array(0..<laneCount)) { lane async throws(StoreError) -> Int64 in
+            let reply = try await self.client.run(Self.leaseScript, keys: [self.leaseKey(lane)], arguments: [.string(self.node), .integer(millis)])
+            guard let outcome = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to the lease script: \(reply)") }
+            return outcome
+        }
+        for (lane, outcome) in outcomes.enumerated() {
+            // Redis unreachable: keep sending what we hold until the lease would have run out
+            // (the sends fail anyway while Redis is away); another node's name: let go.
+            guard case .success(let result) = outcome else { continue }
+            let (was, isHeld) = lanes[lane].withLock { state -> (Bool, Bool) in
+                let was = state.held
+                state.held = result != 0
+                if !state.held || !was { state.prepared = false }
+                return (was, state.held)
+            }
+            if was != isHeld {
+                logger.info(isHeld ? "sending a webhook lane" : "another node sends this webhook lane now", metadata: ["lane": "\(lane)"])
+                if isHeld { wake(lane) }
+            }
+        }
+    }
+
+    private func releaseLeases() async {
+        let held = (0..<laneCount).filter { lane in lanes[lane].withLock { state in defer { state.held = false }; return state.held } }
+        _ = await concurrently(held) { lane async throws(StoreError) in
+            _ = try await self.client.run(Self.releaseScript, keys: [self.leaseKey(lane)], arguments: [.string(self.node)])
+        }
+    }
+
+    /// The depth (entries in every lane) and the oldest entry's time, from its stream id.
+    private func refreshFigures() async {
+        var commands: [[RedisArgument]] = []
+        for lane in 0..<laneCount {
+            commands.append([.string("XLEN"), .string(streamKey(lane))])
+            commands.append([.string("XRANGE"), .string(streamKey(lane)), .string("-"), .string("+"), .string("COUNT"), .string("1")])
+        }
+        guard let replies = try? await client.sendAll(commands) else { return }
+        var depth = 0
+        var oldest: Int64?
+        for lane in 0..<laneCount {
+            depth += Int(replies[2 * lane].int64 ?? 0)
+            if case .array(let entries) = replies[2 * lane + 1], case .array(let entry)? = entries.first,
+                let id = entry.first?.string, let millis = id.split(separator: "-").first.flatMap({ Int64($0) })
+            {
+                oldest = min(oldest ?? millis, millis)
+            }
+        }
+        seen.withLock { $0 = (depth, oldest) }
+    }
+
+    /// Renews the lease when this node holds it (1), takes it when free (2), else 0.
+    static let leaseScript = RedisScript(
+        """
+        local holder = redis.call('GET', KEYS[1])
+        if holder == ARGV[1] then
+          redis.call('PEXPIRE', KEYS[1], ARGV[2])
+          return 1
+        end
+        if not holder then
+          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+          return 2
+        end
+        return 0
+        """
+    )
+
+    /// Deletes the lease when this node holds it.
+    static let releaseScript = RedisScript(
+        """
+        if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+        return 0
+        """
+    )
+}

@@ -35,6 +35,9 @@ public actor Connection {
     private var sweep: LoopSweep?
     /// Why the connection ends, for `device.disconnected`; nil: the device (or the network) closed it.
     private var closeReason: String?
+    /// A store call recording ACKs is under way: the next waits for it, so a device's ACKs reach
+    /// the store (and its webhook events their queue) in the order the device sent them.
+    private var recordingAcknowledgements = false
 
     /// Creates the connection for a channel whose transport is up (for plain TCP: freshly
     /// accepted), accepted at `acceptedAt` (default: now). Call on the channel's loop. Time is
@@ -319,14 +322,21 @@ public actor Connection {
     }
 
     private func recordAcknowledged() {
-        guard let (clientID, messages) = machine.takeAcknowledged() else { return }
         if let store = services.synchronousStore {
+            guard let (clientID, messages) = machine.takeAcknowledged() else { return }
             let removed = store.acknowledgeNow(clientID: clientID, messages: messages)
             return services.metrics.pushesAcknowledged.increment(by: Int64(removed))
         }
+        // One call at a time; the ACKs that come meanwhile go together in the next.
+        guard !recordingAcknowledgements, let (clientID, messages) = machine.takeAcknowledged() else { return }
+        recordingAcknowledgements = true
         // A task isolated to this actor (it calls an isolated method), so the store call starts
         // on this loop, where a per-loop store connection lives, not on the shared pool.
-        Task { [self] in await removeFromStore(clientID: clientID, messages: messages) }
+        Task { [self] in
+            await removeFromStore(clientID: clientID, messages: messages)
+            recordingAcknowledgements = false
+            recordAcknowledged()
+        }
     }
 
     private func removeFromStore(clientID: String, messages: [Acknowledgement]) async {

@@ -239,21 +239,30 @@ struct RedisWebhookTests {
         let receiver = try await WebhookReceiver()
         defer { receiver.stop() }
         // The default lease (10 s): no lane changes hands during the test, so no batch is sent twice.
-        try await TestCluster.with(count: 2, redis: redis, environment: environment(receiver.url, ["HERALD_WEBHOOK_LEASE_S": "10"])) { cluster in
+        let events = environment(
+            receiver.url, ["HERALD_WEBHOOK_LEASE_S": "10", "HERALD_WEBHOOK_EVENTS": "message.acked,device.connected,device.disconnected"]
+        )
+        try await TestCluster.with(count: 2, redis: redis, environment: events) { cluster in
             let device = try await cluster.device("hooked", on: 0)
             var ids: [String] = []
             for index in 0..<20 { ids.append(try await cluster.push("hooked", "m\(index)", via: 1)) }
             _ = try await device.pushes(20)
-            try await eventually("20 events delivered", timeout: .seconds(30)) { receiver.delivered.count >= 20 }
-            let events = receiver.delivered
-            #expect(events.count == 20, "one event per ACK")
-            #expect(events.compactMap { $0["id"] as? String } == ids.map { "ack-\($0)" }, "named after their message, in order")
-            #expect(events.compactMap { data($0)["message_id"] as? String } == ids)
-            #expect(events.allSatisfy { $0["type"] as? String == "message.acked" && data($0)["client_id"] as? String == "hooked" })
+            func delivered(_ type: String) -> [[String: Any]] { receiver.delivered.filter { $0["type"] as? String == type } }
+            try await eventually("20 events delivered", timeout: .seconds(30)) { delivered("message.acked").count >= 20 }
+            let acked = delivered("message.acked")
+            #expect(acked.count == 20, "one event per ACK")
+            #expect(acked.compactMap { $0["id"] as? String } == ids.map { "ack-\($0)" }, "named after their message, in order")
+            #expect(acked.compactMap { data($0)["message_id"] as? String } == ids)
+            #expect(acked.allSatisfy { data($0)["client_id"] as? String == "hooked" && data($0)["acked_at"] is Int })
             #expect(receiver.requests.allSatisfy { $0.signatureOK })
             let status = try JSONFields(try await HTTPTestClient.get("/v1/messages/\(ids[19])", port: cluster.nodes[1].httpPort).body)
             #expect(try status.string("state") == "acked")
             await device.close()
+            // The device's own events, queued in Redis by the node it used.
+            try await eventually("device.disconnected delivered", timeout: .seconds(30)) { delivered("device.disconnected").count == 1 }
+            let connected = delivered("device.connected")
+            #expect(connected.count == 1 && data(connected[0])["node"] as? String == "node-0")
+            #expect(data(delivered("device.disconnected")[0])["reason"] as? String == "device_closed")
         }
     }
 

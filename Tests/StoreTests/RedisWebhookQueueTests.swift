@@ -1,0 +1,103 @@
+import Actors
+import Foundation
+import HeraldTestSupport
+import NIOCore
+import Testing
+
+@testable import RedisStore
+
+/// The webhook queue in Redis (`RedisWebhookQueue`) against a real redis-server: what the ACK
+/// writes, and how a lane passes from one node to another with its unanswered batch.
+@Suite("Webhook events in Redis", .timeLimit(.minutes(1)))
+struct RedisWebhookQueueTests {
+    private func queue(_ client: RedisClient, node: String) -> RedisWebhookQueue {
+        RedisWebhookQueue(client: client, node: node, lanes: 1, types: [.messageAcked], lease: .seconds(1), pollInterval: .milliseconds(50))
+    }
+
+    private func length(_ queue: RedisWebhookQueue, _ client: RedisClient) async throws -> Int64 {
+        try #require(try await client.send([.string("XLEN"), .string(queue.streamKey(0))]).int64)
+    }
+
+    @Test("an ACK queues one event per message it removed: none for an unknown id or a second ACK")
+    func eventPerRemovedMessage() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let events = queue(client, node: "n1")
+            let store = RedisPushStore(client: client, maxPending: 10, receiptRetentionMillis: 60_000, events: events, now: { clock.now })
+            let ids = ["m1", "m2", "m3"].map { store.messageID($0, for: "a") }
+            let stored = try await store.append(ids.map { new("a", $0, clock: clock) })
+            // Sent on this connection (with its sequence): one event.
+            #expect(try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: ids[0], sequence: stored[0].sequence)]) == 1)
+            #expect(try await length(events, client) == 1)
+            // An id from an earlier connection (no sequence) is found in the queue; an unknown id makes nothing.
+            #expect(try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: ids[1]), Acknowledgement(id: "nope")]) == 1)
+            #expect(try await length(events, client) == 2)
+            // The same ACK again: the message is gone, no second event.
+            #expect(try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: ids[1])]) == 0)
+            #expect(try await length(events, client) == 2)
+            // The status says acked, as without a webhook.
+            #expect(try await store.receipt(of: ids[0])?.state == .acked)
+            #expect(try await store.receipt(of: ids[2])?.state == .stored)
+        }
+    }
+
+    @Test("a lane's batch read by one node and never removed is sent by the next node that holds the lane, first and in order")
+    func handOver() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let first = queue(client, node: "n1")
+            let store = RedisPushStore(client: client, maxPending: 10, events: first, now: { clock.now })
+            let ids = (1...5).map { store.messageID("m\($0)", for: "dev") }
+            let stored = try await store.append(ids.map { new("dev", $0, clock: clock) })
+            _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
+
+            let holding = Task { await first.maintain() }
+            let batch = await first.next(lane: 0, limit: 3)
+            #expect(batch.map(\.id) == ids.prefix(3).map { "ack-\($0)" })
+            // The first node stops without removing its batch (its receiver never answered).
+            holding.cancel()
+            await holding.value
+            #expect(first.figures.lanesHeld == 0)
+
+            let second = queue(client, node: "n2")
+            let taking = Task { await second.maintain() }
+            let again = await second.next(lane: 0, limit: 10)
+            #expect(again.map(\.id) == ids.prefix(3).map { "ack-\($0)" }, "the unanswered batch first")
+            #expect(await second.remove(lane: 0, batch: again))
+            let rest = await second.next(lane: 0, limit: 10)
+            #expect(rest.map(\.id) == ids.suffix(2).map { "ack-\($0)" })
+            #expect(await second.remove(lane: 0, batch: rest))
+            #expect(try await length(second, client) == 0, "delivered events leave the stream")
+            let pending = try await client.send([.string("XPENDING"), .string(second.streamKey(0)), .string("herald")])
+            #expect(pending.array?.first?.int64 == 0, "and the group's pending list")
+            #expect(second.figures.lanesHeld == 1)
+            taking.cancel()
+            await taking.value
+        }
+    }
+
+    @Test("a lane held by one node is refused to another, and passes once the holder lets go")
+    func exclusive() async throws {
+        try await withRedisClient { client in
+            let first = queue(client, node: "n1")
+            let holding = Task { await first.maintain() }
+            try await eventually("the first node holds the lane") { first.figures.lanesHeld == 1 }
+            // The script every node's maintain runs: renewed for the holder, refused to another.
+            func lease(_ node: String) async throws -> Int64? {
+                try await client.run(RedisWebhookQueue.leaseScript, keys: [first.leaseKey(0)], arguments: [.string(node), .integer(1000)]).int64
+            }
+            #expect(try await lease("n2") == 0)
+            #expect(try await lease("n1") == 1)
+            holding.cancel()
+            await holding.value
+            #expect(try await client.send([.string("GET"), .string(first.leaseKey(0))]) == .null, "a node that stops gives its lanes back")
+            #expect(try await lease("n2") == 2)
+        }
+    }
+}
+
+extension RESPValue {
+    fileprivate var array: [RESPValue]? {
+        if case .array(let values) = self { values } else { nil }
+    }
+}

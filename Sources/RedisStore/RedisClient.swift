@@ -97,18 +97,21 @@ public final class RedisClient: Service, HealthReporting {
         try await run(script, keys: keys, arguments: arguments, then: [])[0]
     }
 
-    /// Runs `script`, by its SHA when Redis has it, and then `followers` on the same connection
-    /// in the same write (e.g. `WAIT`, which then covers the script's writes). Returns the
-    /// script's reply followed by the followers' replies.
+    /// Runs `script`, by its SHA when Redis has it, after `leaders` and before `followers`, all
+    /// on the same connection in the same write (e.g. `WAIT` after, which then covers the
+    /// script's writes). Returns the script's reply followed by the followers' replies (the
+    /// leaders' are dropped: what they write must not decide the script's outcome). Leaders must
+    /// bear being run twice (they are sent again with the script when Redis did not know it).
     public func run(
-        _ script: RedisScript, keys: [String], arguments: [RedisArgument], then followers: [[RedisArgument]]
+        _ script: RedisScript, keys: [String], arguments: [RedisArgument], before leaders: [[RedisArgument]] = [],
+        then followers: [[RedisArgument]]
     ) async throws(StoreError) -> [RESPValue] {
         let tail = [RedisArgument.integer(Int64(keys.count))] + keys.map { .string($0) } + arguments
         if let sha = shas.withLock({ $0[script.source] }) {
-            let replies = try await sendAll([[.string("EVALSHA"), .string(sha)] + tail] + followers)
-            guard case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") else { return replies }
+            let replies = try await sendAll(leaders + [[.string("EVALSHA"), .string(sha)] + tail] + followers).dropFirst(leaders.count)
+            guard case .error(let message) = replies.first, message.hasPrefix("NOSCRIPT") else { return Array(replies) }
         }
-        let replies = try await sendAll([[.string("EVAL"), .string(script.source)] + tail] + followers)
+        let replies = Array(try await sendAll(leaders + [[.string("EVAL"), .string(script.source)] + tail] + followers).dropFirst(leaders.count))
         if case .error = replies[0] { return replies }
         // EVAL cached it; learn its SHA for next time.
         if case .bulk(let sha) = try await send([.string("SCRIPT"), .string("LOAD"), .string(script.source)]) {

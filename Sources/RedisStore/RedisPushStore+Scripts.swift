@@ -58,7 +58,9 @@ extension RedisPushStore {
     /// gathered in a tick: `AppendGroups`), each all or nothing on its own.
     ///
     /// KEYS: per device (1-based d) its counter and its stream, then the status keys. ARGV:
-    /// deadline, cap, now, slack, devices, retention (0: no status), then per device the count
+    /// deadline, cap, now, slack, devices, retention (0: no status), keep (1: expired entries
+    /// stay for the expiry sweep, which reports them; a full queue is then refused until it has
+    /// run), then per device the count
     /// of messages the group brings it, then (with a retention) per device its client id, then
     /// per request its message count k followed by k times: device index, id, expiry, payload,
     /// the index in KEYS of its status key (0: none). Refuses to run past the deadline (LATE,
@@ -72,12 +74,12 @@ extension RedisPushStore {
               return redis.error_reply('LATE')
             end
             local cap, now, slack, devices = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-            local retention, names = tonumber(ARGV[6]), 6 + devices
+            local retention, keep, names = tonumber(ARGV[6]), ARGV[7] == '1', 7 + devices
             -- Each counter is raised once by all the group brings; what a refused request
             -- would have used is given back at the end, so sequences have no gap.
             local next, length, wanted, swept = {}, {}, {}, {}
             for d = 1, devices do
-              wanted[d] = tonumber(ARGV[6+d])
+              wanted[d] = tonumber(ARGV[7+d])
               local last = redis.call('INCRBY', KEYS[2*d-1], wanted[d])
               if last == wanted[d] then
                 local old = migrate(KEYS[2*d-1], KEYS[2*d])
@@ -87,7 +89,7 @@ extension RedisPushStore {
               length[d] = redis.call('XLEN', KEYS[2*d])
             end
             local replies, latest, empty, used = {}, {}, {}, {}
-            local i = 7 + devices
+            local i = 8 + devices
             if retention > 0 then i = i + devices end
             while i <= #ARGV do
               local k = tonumber(ARGV[i])
@@ -98,7 +100,7 @@ extension RedisPushStore {
               end
               local full = nil
               for d, count in pairs(need) do
-                if length[d] + count > cap and not swept[d] then
+                if length[d] + count > cap and not swept[d] and not keep then
                   drop_expired(KEYS[2*d], now)
                   swept[d] = true
                   length[d] = redis.call('XLEN', KEYS[2*d])
@@ -147,8 +149,9 @@ extension RedisPushStore {
             """
     )
 
-    /// KEYS: counter, stream. ARGV: now, after, limit. Returns id, sequence, expiry, payload,
-    /// ... of up to `limit` unexpired messages after `after`; deletes the expired ones it meets.
+    /// KEYS: counter, stream. ARGV: now, after, limit, keep. Returns id, sequence, expiry,
+    /// payload, ... of up to `limit` unexpired messages after `after`; deletes the expired ones
+    /// it meets, unless keep is 1 (the expiry sweep reports and deletes them).
     static let pendingScript = RedisScript(
         helpers + """
             migrate_unless_counted(KEYS[1], KEYS[2])
@@ -173,8 +176,10 @@ extension RedisPushStore {
               if #entries < want then break end
               start = '(' .. entries[#entries][1]
             end
-            for first = 1, #expired, 500 do
-              redis.call('XDEL', KEYS[2], unpack(expired, first, math.min(first + 499, #expired)))
+            if ARGV[4] ~= '1' then
+              for first = 1, #expired, 500 do
+                redis.call('XDEL', KEYS[2], unpack(expired, first, math.min(first + 499, #expired)))
+              end
             end
             return result
             """
@@ -251,6 +256,35 @@ extension RedisPushStore {
               start = '(' .. entries[#entries][1]
             end
             """
+    )
+
+    /// KEYS: stream. ARGV: now, limit. For the expiry sweep: the earliest expiry among the
+    /// unexpired messages (-1: none; now, when more expired ones remain than `limit`), then the
+    /// entry id, message id and expiry of up to `limit` expired ones. Deletes nothing.
+    static let expiredScript = RedisScript(
+        """
+        local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+        local result, earliest, start = {-1}, nil, '-'
+        while true do
+          local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 500)
+          for _, entry in ipairs(entries) do
+            local expires = tonumber(entry[2][4])
+            if expires > now then
+              if earliest == nil or expires < earliest then earliest = expires end
+            elseif #result < 1 + 3 * limit then
+              result[#result + 1] = entry[1]
+              result[#result + 1] = entry[2][2]
+              result[#result + 1] = entry[2][4]
+            else
+              earliest = now
+            end
+          end
+          if #entries < 500 then break end
+          start = '(' .. entries[#entries][1]
+        end
+        if earliest then result[1] = earliest end
+        return result
+        """
     )
 
     /// KEYS: counter, stream. ARGV: now. How many unexpired messages the stream holds.

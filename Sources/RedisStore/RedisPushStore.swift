@@ -37,6 +37,13 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private let groups: AppendGroups
     private let receiptRetentionMillis: Int64?
     private let events: RedisWebhookQueue?
+    /// The webhook queue when `message.expired` is wanted: appends index their device, reads
+    /// leave expired entries, and `removeExpired` sweeps the lanes this node holds.
+    private let expiryEvents: RedisWebhookQueue?
+    /// How long a queue lives past its last message's expiry: a minute, or an hour with
+    /// expiries watched (the sweep must find the entries before Redis drops the key).
+    private let slackMillis: Int64
+    private let appendTokens = WebhookEventIDs()
 
     /// Creates the store. `prefix` starts every key (`herald` by default; tests use their own).
     /// With `replicas` > 0, an append returns only once that many replicas acknowledged it
@@ -50,6 +57,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     ) {
         self.receiptRetentionMillis = receiptRetentionMillis
         self.events = events.flatMap { $0.wants(.messageAcked) ? $0 : nil }
+        expiryEvents = events.flatMap { $0.watchesExpiry ? $0 : nil }
+        slackMillis = expiryEvents == nil ? Self.expirySlackMillis : Self.watchedExpirySlackMillis
         self.client = client
         self.maxPending = maxPending
         self.prefix = prefix
@@ -100,8 +109,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         // as long as the node's and Redis's clocks agree within that half (Docs/store.md).
         let deadline = WallClock.millisecondsSinceEpoch() + client.configuration.commandTimeout.nanoseconds / 2_000_000
         var arguments: [RedisArgument] = [
-            .integer(deadline), .integer(Int64(maxPending)), .integer(now()), .integer(Self.expirySlackMillis),
-            .integer(Int64(devices.count)), .integer(receiptRetentionMillis ?? 0),
+            .integer(deadline), .integer(Int64(maxPending)), .integer(now()), .integer(slackMillis),
+            .integer(Int64(devices.count)), .integer(receiptRetentionMillis ?? 0), .integer(expiryEvents == nil ? 0 : 1),
         ]
         arguments += counts.map { .integer($0) }
         var keys = devices.flatMap(keys)
@@ -122,8 +131,27 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         }
         let wait: [[RedisArgument]] = replicas > 0 ? [[.string("WAIT"), .integer(Int64(replicas)), .integer(waitTimeoutMillis)]] : []
         let replies: [RESPValue]
-        do {
-            replies = try await client.run(Self.appendScript, keys: keys, arguments: arguments, then: wait)
+        do throws(StoreError) {
+            var index: [[RedisArgument]] = []
+            if let expiryEvents {
+                // Each device in its lane's expiry index before its messages exist: on a single
+                // Redis in the same write, ahead of the script; on a cluster (another slot),
+                // confirmed first.
+                let token = appendTokens.id(of: .messageExpired, message: nil)
+                var earliest: [String: Int64] = [:]
+                for request in requests {
+                    for message in request { earliest[message.clientID] = min(earliest[message.clientID] ?? .max, message.expiresAtMillis) }
+                }
+                index = devices.flatMap { expiryEvents.expiryIndexCommands(clientID: $0, earliest: earliest[$0]!, token: token) }
+                if client.configuration.isCluster {
+                    let written = try await client.sendAll(index)
+                    if let failure = written.first(where: { if case .error = $0 { true } else { false } }) {
+                        throw StoreError(.unavailable, "indexing the expiry failed: \(failure); nothing was stored")
+                    }
+                    index = []
+                }
+            }
+            replies = try await client.run(Self.appendScript, keys: keys, arguments: arguments, before: index, then: wait)
         } catch {
             return requests.map { _ in .failure(error) }
         }
@@ -222,7 +250,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
 
     public func pending(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [StoredMessage] {
         let reply = try await client.run(
-            Self.pendingScript, keys: keys(clientID), arguments: [.integer(now()), .integer(Int64(sequence)), .integer(Int64(limit))]
+            Self.pendingScript, keys: keys(clientID),
+            arguments: [.integer(now()), .integer(Int64(sequence)), .integer(Int64(limit)), .integer(expiryEvents == nil ? 0 : 1)]
         )
         guard case .array(let fields) = reply, fields.count % 4 == 0 else {
             throw StoreError(.unavailable, "unexpected reply to pending: \(reply)")
@@ -504,9 +533,71 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         return BroadcastReceipt(id: id, acceptedAtMillis: accepted, sent: sent)
     }
 
-    /// Redis deletes a device's expired queue by itself (key TTLs), and reads and full queues
-    /// delete the expired entries they meet, so there is nothing to sweep.
-    public func removeExpired() async throws(StoreError) -> Int { 0 }
+    /// Without expiries watched, nothing to sweep: Redis deletes a device's expired queue by
+    /// itself (key TTLs), and reads and full queues delete the expired entries they meet. With
+    /// them watched, sweeps the expiry index of each lane this node holds: for every device
+    /// due, the `message.expired` events of its expired messages are queued first, then the
+    /// messages deleted, then its index entry moved to its next expiry (or, found empty twice
+    /// with no append between, removed). Returns how many messages expired.
+    public func removeExpired() async throws(StoreError) -> Int {
+        guard let events = expiryEvents else { return 0 }
+        var expired = 0
+        for lane in events.heldLanes {
+            // A bounded amount per sweep; what is left is due at the next.
+            for _ in 0..<20 {
+                let now = now()
+                let replies = try await client.sendAll([
+                    [.string("ZRANGE"), .string(events.expiringKey(lane)), .string("-inf"), .integer(now), .string("BYSCORE"), .string("LIMIT"), .string("0"), .string("100")],
+                ])
+                guard case .array(let members) = replies[0], !members.isEmpty else { break }
+                let devices = members.compactMap(\.string)
+                let tokens = try await client.send([.string("HMGET"), .string(events.touchedKey(lane))] + devices.map { .string($0) })
+                guard case .array(let seen) = tokens, seen.count == devices.count else { throw StoreError(.unavailable, "unexpected reply to HMGET: \(tokens)") }
+                let counts = await concurrently(Array(zip(devices, seen.map { $0.string ?? "" }))) { device, token async throws(StoreError) -> Int in
+                    try await self.sweep(device, token: token, lane: lane, events: events, now: now)
+                }
+                for count in counts { expired += (try? count.get()) ?? 0 }
+                if devices.count < 100 { break }
+            }
+        }
+        return expired
+    }
+
+    /// Sweeps one device of lane `lane` (see `removeExpired`).
+    private func sweep(_ clientID: String, token: String, lane: Int, events: RedisWebhookQueue, now: Int64) async throws(StoreError) -> Int {
+        let stream = keys(clientID)[1]
+        let reply = try await client.run(Self.expiredScript, keys: [stream], arguments: [.integer(now), .integer(500)])
+        guard case .array(let fields) = reply, let earliest = fields.first?.int64, fields.count % 3 == 1 else {
+            throw StoreError(.unavailable, "unexpected reply to the expiry scan: \(reply)")
+        }
+        var entries: [RedisArgument] = []
+        var queued: [[RedisArgument]] = []
+        for position in stride(from: 1, to: fields.count, by: 3) {
+            guard let entry = fields[position].string, let id = fields[position + 1].string, let expires = fields[position + 2].int64 else { continue }
+            entries.append(.string(entry))
+            if let command = events.command(
+                .messageExpired, clientID: clientID, message: id, data: [("message_id", .string(id)), ("expires_at", .integer(expires))]
+            ) {
+                queued.append(command)
+            }
+        }
+        if !entries.isEmpty {
+            // The events first: a crash before the delete finds the entries again next time,
+            // and writes the same events (same ids) again.
+            let written = try await client.sendAll(queued)
+            if let failure = written.first(where: { if case .error = $0 { true } else { false } }) {
+                throw StoreError(.unavailable, "queueing message.expired failed: \(failure)")
+            }
+            events.queued(queued.count, lane: lane)
+            _ = try await client.send([.string("XDEL"), .string(stream)] + entries)
+        }
+        let settle = now + Self.expirySlackMillis + client.configuration.commandTimeout.nanoseconds / 1_000_000
+        _ = try await client.run(
+            RedisWebhookQueue.settleScript, keys: [events.expiringKey(lane), events.touchedKey(lane)],
+            arguments: [.string(clientID), .string(token), .integer(earliest), .integer(settle)]
+        )
+        return entries.count
+    }
 
     public func ping() async throws(StoreError) {
         let reply = try await client.send([.string("PING")])
@@ -515,4 +606,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
 
     /// Keys live this long past their last message's expiry (clock skew between nodes and Redis).
     static let expirySlackMillis: Int64 = 60_000
+
+    /// The same with expiries watched: the sweep may be late by the time a dead node's lanes
+    /// take to move, or a receiver-side outage of Redis; an hour leaves room.
+    static let watchedExpirySlackMillis: Int64 = 3_600_000
 }

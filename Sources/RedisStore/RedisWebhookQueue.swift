@@ -12,6 +12,10 @@ import Synchronization
 ///   `j` (the event's JSON), read through the consumer group `herald`, one consumer per node
 /// - `herald:{wh<n>}:sender`  string, the node that sends this lane: a lease it renews every
 ///   third of `HERALD_WEBHOOK_LEASE_S`
+/// - with `message.expired`: `herald:{wh<n>}:expiring`, a sorted set of the lane's devices by
+///   the earliest expiry of their pending messages (written before each append), and
+///   `herald:{wh<n>}:touched`, a hash of device -> the last append's token; the node holding the
+///   lane sweeps it (`RedisPushStore.removeExpired`)
 ///
 /// A node sends only the lanes it holds, one batch at a time, so a device's events go out in
 /// order. A node that takes a lane first claims every entry still pending in the group
@@ -76,6 +80,28 @@ public final class RedisWebhookQueue: WebhookQueue {
 
     /// Lane `lane`'s lease.
     public func leaseKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:sender" }
+
+    /// Lane `lane`'s devices by the earliest expiry of their pending messages.
+    public func expiringKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:expiring" }
+
+    /// Lane `lane`'s devices -> the token of their last append.
+    public func touchedKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:touched" }
+
+    /// Whether expiries are watched (`message.expired` is wanted).
+    public var watchesExpiry: Bool { types.contains(.messageExpired) }
+
+    /// The lanes this node holds now.
+    public var heldLanes: [Int] { (0..<laneCount).filter { lanes[$0].withLock { $0.held } } }
+
+    /// What an append writes first, with expiries watched: the device in its lane's index with
+    /// at most `earliest` as its score, and `token` (unique to this append) as its last append.
+    public func expiryIndexCommands(clientID: String, earliest: Int64, token: String) -> [[RedisArgument]] {
+        let lane = lane(of: clientID)
+        return [
+            [.string("ZADD"), .string(expiringKey(lane)), .string("LT"), .integer(earliest), .string(clientID)],
+            [.string("HSET"), .string(touchedKey(lane)), .string(clientID), .string(token)],
+        ]
+    }
 
     // MARK: Queueing
 
@@ -362,6 +388,29 @@ public final class RedisWebhookQueue: WebhookQueue {
           return 2
         end
         return 0
+        """
+    )
+
+    /// After a sweep of one device, unless it was appended to since (its token changed): KEYS
+    /// the lane's index and tokens; ARGV device, token seen, the earliest expiry left (-1: none),
+    /// now + the settling time. A device with messages left gets their earliest expiry as its
+    /// score. One found empty is kept, marked, for the settling time (an append whose index write
+    /// came before the sweep may still be on its way), and removed when found empty again with
+    /// no append since. Returns 1 when it changed something.
+    static let settleScript = RedisScript(
+        """
+        local token = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+        if token ~= ARGV[2] then return 0 end
+        if tonumber(ARGV[3]) >= 0 then
+          redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+        elseif string.sub(token, 1, 2) == 'E:' then
+          redis.call('ZREM', KEYS[1], ARGV[1])
+          redis.call('HDEL', KEYS[2], ARGV[1])
+        else
+          redis.call('HSET', KEYS[2], ARGV[1], 'E:' .. token)
+          redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+        end
+        return 1
         """
     )
 

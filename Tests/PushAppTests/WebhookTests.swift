@@ -266,6 +266,25 @@ struct RedisWebhookTests {
         }
     }
 
+    @Test("a message that expires on a device that never comes back makes message.expired, from the sweep of the node holding its lane")
+    func expiredOnRedis() async throws {
+        let receiver = try await WebhookReceiver()
+        defer { receiver.stop() }
+        try await TestCluster.with(count: 2, environment: environment(receiver.url, ["HERALD_WEBHOOK_EVENTS": "message.expired"])) { cluster in
+            let response = try await HTTPTestClient.post(
+                "/v1/push", port: cluster.nodes[0].httpPort, json: #"{"client_id": "absent", "data": "never fetched", "ttl_s": 1}"#
+            )
+            let id = try JSONFields(response.body).string("id")
+            // The sweeper runs every 10 s on every node; the one holding the lane reports it.
+            try await eventually("expired", timeout: .seconds(40)) { receiver.delivered.count >= 1 }
+            #expect(receiver.delivered.map { $0["id"] as? String } == ["exp-\(id)"])
+            #expect(data(receiver.delivered[0])["expires_at"] is Int)
+            #expect(try await cluster.client("absent", via: 1).int("pending") == 0)
+            let status = try JSONFields(try await HTTPTestClient.get("/v1/messages/\(id)", port: cluster.nodes[1].httpPort).body)
+            #expect(try status.string("state") == "expired")
+        }
+    }
+
     @Test("kill -9 of the node sending a lane while the receiver is down: the other node takes the lane and delivers every event")
     func killSendingNode() async throws {
         let first = try await WebhookReceiver()

@@ -76,6 +76,54 @@ struct RedisWebhookQueueTests {
         }
     }
 
+    @Test("with message.expired: the lane holder's sweep queues the event of each expired message, then deletes it; the index follows the device")
+    func expirySweep() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let events = RedisWebhookQueue(
+                client: client, node: "n1", lanes: 1, types: [.messageExpired], lease: .seconds(1), pollInterval: .milliseconds(50)
+            )
+            let store = RedisPushStore(client: client, maxPending: 2, events: events, now: { clock.now })
+            let start = clock.now
+            let stored = try await store.append([new("a", "m1", ttlMillis: 1_000, clock: clock), new("a", "m2", ttlMillis: 5_000, clock: clock)])
+            func score() async throws -> Int64? {
+                try await client.send([.string("ZSCORE"), .string(events.expiringKey(0)), .string("a")]).int64
+            }
+            #expect(try await score() == start + 1_000, "indexed by its earliest expiry before the messages exist")
+            // A node that does not hold the lane sweeps nothing.
+            clock.advance(byMillis: 2_000)
+            #expect(try await store.removeExpired() == 0)
+            let holding = Task { await events.maintain() }
+            try await eventually("the lane is held") { events.figures.lanesHeld == 1 }
+
+            // A read skips the expired message but leaves it for the sweep to report.
+            #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["m2"])
+            // The queue counts it until then: the cap (2) refuses a third message.
+            await #expect(throws: StoreError.self) { try await store.append([new("a", "m3", clock: clock)]) }
+            #expect(try await store.removeExpired() == 1)
+            #expect(try await length(events, client) == 1)
+            #expect(try await score() == start + 5_000, "the next expiry")
+            let first = await events.next(lane: 0, limit: 10)
+            #expect(first.map(\.id) == ["exp-m1"])
+            #expect(first.first?.json.contains(#""expires_at":\#(start + 1_000)"#) == true)
+            #expect(await events.remove(lane: 0, batch: first))
+            _ = try await store.append([new("a", "m3", clock: clock)])
+
+            // An ACKed message makes no event; m2 expires, and the device is left empty.
+            _ = try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: "m3", sequence: stored[1].sequence + 1)])
+            clock.advance(byMillis: 4_000)
+            #expect(try await store.removeExpired() == 1)
+            #expect(await events.next(lane: 0, limit: 10).map(\.id) == ["exp-m2"])
+            // Found empty: kept for the settling time (an append may be on its way), then removed.
+            #expect(try await score() ?? 0 > clock.now)
+            clock.advance(byMillis: 120_000)
+            #expect(try await store.removeExpired() == 0)
+            #expect(try await score() == nil)
+            holding.cancel()
+            await holding.value
+        }
+    }
+
     @Test("a lane held by one node is refused to another, and passes once the holder lets go")
     func exclusive() async throws {
         try await withRedisClient { client in

@@ -25,6 +25,10 @@ public final class NodeMetrics: Sendable {
     /// Final statuses forgotten before their retention, to stay under `HERALD_RECEIPT_MAX`.
     public let receiptsForgottenEarly: Counter
     private let receiptsForgottenSeen = Atomic<Int>(0)
+    /// Keys in Redis and the memory Redis uses (a single Redis or Sentinel's master): with
+    /// message status kept, mostly the statuses (Docs/operations.md).
+    public let redisKeys: Gauge
+    public let redisUsedMemory: Gauge
     private let factory: any MetricsFactory
     private let frameErrorCounters: [UInt16: Counter]
     private let restartCounters = Mutex<[String: Counter]>([:])
@@ -43,6 +47,8 @@ public final class NodeMetrics: Sendable {
         storeLatency = Timer(label: "herald_store_latency_seconds", dimensions: [], factory: factory)
         receipts = Gauge(label: "herald_receipts", factory: factory)
         receiptsForgottenEarly = Counter(label: "herald_receipts_forgotten_early_total", factory: factory)
+        redisKeys = Gauge(label: "herald_redis_keys", factory: factory)
+        redisUsedMemory = Gauge(label: "herald_redis_used_memory_bytes", factory: factory)
         var errors: [UInt16: Counter] = [:]
         for code in [400, 401, 408, 409, 413, 429, 503] as [UInt16] {
             errors[code] = Counter(label: "herald_frame_errors_total", dimensions: [("code", "\(code)")], factory: factory)

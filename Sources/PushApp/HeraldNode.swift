@@ -332,7 +332,7 @@ final class HeraldNode: Sendable {
         ) ?? []
         return redisChild + [
             ChildSpec(id: "store", shutdownTimeout: .seconds(5)) { [unowned self] in
-                let monitor = StoreMonitor(store: store, interval: .seconds(5), logger: logger)
+                let monitor = StoreMonitor(store: store, interval: .seconds(5), logger: logger, footprint: redisFootprint())
                 state.withLock { $0.storeMonitor = monitor }
                 return monitor
             },
@@ -340,6 +340,17 @@ final class HeraldNode: Sendable {
                 ExpirySweeper(store: store, metrics: metrics, interval: .seconds(10), clock: ContinuousClock(), logger: logger)
             },
         ] + webhookChildren() + clusterChildren + listenerChildren(drainTimeout: drainTimeout)
+    }
+
+    /// Reads Redis's size into the metrics (a single Redis or Sentinel's master); nil otherwise.
+    private func redisFootprint() -> (@Sendable () async -> Void)? {
+        guard let redisStore = store as? RedisPushStore else { return nil }
+        let metrics = metrics
+        return {
+            guard let size = try? await redisStore.footprint() else { return }
+            metrics.redisKeys.record(size.keys)
+            metrics.redisUsedMemory.record(size.usedMemoryBytes)
+        }
     }
 
     /// The webhook sender, when a webhook is configured: its own child, so that a receiver's

@@ -12,11 +12,14 @@ final class StoreMonitor: Service, HealthReporting {
     private let interval: Duration
     private let logger: Logger
     private let reachable = Atomic<Bool>(true)
+    private let footprint: (@Sendable () async -> Void)?
 
-    init(store: any PushStore, interval: Duration, logger: Logger) {
+    /// `footprint`, when given, runs after each probe that reached the store (Redis's size).
+    init(store: any PushStore, interval: Duration, logger: Logger, footprint: (@Sendable () async -> Void)? = nil) {
         self.store = store
         self.interval = interval
         self.logger = logger
+        self.footprint = footprint
     }
 
     var isReachable: Bool { reachable.load(ordering: .relaxed) }
@@ -43,6 +46,7 @@ final class StoreMonitor: Service, HealthReporting {
                 if was != ok {
                     if ok { self.logger.notice("store reachable again") } else { self.logger.error("store unreachable") }
                 }
+                if ok, let footprint = self.footprint { await footprint() }
                 try await Task.sleep(for: self.interval)
             }
         }

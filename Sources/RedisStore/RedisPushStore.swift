@@ -599,6 +599,18 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         return entries.count
     }
 
+    /// The keys in Redis and the memory it uses (`DBSIZE`, `INFO memory`); nil on a Redis
+    /// Cluster, where each master has its own (read them there).
+    public func footprint() async throws(StoreError) -> (keys: Int, usedMemoryBytes: Int)? {
+        guard !client.configuration.isCluster else { return nil }
+        let replies = try await client.sendAll([[.string("DBSIZE")], [.string("INFO"), .string("memory")]])
+        guard let keys = replies[0].int64, let info = replies[1].string,
+            let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("used_memory:") }),
+            let bytes = Int(line.dropFirst("used_memory:".count))
+        else { throw StoreError(.unavailable, "unexpected reply to DBSIZE / INFO memory") }
+        return (Int(keys), bytes)
+    }
+
     public func ping() async throws(StoreError) {
         let reply = try await client.send([.string("PING")])
         guard case .simpleString("PONG") = reply else { throw StoreError(.unavailable, "PING answered \(reply)") }

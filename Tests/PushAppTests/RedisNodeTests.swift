@@ -21,6 +21,11 @@ struct RedisNodeTests {
                 try await eventually("all acknowledged") { try await node.pending("rita") == 0 }
                 let stats = try JSONFields(try await HTTPTestClient.get("/v1/stats", port: node.httpPort).body)
                 #expect(try stats.string("store") == "redis")
+                // Redis's size, read by the store monitor (every 5 s): the 30 statuses kept, and more.
+                try await eventually("Redis's size in /metrics", timeout: .seconds(20)) {
+                    let metrics = try await HTTPTestClient.get("/metrics", port: node.httpPort).body
+                    return metric("herald_redis_keys", in: metrics) >= 30 && metric("herald_redis_used_memory_bytes", in: metrics) > 100_000
+                }
                 await device.close()
             }
         }

@@ -143,6 +143,8 @@ struct WebhookSender: Service {
     }
 
     private func runLane(_ lane: Int) async {
+        let http = WebhookHTTP(target: settings.target, timeout: settings.timeout, group: group, tls: tls)
+        defer { http.close() }
         while !Task.isCancelled && !state.isGone {
             var batch = await queue.next(lane: lane, limit: settings.batch)
             guard !batch.isEmpty else { return }
@@ -156,7 +158,7 @@ struct WebhookSender: Service {
             var attempt = 0
             while !Task.isCancelled {
                 if state.isGone { return }
-                switch await post(body) {
+                switch await post(body, on: http) {
                 case .delivered:
                     metrics.sent.increment(by: Int64(batch.count))
                     await remove(batch, lane: lane)
@@ -213,8 +215,8 @@ struct WebhookSender: Service {
         return .milliseconds(Int64.random(in: 0...max(1, millis)))
     }
 
-    /// One attempt: the signed POST and what its answer means.
-    func post(_ body: String) async -> Outcome {
+    /// One attempt: the signed POST on the lane's connection, and what its answer means.
+    func post(_ body: String, on http: WebhookHTTP) async -> Outcome {
         let timestamp = Int64(WallClock.millisecondsSinceEpoch() / 1000)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: settings.target.hostHeader)
@@ -222,11 +224,16 @@ struct WebhookSender: Service {
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         headers.add(name: "User-Agent", value: "herald-webhooks")
         headers.add(name: "Herald-Signature", value: "t=\(timestamp),v1=\(Self.signature(secret: settings.secret, timestamp: timestamp, body: body))")
-        headers.add(name: "Connection", value: "close")
         do {
-            let status = try await WebhookHTTP.post(
-                target: settings.target, headers: headers, body: ByteBuffer(string: body), timeout: settings.timeout, group: group, tls: tls
-            )
+            let status: Int
+            do {
+                status = try await http.post(headers: headers, body: ByteBuffer(string: body))
+            } catch let failure as WebhookHTTP.Failure where failure.onReusedConnection {
+                // A kept-alive connection the receiver may have closed as we sent: once more, on
+                // a new connection, at once (the failed attempt still counts).
+                metrics.retried.increment()
+                status = try await http.post(headers: headers, body: ByteBuffer(string: body))
+            }
             switch status {
             case 200..<300: return .delivered
             case 410: return .gone
@@ -255,23 +262,80 @@ struct WebhookSender: Service {
     }
 }
 
-/// A POST on a connection of its own, closed after the answer: the smallest HTTP/1.1 client
-/// the webhook needs (NIOHTTP1, NIOSSL for https; Docs/webhooks.md says why not a library).
-enum WebhookHTTP {
+/// The HTTP/1.1 client of one lane: POSTs one request at a time on a kept-alive connection,
+/// opened again when the receiver closed it, it failed, or it sat idle for `idleLimit`; the
+/// smallest client the webhook needs (NIOHTTP1, NIOSSL for https; Docs/webhooks.md says why
+/// not a library). Used by one lane's task only, one call at a time.
+final class WebhookHTTP: @unchecked Sendable {
     struct Failure: Error, CustomStringConvertible {
         let description: String
+        /// The connection closed before any answer.
+        var beforeAnswer = false
+        /// ... and it was a kept-alive one: perhaps the receiver closing it while idle, as the
+        /// request went out (the caller sends again at once, on a new one).
+        var onReusedConnection = false
     }
 
+    private let target: WebhookTarget
+    private let group: any EventLoopGroup
+    private let tls: NIOSSLContext?
+    private let timeout: Duration
+    /// A connection idle this long is not reused (receivers close idle ones, nginx after 75 s).
+    let idleLimit: Duration = .seconds(20)
+    private var channel: (any Channel)?
+    private var lastUsed = ContinuousClock.now
+
+    init(target: WebhookTarget, timeout: Duration, group: any EventLoopGroup, tls: NIOSSLContext?) {
+        self.target = target
+        self.timeout = timeout
+        self.group = group
+        self.tls = tls
+    }
+
+    deinit { channel?.close(promise: nil) }
+
     /// Sends the request and returns the answer's status once the answer has ended; throws on a
-    /// refused or cut connection, or after `timeout` in all.
-    static func post(
-        target: WebhookTarget, headers: HTTPHeaders, body: ByteBuffer, timeout: Duration, group: any EventLoopGroup, tls: NIOSSLContext?
-    ) async throws -> Int {
+    /// refused or cut connection, or after `timeout` for the attempt.
+    func post(headers: HTTPHeaders, body: ByteBuffer) async throws -> Int {
+        let started = ContinuousClock.now
+        if let channel, channel.isActive, started - lastUsed < idleLimit {
+            do {
+                return try await send(headers: headers, body: body, on: channel, within: timeout)
+            } catch var failure as Failure where failure.beforeAnswer {
+                close()
+                failure.onReusedConnection = true
+                throw failure
+            } catch {
+                close()
+                throw error
+            }
+        }
+        close()
+        let channel = try await connect()
+        self.channel = channel
+        do {
+            return try await send(headers: headers, body: body, on: channel, within: timeout - (ContinuousClock.now - started))
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    func close() {
+        channel?.close(promise: nil)
+        channel = nil
+    }
+
+    private static func amount(_ duration: Duration) -> TimeAmount {
+        .nanoseconds(max(1, Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000))
+    }
+
+    private func connect() async throws -> any Channel {
         let loop = group.next()
-        let answer = loop.makePromise(of: Int.self)
-        let amount = TimeAmount.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
+        let target = target
+        let tls = tls
         let bootstrap = ClientBootstrap(group: loop)
-            .connectTimeout(amount)
+            .connectTimeout(Self.amount(timeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if target.https, let tls {
@@ -279,60 +343,83 @@ enum WebhookHTTP {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: name))
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(StatusHandler(answer: answer))
+                    try channel.pipeline.syncOperations.addHandler(StatusHandler())
                 }
             }
-        let timer = loop.scheduleTask(in: amount) { answer.fail(Failure(description: "no answer within \(timeout)")) }
-        defer { timer.cancel() }
-        let channel: any Channel
         do {
-            channel = try await bootstrap.connect(host: target.host, port: target.port).get()
+            // An IP literal needs no resolver (getaddrinfo runs on a thread of its own).
+            if let address = try? SocketAddress(ipAddress: target.host, port: target.port) {
+                return try await bootstrap.connect(to: address).get()
+            }
+            return try await bootstrap.connect(host: target.host, port: target.port).get()
         } catch {
-            answer.fail(error)
             throw Failure(description: "connecting to \(target.hostHeader): \(error)")
         }
-        defer { channel.close(promise: nil) }
-        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: headers)), promise: nil)
-        channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-        return try await answer.futureResult.get()
     }
 
-    /// Completes `answer` with the status once the response has ended, or fails it when the
-    /// connection goes first (NIO ignores a second completion: the timeout's, or this one's).
+    private func send(headers: HTTPHeaders, body: ByteBuffer, on channel: any Channel, within timeout: Duration) async throws -> Int {
+        let answer = channel.eventLoop.makePromise(of: Int.self)
+        let timer = channel.eventLoop.scheduleTask(in: Self.amount(timeout)) {
+            answer.fail(Failure(description: "no answer within \(timeout)"))
+            channel.close(promise: nil)
+        }
+        defer { timer.cancel() }
+        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: headers)
+        channel.eventLoop.execute {
+            guard let handler = try? channel.pipeline.syncOperations.handler(type: StatusHandler.self) else {
+                return answer.fail(Failure(description: "the connection closed", beforeAnswer: true))
+            }
+            handler.expect(answer)
+            channel.write(HTTPClientRequestPart.head(head), promise: nil)
+            channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
+            channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        }
+        let status = try await answer.futureResult.get()
+        lastUsed = ContinuousClock.now
+        return status
+    }
+
+    /// Completes the request's promise with the status once the response has ended (closing
+    /// the connection when the receiver asked to), or fails it when the connection goes first.
     private final class StatusHandler: ChannelInboundHandler {
         typealias InboundIn = HTTPClientResponsePart
-        private let answer: EventLoopPromise<Int>
+        private var answer: EventLoopPromise<Int>?
         private var status: Int?
-        private var done = false
+        private var keepAlive = true
+        private var answered = false
 
-        init(answer: EventLoopPromise<Int>) {
-            self.answer = answer
+        func expect(_ promise: EventLoopPromise<Int>) {
+            answer = promise
+            status = nil
+            answered = false
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
-            case .head(let head): status = Int(head.status.code)
+            case .head(let head):
+                status = Int(head.status.code)
+                keepAlive = head.isKeepAlive
+                answered = true
             case .body: break
             case .end:
                 finish(status.map { .success($0) } ?? .failure(Failure(description: "an answer without a status")))
-                context.close(promise: nil)
+                if !keepAlive { context.close(promise: nil) }
             }
         }
 
         func channelInactive(context: ChannelHandlerContext) {
-            finish(.failure(Failure(description: "the connection closed before the answer ended")))
+            finish(.failure(Failure(description: "the connection closed before the answer ended", beforeAnswer: !answered)))
             context.fireChannelInactive()
         }
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            finish(.failure(error))
+            finish(.failure(Failure(description: "\(error)", beforeAnswer: !answered)))
             context.close(promise: nil)
         }
 
         private func finish(_ result: Result<Int, any Error>) {
-            guard !done else { return }
-            done = true
+            guard let answer else { return }
+            self.answer = nil
             answer.completeWith(result)
         }
     }

@@ -51,6 +51,9 @@ final class WebhookReceiver: @unchecked Sendable {
         }
     }
 
+    /// How many connections it accepted.
+    var connections: Int { output.text.split(separator: "\n").count { $0 == "CONNECTION" } }
+
     /// The events of the requests it answered 2xx, in order.
     var delivered: [[String: Any]] {
         requests.filter { (200..<300).contains($0.status) }.flatMap(\.events)
@@ -94,6 +97,11 @@ struct WebhookTests {
             #expect(events.compactMap { data($0)["message_id"] as? String } == ids)
             #expect(events.allSatisfy { data($0)["client_id"] as? String == "hooked" && data($0)["acked_at"] is Int })
             #expect(receiver.requests.allSatisfy { $0.signatureOK })
+            // A later batch goes on the same connection (kept alive), one lane, one connection.
+            ids.append(try await node.push("hooked", "later"))
+            _ = try await device.pushes(1)
+            try await eventually("the 21st event") { receiver.delivered.count >= 21 }
+            #expect(receiver.requests.count >= 2 && receiver.connections == 1)
             await device.close()
         }
     }

@@ -9,7 +9,8 @@ to standard output, flushed at once:
 
 It answers with the statuses of --script (comma-separated, one per request, in order; then
 200 for every request after), so a test can make it fail and recover. "drop" closes the
-connection without an answer. The first line it prints is "LISTENING <port>".
+connection without an answer. The first line it prints is "LISTENING <port>"; each connection
+it accepts prints "CONNECTION" (so a test can see connections kept alive).
 
     receiver.py --secret S [--port 0] [--script 500,500,drop]
 """
@@ -39,6 +40,10 @@ def main():
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            print("CONNECTION", flush=True)
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))

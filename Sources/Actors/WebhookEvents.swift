@@ -77,18 +77,28 @@ public struct WebhookEvent: Sendable, Hashable {
     /// Appends `text` as a JSON string, quotes included: its bytes at once when nothing in it
     /// needs an escape (ids and names never do), else escaped.
     static func appendQuoted(_ text: String, to json: inout [UInt8]) {
-        if text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            json.append(contentsOf: JSONString.quoted(text).utf8)
-        } else {
+        var text = text
+        let plain = text.withUTF8 { bytes in
+            guard !bytes.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return false }
             json.append(UInt8(ascii: "\""))
-            json.append(contentsOf: text.utf8)
+            json.append(contentsOf: bytes)
             json.append(UInt8(ascii: "\""))
+            return true
         }
+        if !plain { json.append(contentsOf: JSONString.quoted(text).utf8) }
     }
 
-    /// Appends the decimal digits of `number` (a small string: no allocation).
+    /// Appends the decimal digits of `number`, without making a String.
     static func appendInteger(_ number: Int64, to json: inout [UInt8]) {
-        json.append(contentsOf: String(number).utf8)
+        if number < 0 { json.append(UInt8(ascii: "-")) }
+        var magnitude = number.magnitude
+        var divisor: UInt64 = 1
+        while magnitude / divisor >= 10 { divisor *= 10 }
+        repeat {
+            json.append(UInt8(ascii: "0") + UInt8(magnitude / divisor))
+            magnitude %= divisor
+            divisor /= 10
+        } while divisor > 0
     }
 }
 

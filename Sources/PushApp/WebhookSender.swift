@@ -153,7 +153,15 @@ struct WebhookSender: Service {
                 batch = await queue.next(lane: lane, limit: settings.batch)
                 guard !batch.isEmpty else { return }
             }
-            let body = #"{"events":["# + batch.map(\.json).joined(separator: ",") + "]}"
+            // The body's bytes once, in the buffer that is written (and signed) as it is.
+            var body = ByteBuffer()
+            body.reserveCapacity(16 + batch.reduce(0) { $0 + $1.json.utf8.count + 1 })
+            body.writeStaticString(#"{"events":["#)
+            for (index, event) in batch.enumerated() {
+                if index > 0 { body.writeStaticString(",") }
+                body.writeString(event.json)
+            }
+            body.writeStaticString("]}")
             let started = ContinuousClock.now
             var attempt = 0
             while !Task.isCancelled {
@@ -216,23 +224,23 @@ struct WebhookSender: Service {
     }
 
     /// One attempt: the signed POST on the lane's connection, and what its answer means.
-    func post(_ body: String, on http: WebhookHTTP) async -> Outcome {
+    func post(_ body: ByteBuffer, on http: WebhookHTTP) async -> Outcome {
         let timestamp = Int64(WallClock.millisecondsSinceEpoch() / 1000)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: settings.target.hostHeader)
         headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
         headers.add(name: "User-Agent", value: "herald-webhooks")
         headers.add(name: "Herald-Signature", value: "t=\(timestamp),v1=\(Self.signature(secret: settings.secret, timestamp: timestamp, body: body))")
         do {
             let status: Int
             do {
-                status = try await http.post(headers: headers, body: ByteBuffer(string: body))
+                status = try await http.post(headers: headers, body: body)
             } catch let failure as WebhookHTTP.Failure where failure.onReusedConnection {
                 // A kept-alive connection the receiver may have closed as we sent: once more, on
                 // a new connection, at once (the failed attempt still counts).
                 metrics.retried.increment()
-                status = try await http.post(headers: headers, body: ByteBuffer(string: body))
+                status = try await http.post(headers: headers, body: body)
             }
             switch status {
             case 200..<300: return .delivered
@@ -247,10 +255,10 @@ struct WebhookSender: Service {
     }
 
     /// Lowercase hex HMAC-SHA256, under the secret's UTF-8 bytes, of "<timestamp>.<body>".
-    static func signature(secret: String, timestamp: Int64, body: String) -> String {
+    static func signature(secret: String, timestamp: Int64, body: ByteBuffer) -> String {
         var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array(secret.utf8)))
         hmac.update(data: Array("\(timestamp).".utf8))
-        hmac.update(data: Array(body.utf8))
+        body.withUnsafeReadableBytes { hmac.update(data: $0) }
         let digits = Array("0123456789abcdef".utf8)
         var hex: [UInt8] = []
         hex.reserveCapacity(64)

@@ -1,5 +1,7 @@
+import Actors
 import Foundation
 import HeraldTestSupport
+import NIOCore
 import Testing
 
 @testable import PushApp
@@ -209,10 +211,24 @@ struct WebhookTests {
         #expect(target.host == "::1" && target.port == 8443 && target.path == "/in?x=1" && target.hostHeader == "[::1]:8443")
     }
 
+    @Test("an event's JSON: quoting and escapes, integers of every size, null; JSONSerialization reads it back")
+    func eventJSON() throws {
+        let event = WebhookEvent(
+            id: "ev-1", type: .messageAcked, atMillis: 1_796_574_538_528, clientID: "a\"b\\c\n",
+            data: [("min", .integer(.min)), ("max", .integer(.max)), ("zero", .integer(0)), ("minus", .integer(-42)), ("none", .null), ("s", .string("é\u{1}"))]
+        )
+        #expect(
+            event.json
+                == #"{"id":"ev-1","type":"message.acked","at":1796574538528,"data":{"client_id":"a\"b\\c\n","min":-9223372036854775808,"max":9223372036854775807,"zero":0,"minus":-42,"none":null,"s":"é\u0001"}}"#
+        )
+        let parsed = try #require(try JSONSerialization.jsonObject(with: Data(event.json.utf8)) as? [String: Any])
+        #expect(data(parsed)["client_id"] as? String == "a\"b\\c\n" && data(parsed)["s"] as? String == "é\u{1}")
+    }
+
     @Test("the signature is HMAC-SHA256 of \"<t>.<body>\" in lowercase hex, as Python's hmac computes it")
     func signature() {
         #expect(
-            WebhookSender.signature(secret: "key", timestamp: 1_700_000_000, body: "{}")
+            WebhookSender.signature(secret: "key", timestamp: 1_700_000_000, body: ByteBuffer(string: "{}"))
                 == hmacHex(key: "key", message: "1700000000.{}")
         )
     }

@@ -10,8 +10,10 @@ import Testing
 /// writes, and how a lane passes from one node to another with its unanswered batch.
 @Suite("Webhook events in Redis", .timeLimit(.minutes(1)))
 struct RedisWebhookQueueTests {
+    /// A lease far longer than any test: a lane changes hands only when its holder lets go,
+    /// never because a loaded machine delayed a renewal.
     private func queue(_ client: RedisClient, node: String) -> RedisWebhookQueue {
-        RedisWebhookQueue(client: client, node: node, lanes: 1, types: [.messageAcked], lease: .seconds(1), pollInterval: .milliseconds(50))
+        RedisWebhookQueue(client: client, node: node, lanes: 1, types: [.messageAcked], lease: .seconds(60), pollInterval: .milliseconds(50))
     }
 
     private func length(_ queue: RedisWebhookQueue, _ client: RedisClient) async throws -> Int64 {
@@ -81,7 +83,7 @@ struct RedisWebhookQueueTests {
         let clock = TestWallClock()
         try await withRedisClient { client in
             let events = RedisWebhookQueue(
-                client: client, node: "n1", lanes: 1, types: [.messageExpired], lease: .seconds(1), pollInterval: .milliseconds(50)
+                client: client, node: "n1", lanes: 1, types: [.messageExpired], lease: .seconds(60), pollInterval: .milliseconds(50)
             )
             let store = RedisPushStore(client: client, maxPending: 2, events: events, now: { clock.now })
             let start = clock.now
@@ -132,7 +134,7 @@ struct RedisWebhookQueueTests {
             try await eventually("the first node holds the lane") { first.figures.lanesHeld == 1 }
             // The script every node's maintain runs: renewed for the holder, refused to another.
             func lease(_ node: String) async throws -> Int64? {
-                try await client.run(RedisWebhookQueue.leaseScript, keys: [first.leaseKey(0)], arguments: [.string(node), .integer(1000)]).int64
+                try await client.run(RedisWebhookQueue.leaseScript, keys: [first.leaseKey(0)], arguments: [.string(node), .integer(60_000)]).int64
             }
             #expect(try await lease("n2") == 0)
             #expect(try await lease("n1") == 1)

@@ -28,6 +28,8 @@ public final class RedisWebhookQueue: WebhookQueue {
         var held = false
         /// The group exists and the entries other consumers had pending are ours.
         var prepared = false
+        /// When this node last claimed the lane's stale entries.
+        var lastClaim = ContinuousClock.now
         var waiter: CheckedContinuation<Void, Never>?
         var woken = false
     }
@@ -53,13 +55,16 @@ public final class RedisWebhookQueue: WebhookQueue {
     /// How long a lane with nothing to send waits before it looks again (events this node
     /// queues for a lane it holds wake it at once).
     let pollInterval: Duration
+    /// Entries another consumer has held unanswered this long are claimed by the lane's holder.
+    let staleAfter: Duration
 
     static let group = "herald"
 
     /// Creates the queue of node `node` (its consumer name and lease value).
     public init(
         client: RedisClient, node: String, lanes: Int, types: Set<WebhookEventType>, lease: Duration = .seconds(10),
-        pollInterval: Duration = .milliseconds(250), prefix: String = "herald", logger: Logger = Logger(label: "herald.webhooks"),
+        pollInterval: Duration = .milliseconds(250), staleAfter: Duration? = nil, prefix: String = "herald",
+        logger: Logger = Logger(label: "herald.webhooks"),
         now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
     ) {
         precondition(lanes > 0)
@@ -70,6 +75,7 @@ public final class RedisWebhookQueue: WebhookQueue {
         self.types = types
         self.lease = lease
         self.pollInterval = pollInterval
+        self.staleAfter = staleAfter ?? lease * 2
         self.prefix = prefix
         self.logger = logger
         self.now = now
@@ -173,7 +179,16 @@ public final class RedisWebhookQueue: WebhookQueue {
         let key = streamKey(lane)
         if !lanes[lane].withLock({ $0.prepared }) {
             try await prepare(lane: lane)
-            lanes[lane].withLock { $0.prepared = true }
+            lanes[lane].withLock {
+                $0.prepared = true
+                $0.lastClaim = .now
+            }
+        } else if lanes[lane].withLock({ ContinuousClock.now - $0.lastClaim >= staleAfter / 2 }) {
+            // Entries left in another consumer's pending list: read by a node that believed it
+            // still held the lane after its lease had run out (and then died, or lost the lane
+            // between its read and its send). Nobody else would ever send them.
+            try await claim(lane: lane, idleFor: staleAfter)
+            lanes[lane].withLock { $0.lastClaim = .now }
         }
         let read: (String) -> [RedisArgument] = { start in
             [.string("XREADGROUP"), .string("GROUP"), .string(Self.group), .string(self.node), .string("COUNT"), .integer(Int64(limit)), .string("STREAMS"), .string(key), .string(start)]
@@ -203,11 +218,19 @@ public final class RedisWebhookQueue: WebhookQueue {
         let key = streamKey(lane)
         let created = try await client.send([.string("XGROUP"), .string("CREATE"), .string(key), .string(Self.group), .string("0"), .string("MKSTREAM")])
         if case .error(let text) = created, !text.hasPrefix("BUSYGROUP") { throw StoreError(.unavailable, "XGROUP CREATE: \(text)") }
+        try await claim(lane: lane, idleFor: .zero)
+    }
+
+    /// Moves to this node every entry of the lane pending for at least `idleFor` (`XAUTOCLAIM`).
+    private func claim(lane: Int, idleFor: Duration) async throws(StoreError) {
+        let key = streamKey(lane)
+        let idleMillis = idleFor.components.seconds * 1000 + idleFor.components.attoseconds / 1_000_000_000_000_000
         var start = "0-0"
         var claimed = 0
         repeat {
             let reply = try await client.send([
-                .string("XAUTOCLAIM"), .string(key), .string(Self.group), .string(node), .string("0"), .string(start), .string("COUNT"), .string("1000"),
+                .string("XAUTOCLAIM"), .string(key), .string(Self.group), .string(node), .integer(idleMillis), .string(start), .string("COUNT"),
+                .string("1000"),
             ])
             guard case .array(let parts) = reply, parts.count >= 2, let next = parts[0].string else {
                 throw StoreError(.unavailable, "unexpected reply to XAUTOCLAIM: \(reply)")

@@ -126,6 +126,47 @@ struct RedisWebhookQueueTests {
         }
     }
 
+    @Test("entries left unanswered in another consumer's pending list (a node that read past its lease, then died) are claimed by the holder once stale")
+    func staleEntriesClaimed() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let holder = RedisWebhookQueue(
+                client: client, node: "n1", lanes: 1, types: [.messageAcked], lease: .seconds(60), pollInterval: .milliseconds(20),
+                staleAfter: .milliseconds(300)
+            )
+            let store = RedisPushStore(client: client, maxPending: 10, events: holder, now: { clock.now })
+            func acked(_ ids: [String]) async throws {
+                let stored = try await store.append(ids.map { new("dev", $0, clock: clock) })
+                _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
+            }
+            let holding = Task { await holder.maintain() }
+            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
+            try await acked(["m1"])
+            let first = await holder.next(lane: 0, limit: 10)
+            #expect(first.map(\.id) == ["ack-m1"])
+            _ = await holder.remove(lane: 0, batch: first)
+            // Now a node that believed it still held the lane reads two entries, and is never
+            // heard of again.
+            try await acked(["m2", "m3", "m4", "m5"])
+            _ = try await client.send([
+                .string("XREADGROUP"), .string("GROUP"), .string("herald"), .string("ghost"), .string("COUNT"), .string("2"), .string("STREAMS"),
+                .string(holder.streamKey(0)), .string(">"),
+            ])
+            // The holder sends what nobody holds; the ghost's two once they are stale.
+            var sent: [String] = []
+            try await eventually("all four sent", timeout: .seconds(10)) {
+                let batch = await holder.next(lane: 0, limit: 10)
+                sent += batch.map(\.id)
+                _ = await holder.remove(lane: 0, batch: batch)
+                return sent.count >= 4
+            }
+            #expect(sent == ["ack-m4", "ack-m5", "ack-m2", "ack-m3"], "the stale ones last")
+            #expect(try await length(holder, client) == 0)
+            holding.cancel()
+            await holding.value
+        }
+    }
+
     @Test("a lane held by one node is refused to another, and passes once the holder lets go")
     func exclusive() async throws {
         try await withRedisClient { client in

@@ -546,10 +546,11 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             // A bounded amount per sweep; what is left is due at the next.
             for _ in 0..<20 {
                 let now = now()
-                let replies = try await client.sendAll([
-                    [.string("ZRANGE"), .string(events.expiringKey(lane)), .string("-inf"), .integer(now), .string("BYSCORE"), .string("LIMIT"), .string("0"), .string("100")],
+                let due = try await client.send([
+                    .string("ZRANGE"), .string(events.expiringKey(lane)), .string("-inf"), .integer(now), .string("BYSCORE"), .string("LIMIT"),
+                    .string("0"), .string("100"),
                 ])
-                guard case .array(let members) = replies[0], !members.isEmpty else { break }
+                guard case .array(let members) = due, !members.isEmpty else { break }
                 let devices = members.compactMap(\.string)
                 let tokens = try await client.send([.string("HMGET"), .string(events.touchedKey(lane))] + devices.map { .string($0) })
                 guard case .array(let seen) = tokens, seen.count == devices.count else { throw StoreError(.unavailable, "unexpected reply to HMGET: \(tokens)") }

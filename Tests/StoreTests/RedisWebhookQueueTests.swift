@@ -12,8 +12,12 @@ import Testing
 struct RedisWebhookQueueTests {
     /// A lease far longer than any test: a lane changes hands only when its holder lets go,
     /// never because a loaded machine delayed a renewal.
-    private func queue(_ client: RedisClient, node: String) -> RedisWebhookQueue {
-        RedisWebhookQueue(client: client, node: node, lanes: 1, types: [.messageAcked], lease: .seconds(60), pollInterval: .milliseconds(50))
+    private func queue(
+        _ client: RedisClient, node: String, types: Set<WebhookEventType> = [.messageAcked], staleAfter: Duration? = nil
+    ) -> RedisWebhookQueue {
+        RedisWebhookQueue(
+            client: client, node: node, lanes: 1, types: types, lease: .seconds(60), pollInterval: .milliseconds(50), staleAfter: staleAfter
+        )
     }
 
     private func length(_ queue: RedisWebhookQueue, _ client: RedisClient) async throws -> Int64 {
@@ -82,9 +86,7 @@ struct RedisWebhookQueueTests {
     func expirySweep() async throws {
         let clock = TestWallClock()
         try await withRedisClient { client in
-            let events = RedisWebhookQueue(
-                client: client, node: "n1", lanes: 1, types: [.messageExpired], lease: .seconds(60), pollInterval: .milliseconds(50)
-            )
+            let events = queue(client, node: "n1", types: [.messageExpired])
             let store = RedisPushStore(client: client, maxPending: 2, events: events, now: { clock.now })
             let start = clock.now
             let stored = try await store.append([new("a", "m1", ttlMillis: 1_000, clock: clock), new("a", "m2", ttlMillis: 5_000, clock: clock)])
@@ -130,10 +132,7 @@ struct RedisWebhookQueueTests {
     func staleEntriesClaimed() async throws {
         let clock = TestWallClock()
         try await withRedisClient { client in
-            let holder = RedisWebhookQueue(
-                client: client, node: "n1", lanes: 1, types: [.messageAcked], lease: .seconds(60), pollInterval: .milliseconds(20),
-                staleAfter: .milliseconds(300)
-            )
+            let holder = queue(client, node: "n1", staleAfter: .milliseconds(300))
             let store = RedisPushStore(client: client, maxPending: 10, events: holder, now: { clock.now })
             func acked(_ ids: [String]) async throws {
                 let stored = try await store.append(ids.map { new("dev", $0, clock: clock) })

@@ -90,23 +90,95 @@ public enum RedisArgument: Sendable {
 }
 
 extension ByteBuffer {
-    /// Appends a command as a RESP array of bulk strings.
+    /// Appends a command as a RESP array of bulk strings: its size first, then every byte in
+    /// one pass over the buffer's memory (every command of the push path comes here, and a
+    /// `ByteBuffer` write per piece cost more than the copying).
     mutating func writeRedisCommand(_ arguments: [RedisArgument]) {
-        writeString("*\(arguments.count)\r\n")
+        var size = RESPWriter.headerSize(arguments.count)
         for argument in arguments {
-            switch argument {
-            case .string(let text):
-                writeString("$\(text.utf8.count)\r\n")
-                writeString(text)
-            case .bytes(let bytes):
-                writeString("$\(bytes.readableBytes)\r\n")
-                writeImmutableBuffer(bytes)
-            case .integer(let value):
-                let text = String(value)
-                writeString("$\(text.utf8.count)\r\n")
-                writeString(text)
-            }
-            writeStaticString("\r\n")
+            let length = argument.encodedLength
+            size += RESPWriter.headerSize(length) + length + 2
         }
+        writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
+            var writer = RESPWriter(bytes: raw)
+            writer.header(UInt8(ascii: "*"), arguments.count)
+            for argument in arguments {
+                writer.header(UInt8(ascii: "$"), argument.encodedLength)
+                switch argument {
+                case .string(let text):
+                    if text.utf8.withContiguousStorageIfAvailable({ writer.copy(UnsafeRawBufferPointer($0)) }) == nil {
+                        for byte in text.utf8 { writer.byte(byte) }
+                    }
+                case .bytes(let bytes):
+                    bytes.withUnsafeReadableBytes { writer.copy($0) }
+                case .integer(let value):
+                    if value < 0 { writer.byte(UInt8(ascii: "-")) }
+                    writer.decimal(value.magnitude)
+                }
+                writer.byte(UInt8(ascii: "\r"))
+                writer.byte(UInt8(ascii: "\n"))
+            }
+            return writer.offset
+        }
+    }
+}
+
+extension RedisArgument {
+    /// The bytes of the bulk string it is sent as.
+    fileprivate var encodedLength: Int {
+        switch self {
+        case .string(let text): text.utf8.count
+        case .bytes(let bytes): bytes.readableBytes
+        case .integer(let value): RESPWriter.digits(value.magnitude) + (value < 0 ? 1 : 0)
+        }
+    }
+}
+
+/// Writes RESP into memory sized beforehand.
+private struct RESPWriter {
+    let bytes: UnsafeMutableRawBufferPointer
+    var offset = 0
+
+    /// The bytes of `*<count>\r\n` (or `$`).
+    static func headerSize(_ count: Int) -> Int { 3 + digits(UInt64(count)) }
+
+    static func digits(_ value: UInt64) -> Int {
+        var digits = 1
+        var rest = value
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        return digits
+    }
+
+    mutating func byte(_ value: UInt8) {
+        bytes[offset] = value
+        offset += 1
+    }
+
+    mutating func copy(_ source: UnsafeRawBufferPointer) {
+        guard let base = source.baseAddress, !source.isEmpty else { return }
+        (bytes.baseAddress! + offset).copyMemory(from: base, byteCount: source.count)
+        offset += source.count
+    }
+
+    mutating func decimal(_ value: UInt64) {
+        let count = Self.digits(value)
+        var rest = value
+        var index = offset + count
+        repeat {
+            index -= 1
+            bytes[index] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest % 10)
+            rest /= 10
+        } while index > offset
+        offset += count
+    }
+
+    mutating func header(_ kind: UInt8, _ count: Int) {
+        byte(kind)
+        decimal(UInt64(count))
+        byte(UInt8(ascii: "\r"))
+        byte(UInt8(ascii: "\n"))
     }
 }

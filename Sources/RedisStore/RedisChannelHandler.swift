@@ -12,15 +12,34 @@ import NIOCore
 final class RedisChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
+    private enum Waiter {
+        /// Nobody waits for the reply (a detached command); it is read and dropped.
+        case none
+        /// One command's reply.
+        case one(EventLoopPromise<RESPValue>)
+        /// The replies of `count` commands sent together, answered at once: one promise for a
+        /// pipeline instead of one each.
+        case all(EventLoopPromise<[RESPValue]>, count: Int)
+
+        func fail(_ error: any Error) {
+            switch self {
+            case .none: break
+            case .one(let promise): promise.fail(error)
+            case .all(let promise, _): promise.fail(error)
+            }
+        }
+    }
+
     private struct Pending {
-        /// nil: nobody waits for the reply (a detached command); it is read and dropped.
-        var promise: EventLoopPromise<RESPValue>?
+        var waiter: Waiter
         var deadline: NIODeadline
     }
 
     private let parser = RESPParser()
     private let commandTimeout: TimeAmount
     private var pending = CircularBuffer<Pending>()
+    /// The replies so far of the oldest request when it is a pipeline (`.all`).
+    private var collected: [RESPValue] = []
     private var outgoing: ByteBuffer?
     private var context: ChannelHandlerContext?
     private var flushScheduled = false
@@ -41,13 +60,29 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     /// Queues a command; on this handler's event loop only.
     func send(_ arguments: [RedisArgument], promise: EventLoopPromise<RESPValue>?) {
+        enqueue([arguments], waiter: promise.map { .one($0) } ?? .none)
+    }
+
+    /// Queues `commands`, adjacent, and answers all their replies together, in order; on this
+    /// handler's event loop only.
+    func send(_ commands: [[RedisArgument]], promise: EventLoopPromise<[RESPValue]>) {
+        enqueue(commands, waiter: .all(promise, count: commands.count))
+    }
+
+    private func enqueue(_ commands: [[RedisArgument]], waiter: Waiter) {
         guard let context, context.channel.isActive else {
-            promise?.fail(StoreError(.unavailable, "redis connection is down"))
+            waiter.fail(StoreError(.unavailable, "redis connection is down"))
             return
         }
         if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: 256) }
-        outgoing!.writeRedisCommand(arguments)
-        pending.append(Pending(promise: promise, deadline: .now() + commandTimeout))
+        for arguments in commands { outgoing!.writeRedisCommand(arguments) }
+        let deadline = NIODeadline.now() + commandTimeout
+        if case .none = waiter {
+            // Detached commands' replies are dropped one by one.
+            for _ in commands { pending.append(Pending(waiter: .none, deadline: deadline)) }
+        } else {
+            pending.append(Pending(waiter: waiter, deadline: deadline))
+        }
         armTimer(context: context)
         if !flushScheduled {
             flushScheduled = true
@@ -91,7 +126,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
             return
         }
         for reply in replies {
-            guard let request = pending.popFirst() else {
+            guard let request = pending.first else {
                 // A reply nobody asked for: the stream is out of step.
                 failAll("unexpected reply from redis")
                 context.close(promise: nil)
@@ -100,12 +135,25 @@ final class RedisChannelHandler: ChannelInboundHandler {
             if case .error(let message) = reply, message.hasPrefix("READONLY") {
                 // A master demoted to replica by a failover: this connection is useless for writes.
                 // Closing it makes the client reconnect and ask the sentinels for the new master.
-                request.promise?.fail(StoreError(.unavailable, "redis is a read-only replica now (failover)"))
                 failAll("redis is a read-only replica now (failover)")
                 context.close(promise: nil)
                 return
             }
-            request.promise?.succeed(reply)
+            switch request.waiter {
+            case .none:
+                pending.removeFirst()
+            case .one(let promise):
+                pending.removeFirst()
+                promise.succeed(reply)
+            case .all(let promise, let count):
+                collected.append(reply)
+                if collected.count == count {
+                    pending.removeFirst()
+                    let all = collected
+                    collected = []
+                    promise.succeed(all)
+                }
+            }
         }
     }
 
@@ -123,8 +171,9 @@ final class RedisChannelHandler: ChannelInboundHandler {
         outgoing = nil
         timer?.cancel()
         timer = nil
+        collected = []
         while let request = pending.popFirst() {
-            request.promise?.fail(StoreError(.unavailable, reason))
+            request.waiter.fail(StoreError(.unavailable, reason))
         }
     }
 }

@@ -240,27 +240,24 @@ extension RedisClient {
     /// Writes `commands` on `channel` in one go and returns their replies (a single Redis's
     /// `sendAll` too).
     static func send(_ commands: [[RedisArgument]], on channel: any Channel) async throws(StoreError) -> [RESPValue] {
-        let promises = commands.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
+        let promise = channel.eventLoop.makePromise(of: [RESPValue].self)
         let write: @Sendable () -> Void = {
             guard let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) else {
-                for promise in promises { promise.fail(StoreError(.unavailable, "redis connection is down")) }
+                promise.fail(StoreError(.unavailable, "redis connection is down"))
                 return
             }
-            for (command, promise) in zip(commands, promises) { handler.send(command, promise: promise) }
+            handler.send(commands, promise: promise)
         }
         if channel.eventLoop.inEventLoop { write() } else { channel.eventLoop.execute(write) }
-        // One suspension for all the replies, not one each.
-        let results = try? await EventLoopFuture.whenAllComplete(promises.map(\.futureResult), on: channel.eventLoop).get()
-        var replies: [RESPValue] = []
-        replies.reserveCapacity(commands.count)
-        for result in results ?? [] {
-            switch result {
-            case .success(let reply): replies.append(reply)
-            case .failure(let error as StoreError): throw error
-            case .failure(let error): throw StoreError(.unavailable, "\(error)")
-            }
+        // One promise and one suspension for all the replies, not one each.
+        do {
+            let replies = try await promise.futureResult.get()
+            guard replies.count == commands.count else { throw StoreError(.unavailable, "redis connection is down") }
+            return replies
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(.unavailable, "\(error)")
         }
-        guard replies.count == commands.count else { throw StoreError(.unavailable, "redis connection is down") }
-        return replies
     }
 }

@@ -28,6 +28,12 @@ public final class RedisWebhookQueue: WebhookQueue {
         var held = false
         /// The group exists and the entries other consumers had pending are ours.
         var prepared = false
+        /// This node's pending list may hold entries `handedOut` does not: read it (`0`) first.
+        var readPending = true
+        /// What `next` returned and `remove` has not removed yet, oldest first: all of this
+        /// node's pending list unless `readPending`. Asked for again (the sender lingering for
+        /// a fuller batch), it is not read from Redis a second time.
+        var handedOut: [WebhookEvent] = []
         /// When this node last claimed the lane's stale entries.
         var lastClaim = ContinuousClock.now
         var waiter: CheckedContinuation<Void, Never>?
@@ -43,6 +49,8 @@ public final class RedisWebhookQueue: WebhookQueue {
     private let lanes: [LaneLock]
     private let client: RedisClient
     private let prefix: String
+    /// Each lane's stream key, made once: every ACK names one.
+    private let streamKeys: [String]
     private let node: String
     private let types: Set<WebhookEventType>
     private let lease: Duration
@@ -77,12 +85,13 @@ public final class RedisWebhookQueue: WebhookQueue {
         self.pollInterval = pollInterval
         self.staleAfter = staleAfter ?? lease * 2
         self.prefix = prefix
+        streamKeys = (0..<lanes).map { "\(prefix):{wh\($0)}:events" }
         self.logger = logger
         self.now = now
     }
 
     /// Lane `lane`'s stream.
-    public func streamKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:events" }
+    public func streamKey(_ lane: Int) -> String { streamKeys[lane] }
 
     /// Lane `lane`'s lease.
     public func leaseKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:sender" }
@@ -174,42 +183,58 @@ public final class RedisWebhookQueue: WebhookQueue {
         return []
     }
 
-    /// The lane's oldest events this node has claimed and not removed, else new ones.
+    /// The lane's oldest events this node has claimed and not removed, then new ones, at most
+    /// `limit` in all. Entries already handed out come from memory; the pending list is read
+    /// (`XREADGROUP ... 0`) only after a takeover or a claim, so an event is read from Redis
+    /// once.
     private func read(lane: Int, limit: Int) async throws(StoreError) -> [WebhookEvent] {
-        let key = streamKey(lane)
         if !lanes[lane].withLock({ $0.prepared }) {
             try await prepare(lane: lane)
             lanes[lane].withLock {
                 $0.prepared = true
+                $0.readPending = true
                 $0.lastClaim = .now
             }
         } else if lanes[lane].withLock({ ContinuousClock.now - $0.lastClaim >= staleAfter / 2 }) {
             // Entries left in another consumer's pending list: read by a node that believed it
             // still held the lane after its lease had run out (and then died, or lost the lane
             // between its read and its send). Nobody else would ever send them.
-            try await claim(lane: lane, idleFor: staleAfter)
-            lanes[lane].withLock { $0.lastClaim = .now }
-        }
-        let read: (String) -> [RedisArgument] = { start in
-            [.string("XREADGROUP"), .string("GROUP"), .string(Self.group), .string(self.node), .string("COUNT"), .integer(Int64(limit)), .string("STREAMS"), .string(key), .string(start)]
-        }
-        // Ours first (a batch sent before and not removed), then new ones; one write.
-        let replies = try await client.sendAll([read("0"), read(">")])
-        for reply in replies {
-            if case .error(let text) = reply {
-                if text.hasPrefix("NOGROUP") { lanes[lane].withLock { $0.prepared = false } }
-                throw StoreError(.unavailable, "XREADGROUP: \(text)")
+            let claimed = try await claim(lane: lane, idleFor: staleAfter)
+            lanes[lane].withLock {
+                $0.lastClaim = .now
+                if claimed > 0 { $0.readPending = true }
             }
         }
-        for reply in replies {
-            let (events, gone) = Self.entries(reply)
-            if !gone.isEmpty {
-                // Entries deleted while pending (by a node that had removed them): forget them.
-                _ = try await client.sendAll(removal(lane: lane, ids: gone))
-            }
-            if !events.isEmpty { return events }
+        var events = lanes[lane].withLock { state -> [WebhookEvent] in
+            if state.readPending { state.handedOut = [] }
+            return state.handedOut.count > limit ? Array(state.handedOut.prefix(limit)) : state.handedOut
         }
-        return []
+        if lanes[lane].withLock({ $0.readPending }) {
+            events = try await readGroup(lane: lane, start: "0", count: limit)
+            if events.count < limit { lanes[lane].withLock { $0.readPending = false } }
+        }
+        if events.count < limit {
+            events += try await readGroup(lane: lane, start: ">", count: limit - events.count)
+        }
+        lanes[lane].withLock { $0.handedOut = events }
+        return events
+    }
+
+    /// One `XREADGROUP` of lane `lane` from `start` (`0`: this node's pending list; `>`: new
+    /// entries). Entries deleted while pending (by a node that had removed them) are forgotten.
+    private func readGroup(lane: Int, start: String, count: Int) async throws(StoreError) -> [WebhookEvent] {
+        let key = streamKey(lane)
+        let reply = try await client.send([
+            .string("XREADGROUP"), .string("GROUP"), .string(Self.group), .string(node), .string("COUNT"), .integer(Int64(count)),
+            .string("STREAMS"), .string(key), .string(start),
+        ])
+        if case .error(let text) = reply {
+            if text.hasPrefix("NOGROUP") { lanes[lane].withLock { $0.prepared = false } }
+            throw StoreError(.unavailable, "XREADGROUP: \(text)")
+        }
+        let (events, gone) = Self.entries(reply)
+        if !gone.isEmpty { _ = try await client.sendAll(removal(lane: lane, ids: gone)) }
+        return events
     }
 
     /// Makes the group (reading the stream from its start) and takes over every entry pending
@@ -222,7 +247,8 @@ public final class RedisWebhookQueue: WebhookQueue {
     }
 
     /// Moves to this node every entry of the lane pending for at least `idleFor` (`XAUTOCLAIM`).
-    private func claim(lane: Int, idleFor: Duration) async throws(StoreError) {
+    @discardableResult
+    private func claim(lane: Int, idleFor: Duration) async throws(StoreError) -> Int {
         let key = streamKey(lane)
         let idleMillis = idleFor.components.seconds * 1000 + idleFor.components.attoseconds / 1_000_000_000_000_000
         var start = "0-0"
@@ -239,13 +265,18 @@ public final class RedisWebhookQueue: WebhookQueue {
             start = next
         } while start != "0-0"
         if claimed > 0 { logger.info("took over pending webhook events", metadata: ["lane": "\(lane)", "events": "\(claimed)"]) }
+        return claimed
     }
 
     public func remove(lane: Int, batch: [WebhookEvent]) async -> Bool {
         let ids = batch.compactMap(\.queueID)
         guard !ids.isEmpty else { return true }
-        guard let replies = try? await client.sendAll(removal(lane: lane, ids: ids)) else { return false }
-        return !replies.contains { if case .error = $0 { true } else { false } }
+        guard let replies = try? await client.sendAll(removal(lane: lane, ids: ids)),
+            !replies.contains(where: { if case .error = $0 { true } else { false } })
+        else { return false }
+        let removed = Set(ids)
+        lanes[lane].withLock { state in state.handedOut.removeAll { $0.queueID.map(removed.contains) ?? false } }
+        return true
     }
 
     private func removal(lane: Int, ids: [String]) -> [[RedisArgument]] {

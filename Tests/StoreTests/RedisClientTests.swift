@@ -45,4 +45,54 @@ struct RedisClientTests {
             try await group.shutdownGracefully()
         }
     }
+
+    @Test("integers and lengths reach Redis exactly, and a pipeline's replies come back whole and in order, among single commands")
+    func encodingAndPipelines() async throws {
+        try await RedisServer.with { server in
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            var logger = Logger(label: "redis-client-test")
+            logger.logLevel = .critical
+            let client = RedisClient(configuration: RedisConfiguration(url: server.url)!, group: group, logger: logger)
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await client.run() }
+                try await eventually("connected") { (try? await client.send([.string("PING")])) == .simpleString("PONG") }
+                let values: [Int64] = [0, 9, 10, -1, -10, 99, 100, 1_000_000_007, .max, .min]
+                for value in values {
+                    _ = try await client.send([.string("SET"), .string("n"), .integer(value)])
+                    #expect(try await client.send([.string("GET"), .string("n")]).string == String(value))
+                }
+                let long = String(repeating: "é", count: 600)  // 1,200 bytes: a four-digit length
+                _ = try await client.send([.string("SET"), .string("s"), .string(long)])
+                #expect(try await client.send([.string("STRLEN"), .string("s")]) == .integer(1200))
+
+                // Pipelines of 40 INCRs with a failing command in the middle, and single
+                // commands, all at once: each caller gets exactly its own replies, in order.
+                try await withThrowingTaskGroup(of: Void.self) { callers in
+                    for caller in 0..<8 {
+                        callers.addTask {
+                            let key = RedisArgument.string("c\(caller)")
+                            var commands = Array(repeating: [RedisArgument.string("INCR"), key], count: 40)
+                            commands.insert([.string("HGET"), key, .string("f")], at: 20)  // WRONGTYPE
+                            let replies = try await client.sendAll(commands)
+                            #expect(replies.count == 41)
+                            #expect(replies[..<20].map(\.int64) == (1...20).map { Int64($0) })
+                            if case .error(let text) = replies[20] {
+                                #expect(text.hasPrefix("WRONGTYPE"))
+                            } else {
+                                Issue.record("no error in the middle: \(replies[20])")
+                            }
+                            #expect(replies[21...].map(\.int64) == (21...40).map { Int64($0) })
+                        }
+                        callers.addTask {
+                            let echo = try await client.send([.string("ECHO"), .string("single \(caller)")])
+                            #expect(echo.string == "single \(caller)")
+                        }
+                    }
+                    try await callers.waitForAll()
+                }
+                tasks.cancelAll()
+            }
+            try await group.shutdownGracefully()
+        }
+    }
 }

@@ -135,15 +135,22 @@ struct WebhookSender: Service {
         try await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { lanes in
                 lanes.addTask { await queue.maintain() }
-                for lane in 0..<queue.laneCount { lanes.addTask { await runLane(lane) } }
+                // Each lane runs on an event loop, where its store connection and its HTTP
+                // connection live too: a batch's reads, POST and removal resume where their
+                // replies arrive, with no hop to another thread and back.
+                let loops = Array(group.makeIterator())
+                for lane in 0..<queue.laneCount {
+                    let loop = loops[lane % loops.count]
+                    lanes.addTask(executorPreference: EventLoopTaskExecutor(loop)) { await runLane(lane, on: loop) }
+                }
             }
             // Stopped by a 410: stay up (a returning child would be restarted) until shutdown.
             while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
         }
     }
 
-    private func runLane(_ lane: Int) async {
-        let http = WebhookHTTP(target: settings.target, timeout: settings.timeout, group: group, tls: tls)
+    private func runLane(_ lane: Int, on loop: any EventLoop) async {
+        let http = WebhookHTTP(target: settings.target, timeout: settings.timeout, group: loop, tls: tls)
         defer { http.close() }
         while !Task.isCancelled && !state.isGone {
             var batch = await queue.next(lane: lane, limit: settings.batch)

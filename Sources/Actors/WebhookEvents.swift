@@ -51,13 +51,14 @@ public struct WebhookEvent: Sendable, Hashable {
         // piece by piece cost tens of thousands (measured with callgrind).
         var json: [UInt8] = []
         json.reserveCapacity(192)
-        json.append(contentsOf: #"{"id":"#.utf8)
+        Self.appendStatic(#"{"id":"#, to: &json)
         Self.appendQuoted(id, to: &json)
-        json.append(contentsOf: #","type":""#.utf8)
-        json.append(contentsOf: type.rawValue.utf8)
-        json.append(contentsOf: #"","at":"#.utf8)
+        Self.appendStatic(#","type":""#, to: &json)
+        var name = type.rawValue
+        name.withUTF8 { json.append(contentsOf: $0) }
+        Self.appendStatic(#"","at":"#, to: &json)
         Self.appendInteger(atMillis, to: &json)
-        json.append(contentsOf: #","data":{"client_id":"#.utf8)
+        Self.appendStatic(#","data":{"client_id":"#, to: &json)
         Self.appendQuoted(clientID, to: &json)
         for (name, value) in data {
             json.append(UInt8(ascii: ","))
@@ -66,10 +67,10 @@ public struct WebhookEvent: Sendable, Hashable {
             switch value {
             case .string(let text): Self.appendQuoted(text, to: &json)
             case .integer(let number): Self.appendInteger(number, to: &json)
-            case .null: json.append(contentsOf: "null".utf8)
+            case .null: Self.appendStatic("null", to: &json)
             }
         }
-        json.append(contentsOf: "}}".utf8)
+        Self.appendStatic("}}", to: &json)
         self.json = String(decoding: json, as: UTF8.self)
         queueID = nil
     }
@@ -88,17 +89,25 @@ public struct WebhookEvent: Sendable, Hashable {
         if !plain { json.append(contentsOf: JSONString.quoted(text).utf8) }
     }
 
-    /// Appends the decimal digits of `number`, without making a String.
+    /// Appends the decimal digits of `number`, without making a String: written from the
+    /// last digit into a small buffer, then appended at once.
     static func appendInteger(_ number: Int64, to json: inout [UInt8]) {
         if number < 0 { json.append(UInt8(ascii: "-")) }
         var magnitude = number.magnitude
-        var divisor: UInt64 = 1
-        while magnitude / divisor >= 10 { divisor *= 10 }
-        repeat {
-            json.append(UInt8(ascii: "0") + UInt8(magnitude / divisor))
-            magnitude %= divisor
-            divisor /= 10
-        } while divisor > 0
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var start = digits.count
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude % 10)
+                magnitude /= 10
+            } while magnitude > 0
+            json.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
+        }
+    }
+
+    /// Appends a literal's bytes at once (not byte by byte, as a String's UTF-8 view would).
+    static func appendStatic(_ text: StaticString, to json: inout [UInt8]) {
+        json.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 }
 

@@ -129,9 +129,11 @@ struct WebhookTests {
 
     @Test("the receiver down for a while, then up: everything queued meanwhile arrives")
     func receiverDown() async throws {
-        let first = try await WebhookReceiver()
-        let port = first.port
-        first.stop()
+        // Nothing listens on the port until the receiver starts. It comes from below the
+        // ephemeral range: a port inside it could meanwhile become the source port of some
+        // outgoing connection, even of the node's own attempt to connect to it (TCP's
+        // simultaneous open connects a socket to itself), which would then wait for an answer.
+        let port = try LoopbackPort.free()
         try await TestNode.with([
             "HERALD_WEBHOOK_URL": "http://127.0.0.1:\(port)/hooks", "HERALD_WEBHOOK_SECRET": WebhookReceiver.secret,
             "HERALD_WEBHOOK_EVENTS": "message.acked,device.connected,device.disconnected",
@@ -311,9 +313,8 @@ struct RedisWebhookTests {
 
     @Test("kill -9 of the node sending a lane while the receiver is down: the other node takes the lane and delivers every event")
     func killSendingNode() async throws {
-        let first = try await WebhookReceiver()
-        let port = first.port
-        first.stop()
+        // Below the ephemeral range, as in `receiverDown`.
+        let port = try LoopbackPort.free()
         try await TestCluster.with(count: 2, environment: environment("http://127.0.0.1:\(port)/hooks")) { cluster in
             let device = try await cluster.device("orphan", on: 0)
             var ids: [String] = []

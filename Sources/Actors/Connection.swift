@@ -263,9 +263,9 @@ public actor Connection {
                 return
             }
             let session = session
-            Task { [self] in
+            Task(executorPreference: sweep.taskExecutor) { [self] in
                 await cluster.connected(clientID: clientID, session: session)
-                if let fetch { startFetch(fetch) }
+                if let fetch { await startFetch(fetch) }
             }
         }
     }
@@ -303,19 +303,23 @@ public actor Connection {
             return send(machine.fetched(store.pendingNow(for: clientID, after: fetch.after, limit: fetch.limit), for: fetch))
         }
         let store = services.store
-        Task { [self] in
-            do {
-                let messages = try await store.pending(for: clientID, after: fetch.after, limit: fetch.limit)
-                send(machine.fetched(messages, for: fetch))
-            } catch {
-                services.logger.warning(
-                    "reading pending messages failed, retrying", metadata: ["herald.client": "\(clientID)", "error": "\(error)"]
-                )
-                machine.fetchFailed()
-                eventLoop.scheduleTask(in: .seconds(1)) { [self] in
-                    assumeIsolated { connection in
-                        if let fetch = connection.machine.retry() { connection.startFetch(fetch) }
-                    }
+        Task(executorPreference: sweep?.taskExecutor) { [self] in
+            await fetchFromStore(store, clientID: clientID, fetch: fetch)
+        }
+    }
+
+    private func fetchFromStore(_ store: any PushStore, clientID: String, fetch: ConnectionStateMachine.Fetch) async {
+        do {
+            let messages = try await store.pending(for: clientID, after: fetch.after, limit: fetch.limit)
+            send(machine.fetched(messages, for: fetch))
+        } catch {
+            services.logger.warning(
+                "reading pending messages failed, retrying", metadata: ["herald.client": "\(clientID)", "error": "\(error)"]
+            )
+            machine.fetchFailed()
+            eventLoop.scheduleTask(in: .seconds(1)) { [self] in
+                assumeIsolated { connection in
+                    if let fetch = connection.machine.retry() { connection.startFetch(fetch) }
                 }
             }
         }
@@ -330,12 +334,8 @@ public actor Connection {
         // One call at a time; the ACKs that come meanwhile go together in the next.
         guard !recordingAcknowledgements, let (clientID, messages) = machine.takeAcknowledged() else { return }
         recordingAcknowledgements = true
-        // A task isolated to this actor (it calls an isolated method), so the store call starts
-        // on this loop, where a per-loop store connection lives, not on the shared pool.
-        Task { [self] in
+        Task(executorPreference: sweep?.taskExecutor) { [self] in
             await removeFromStore(clientID: clientID, messages: messages)
-            recordingAcknowledgements = false
-            recordAcknowledged()
         }
     }
 
@@ -347,6 +347,8 @@ public actor Connection {
             // The messages stay stored and are sent again on the next connection.
             services.logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
         }
+        recordingAcknowledgements = false
+        recordAcknowledged()
     }
 
     // MARK: Timers

@@ -56,10 +56,14 @@ final class LoopSweep: @unchecked Sendable {
     private var task: RepeatedTask?
     /// Sessions looked at, for tests.
     private(set) var checks = 0
+    /// The loop as a task executor, for its sessions' store calls (one per loop, not one per
+    /// session: memory per connection is what Herald is sized by).
+    let taskExecutor: EventLoopTaskExecutor
 
     init(loop: any EventLoop, interval: TimeAmount) {
         self.loop = loop
         self.interval = interval
+        taskExecutor = EventLoopTaskExecutor(loop)
     }
 
     /// The sweep at or after `deadline`.

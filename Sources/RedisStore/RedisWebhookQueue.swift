@@ -207,8 +207,11 @@ public final class RedisWebhookQueue: WebhookQueue {
         }
         var events = lanes[lane].withLock { state -> [WebhookEvent] in
             if state.readPending { state.handedOut = [] }
-            return state.handedOut.count > limit ? Array(state.handedOut.prefix(limit)) : state.handedOut
+            return state.handedOut
         }
+        // A smaller limit than before (never, with one sender per lane): the first of them, the
+        // rest stay handed out.
+        if events.count >= limit { return Array(events.prefix(limit)) }
         if lanes[lane].withLock({ $0.readPending }) {
             events = try await readGroup(lane: lane, start: "0", count: limit)
             if events.count < limit { lanes[lane].withLock { $0.readPending = false } }

@@ -12,7 +12,6 @@ struct RedisNodeTests {
     func storeAndDeliver() async throws {
         try await RedisServer.with { redis in
             try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
-                try await eventually("redis connected") { node.node.redis?.isConnected == true }
                 var ids: [String] = []
                 for index in 0..<30 { ids.append(try await node.push("rita", "m\(index)")) }
                 #expect(try await node.pending("rita") == 30)
@@ -36,7 +35,6 @@ struct RedisNodeTests {
         try await RedisClusterSet.withShared { cluster in
             // "a" and "b" hash to slots on different masters. The cluster requires AUTH.
             try await TestNode.with(["HERALD_REDIS_URL": cluster.url, "HERALD_MAX_PENDING": "3"]) { node in
-                try await eventually("redis connected") { node.node.redis?.isConnected == true }
                 let batch = try await HTTPTestClient.post(
                     "/v1/push/batch", port: node.httpPort,
                     json: #"{"messages": [{"client_id": "a", "data": "1"}, {"client_id": "b", "data": "2"}, {"client_id": "a", "data": "3"}]}"#
@@ -59,7 +57,7 @@ struct RedisNodeTests {
             // The cluster requires a password (cluster.url carries it): a wrong one is refused
             // by every node, so the node stays unready and stores nothing.
             let wrong = cluster.url.replacingOccurrences(of: ":\(RedisClusterSet.password)@", with: ":wrong@")
-            try await TestNode.with(["HERALD_REDIS_URL": wrong]) { node in
+            try await TestNode.with(["HERALD_REDIS_URL": wrong], waitForStore: false) { node in
                 let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "a", "data": "x"}"#)
                 #expect(response.status == 503)
                 #expect(try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 503)
@@ -74,11 +72,10 @@ struct RedisNodeTests {
     func auth() async throws {
         try await RedisServer.with(arguments: ["--requirepass", "s3cret"]) { redis in
             try await TestNode.with(["HERALD_REDIS_URL": "redis://:s3cret@127.0.0.1:\(redis.port)"]) { node in
-                try await eventually("redis connected") { node.node.redis?.isConnected == true }
                 try await node.push("authed", "ok")
                 #expect(try await node.pending("authed") == 1)
             }
-            try await TestNode.with(["HERALD_REDIS_URL": "redis://:wrong@127.0.0.1:\(redis.port)"]) { node in
+            try await TestNode.with(["HERALD_REDIS_URL": "redis://:wrong@127.0.0.1:\(redis.port)"], waitForStore: false) { node in
                 let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "a", "data": "x"}"#)
                 #expect(response.status == 503)
                 #expect(try await HTTPTestClient.get("/readyz", port: node.httpPort).status == 503)
@@ -90,7 +87,6 @@ struct RedisNodeTests {
     func redisKilledAndRestarted() async throws {
         try await RedisServer.with { redis in
             try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
-                try await eventually("redis connected") { node.node.redis?.isConnected == true }
                 let device = try await node.device("steady")
                 redis.kill(signal: SIGKILL)
                 try await eventually("pushes refused with 503") {
@@ -124,7 +120,6 @@ struct RedisNodeTests {
     func redisPaused() async throws {
         try await RedisServer.with { redis in
             try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
-                try await eventually("redis connected") { node.node.redis?.isConnected == true }
                 let stored = try await node.push("paula", "before")
                 redis.kill(signal: SIGSTOP)
                 let start = ContinuousClock.now
@@ -148,7 +143,6 @@ struct RedisNodeTests {
     func concurrentPushes() async throws {
         try await RedisServer.with { redis in
             try await TestNode.with(["HERALD_REDIS_URL": redis.url, "HERALD_MAX_PENDING": "10000"]) { node in
-                try await eventually("redis connected") { node.node.redis?.isConnected == true }
                 let router = node.node.router
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for index in 0..<1000 {

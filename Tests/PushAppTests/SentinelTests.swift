@@ -51,7 +51,6 @@ struct SentinelTests {
     func waitForReplica() async throws {
         try await RedisServer.with { master in
             try await TestNode.with(["HERALD_REDIS_URL": master.url, "HERALD_REDIS_WAIT_REPLICAS": "1", "HERALD_REDIS_WAIT_TIMEOUT_MS": "900"]) { node in
-                // Ready means one loop's Redis connection is up; a loop still connecting uses it.
                 let lonely = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "w", "data": "alone"}"#)
                 #expect(lonely.status == 503, "\(lonely.body)")
                 #expect(lonely.body.contains("replica"))

@@ -18,9 +18,13 @@ struct TestNode: Sendable {
     let shutdown: GracefulShutdownTestTrigger
 
     /// Starts a node with `environment` over test defaults, runs `body`, then shuts the node
-    /// down gracefully and checks it stopped cleanly.
+    /// down gracefully and checks it stopped cleanly. With `waitForStore` (the default), `body`
+    /// starts once every Redis connection is up: a node that has just bound its ports may still
+    /// be asking the sentinels for the master, and a push then is a correct 503 the test did
+    /// not ask for. Tests of a node that cannot connect pass `false`.
     static func with(
         _ environment: [String: String] = [:],
+        waitForStore: Bool = true,
         _ body: @Sendable (TestNode) async throws -> Void
     ) async throws {
         var values = [
@@ -38,6 +42,9 @@ struct TestNode: Sendable {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await node.run() }
                 try await eventually("ports bound") { node.devicePort != nil && node.httpPort != nil }
+                if waitForStore, let redis = node.redis {
+                    try await eventually("every Redis connection up", timeout: .seconds(30)) { redis.isConnected }
+                }
                 let test = TestNode(node: node, devicePort: node.devicePort!, httpPort: node.httpPort!, shutdown: trigger)
                 do {
                     try await body(test)

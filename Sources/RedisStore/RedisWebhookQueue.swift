@@ -59,6 +59,8 @@ public final class RedisWebhookQueue: WebhookQueue {
     private let logger: Logger
     private let queuedTotal = Atomic<Int>(0)
     private let droppedTotal = Atomic<Int>(0)
+    /// Rounds of lease renewal `maintain` has run (for tests).
+    let leaseRounds = Atomic<Int>(0)
     private let seen = Mutex<(depth: Int, oldest: Int64?)>((0, nil))
     /// How long a lane with nothing to send waits before it looks again (events this node
     /// queues for a lane it holds wake it at once).
@@ -356,31 +358,40 @@ public final class RedisWebhookQueue: WebhookQueue {
     /// Takes free lanes and renews held ones every third of the lease, refreshes the figures,
     /// and at the end (cancelled) gives the held lanes back so that another node takes them at
     /// once.
+    ///
+    /// Until Redis has answered every lane (a node starting while its Redis connections are
+    /// still opening, or Redis away), it looks again every `pollInterval`, not a third of a
+    /// lease later: a starting node's lanes would otherwise sit idle for seconds.
     public func maintain() async {
-        await checkLaneCount()
+        var laneCountChecked = false
         while !Task.isCancelled {
-            await renewLeases()
+            if !laneCountChecked { laneCountChecked = await checkLaneCount() }
+            let answered = await renewLeases()
+            leaseRounds.add(1, ordering: .relaxed)
             await refreshFigures()
-            try? await Task.sleep(for: lease / 3)
+            try? await Task.sleep(for: answered && laneCountChecked ? lease / 3 : min(pollInterval, lease / 3))
         }
         await releaseLeases()
     }
 
     /// Every node must split events into the same lanes; a node configured otherwise says so.
-    private func checkLaneCount() async {
+    /// False when Redis did not answer.
+    private func checkLaneCount() async -> Bool {
         let key = "\(prefix):webhook-lanes"
         guard let replies = try? await client.sendAll([[.string("SET"), .string(key), .integer(Int64(laneCount)), .string("NX")], [.string("GET"), .string(key)]]),
             let recorded = replies.last?.int64
-        else { return }
+        else { return false }
         if recorded != Int64(laneCount) {
             logger.error(
                 "HERALD_WEBHOOK_CONCURRENCY differs from the cluster's: a device's events may go to two lanes and out of order; set it alike on every node (or delete the key once all agree)",
                 metadata: ["herald.webhook_lanes": "\(laneCount)", "cluster": "\(recorded)", "key": "\(key)"]
             )
         }
+        return true
     }
 
-    private func renewLeases() async {
+    /// Renews the held lanes and takes free ones. False when Redis did not answer for a lane.
+    private func renewLeases() async -> Bool {
         let millis = Int64(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000)
         let outcomes = await concurrently(Array(0..<laneCount)) { lane async throws(StoreError) -> Int64 in
             let reply = try await self.client.run(Self.leaseScript, keys: [self.leaseKey(lane)], arguments: [.string(self.node), .integer(millis)])
@@ -402,6 +413,7 @@ public final class RedisWebhookQueue: WebhookQueue {
                 if isHeld { wake(lane) }
             }
         }
+        return outcomes.allSatisfy { if case .success = $0 { true } else { false } }
     }
 
     private func releaseLeases() async {

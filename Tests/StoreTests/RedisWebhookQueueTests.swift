@@ -1,7 +1,9 @@
 import Actors
 import Foundation
 import HeraldTestSupport
+import Logging
 import NIOCore
+import NIOPosix
 import Testing
 
 @testable import RedisStore
@@ -167,6 +169,32 @@ struct RedisWebhookQueueTests {
             holding.cancel()
             await holding.value
         }
+    }
+
+    @Test("a node that starts before its Redis answers takes its lanes once Redis does, not a third of a lease later")
+    func startsBeforeRedis() async throws {
+        let server = try RedisServer()
+        do {
+            var logger = Logger(label: "redis-test")
+            logger.logLevel = .critical
+            let client = RedisClient(configuration: RedisConfiguration(url: server.url)!, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                // The lease is 60 s: the next regular renewal would come 20 s after the first.
+                let events = queue(client, node: "n1")
+                group.addTask { await events.maintain() }
+                try await eventually("the first renewal, Redis not there") { events.leaseRounds.load(ordering: .relaxed) >= 1 }
+                #expect(events.figures.lanesHeld == 0)
+                try await server.start()
+                // The client reconnects within 2 s (its backoff's ceiling); the lanes follow.
+                try await eventually("the lane taken once Redis answers", timeout: .seconds(10)) { events.figures.lanesHeld == 1 }
+                group.cancelAll()
+            }
+        } catch {
+            try? await server.stop()
+            throw error
+        }
+        try await server.stop()
     }
 
     @Test("a lane held by one node is refused to another, and passes once the holder lets go")

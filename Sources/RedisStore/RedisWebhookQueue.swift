@@ -59,8 +59,9 @@ public final class RedisWebhookQueue: WebhookQueue {
     private let logger: Logger
     private let queuedTotal = Atomic<Int>(0)
     private let droppedTotal = Atomic<Int>(0)
-    /// Rounds of lease renewal `maintain` has run (for tests).
+    /// Rounds of lease renewal `maintain` has run, and times a lane went to sleep (for tests).
     let leaseRounds = Atomic<Int>(0)
+    let pauses = Atomic<Int>(0)
     private let seen = Mutex<(depth: Int, oldest: Int64?)>((0, nil))
     /// How long a lane with nothing to send waits before it looks again (events this node
     /// queues for a lane it holds wake it at once).
@@ -147,7 +148,10 @@ public final class RedisWebhookQueue: WebhookQueue {
     /// Counts `count` events written to lane `lane`, and wakes the lane when this node sends it.
     public func queued(_ count: Int, lane: Int) {
         queuedTotal.add(count, ordering: .relaxed)
-        wake(lane)
+        // A lane another node sends (in a cluster, most of them): its holder reads the event.
+        // Waking this node's lane would only put it back to sleep, with one more timer, for
+        // every event. (A lane taken after this check is woken by the renewal that took it.)
+        if lanes[lane].withLock({ $0.held }) { wake(lane) }
     }
 
     private func dropped(_ type: WebhookEventType) {
@@ -327,6 +331,7 @@ public final class RedisWebhookQueue: WebhookQueue {
 
     /// Waits until the lane is woken or `pollInterval` has passed.
     private func pause(lane: Int) async {
+        pauses.add(1, ordering: .relaxed)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let wait = lanes[lane].withLock { state -> Bool in
                 if state.woken || Task.isCancelled {

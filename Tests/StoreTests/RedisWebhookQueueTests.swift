@@ -197,6 +197,33 @@ struct RedisWebhookQueueTests {
         try await server.stop()
     }
 
+    @Test("events queued for a lane another node sends do not wake this node's lane: its holder reads them")
+    func notHeldNotWoken() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let holder = queue(client, node: "n1")
+            let holding = Task { await holder.maintain() }
+            try await eventually("n1 holds the lane") { holder.figures.lanesHeld == 1 }
+            // n2 polls once a minute: any further pause of its lane is a wake by an event.
+            let other = RedisWebhookQueue(client: client, node: "n2", lanes: 1, types: [.messageAcked], lease: .seconds(60), pollInterval: .seconds(60))
+            let store = RedisPushStore(client: client, maxPending: 100, events: other, now: { clock.now })
+            // Not awaited: it returns at its next poll, a minute on, when it sees it is cancelled.
+            let waiting = Task { await other.next(lane: 0, limit: 10) }
+            defer { waiting.cancel() }
+            try await eventually("n2's lane asleep") { other.pauses.load(ordering: .relaxed) == 1 }
+            for index in 0..<20 {
+                let stored = try await store.append([new("dev", store.messageID("m\(index)", for: "dev"), clock: clock)])
+                #expect(try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)]) == 1)
+            }
+            #expect(other.figures.queued == 20)
+            #expect(other.pauses.load(ordering: .relaxed) == 1, "no wake for a lane n2 does not hold")
+            let batch = await holder.next(lane: 0, limit: 100)
+            #expect(batch.count == 20, "the holder reads them")
+            holding.cancel()
+            await holding.value
+        }
+    }
+
     @Test("a lane held by one node is refused to another, and passes once the holder lets go")
     func exclusive() async throws {
         try await withRedisClient { client in

@@ -98,15 +98,23 @@ final class Membership<C: Clock>: Service where C.Duration == Duration {
         await cancelWhenGracefulShutdown {
             var tick: UInt64 = 0
             var failures = 0
+            var warned = false
             while !Task.isCancelled {
                 var members: [Member]?
                 do {
                     members = try await self.renew()
-                    if failures > 0 { self.logger.info("cluster membership renewed again") }
+                    if warned { self.logger.info("cluster membership renewed again") }
                     failures = 0
+                    warned = false
                 } catch {
-                    if failures == 0 { self.logger.warning("cluster membership renewal failed", metadata: ["error": "\(error)"]) }
                     failures += 1
+                    // The very first try often finds the Redis connections still opening: a
+                    // warning at every start would teach operators to ignore it. Warn when a
+                    // later try fails, or the second in a row at start.
+                    if !warned && (tick > 0 || failures > 1) {
+                        self.logger.warning("cluster membership renewal failed", metadata: ["error": "\(error)"])
+                        warned = true
+                    }
                 }
                 await self.onRefresh(members, tick)
                 tick &+= 1

@@ -40,11 +40,30 @@ struct MembershipTests {
         return configuration
     }
 
+    /// The warnings a service logged.
+    final class Warnings: Sendable {
+        let seen = Mutex<[String]>([])
+
+        struct Handler: LogHandler {
+            let warnings: Warnings
+            var metadata: Logger.Metadata = [:]
+            var logLevel: Logger.Level = .warning
+            subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+                get { metadata[key] }
+                set { metadata[key] = newValue }
+            }
+            func log(event: LogEvent) {
+                if event.level >= .warning { warnings.seen.withLock { $0.append("\(event.message)") } }
+            }
+        }
+    }
+
     private static func service(
-        _ nodeID: String, store: any MembershipStore, clock: ManualClock, reports: Reports, relayAddress: String? = "127.0.0.1:7000"
+        _ nodeID: String, store: any MembershipStore, clock: ManualClock, reports: Reports, relayAddress: String? = "127.0.0.1:7000",
+        warnings: Warnings? = nil
     ) -> Membership<ManualClock> {
-        var logger = Logger(label: "membership-test")
-        logger.logLevel = .critical
+        var logger = warnings.map { handler in Logger(label: "membership-test") { _ in Warnings.Handler(warnings: handler) } } ?? Logger(label: "membership-test")
+        if warnings == nil { logger.logLevel = .critical }
         return Membership(
             configuration: configuration(nodeID), store: store, clock: clock, relayAddress: { relayAddress }, connections: { 3 },
             logger: logger, onRefresh: { members, _ in reports.record(members) }
@@ -140,6 +159,29 @@ struct MembershipTests {
             clock.advance(by: .milliseconds(1))
             try await clock.waitForSleepers(atLeast: 1)
             #expect(a.all.count == 4)
+            group.cancelAll()
+        }
+    }
+
+    @Test("a first renewal that fails at start (the Redis connections still opening) and then succeeds logs no warning; a failure after that does")
+    func noWarningAtStart() async throws {
+        let clock = ManualClock()
+        let store = FlakyStore(InMemoryMembershipStore(clock: clock))
+        store.failing.store(true, ordering: .relaxed)
+        let (a, warnings) = (Reports(), Warnings())
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await Self.service("a", store: store, clock: clock, reports: a, warnings: warnings).run() }
+            try await clock.waitForSleepers(atLeast: 1)
+            store.failing.store(false, ordering: .relaxed)
+            clock.advance(by: .milliseconds(100))
+            try await clock.waitForSleepers(atLeast: 1)
+            #expect(a.last == ["a"])
+            #expect(warnings.seen.withLock { $0 }.isEmpty, "the first try's failure is not worth a warning")
+            store.failing.store(true, ordering: .relaxed)
+            clock.advance(by: .seconds(2))
+            try await clock.waitForSleepers(atLeast: 1)
+            #expect(a.last == .some(nil))
+            #expect(warnings.seen.withLock { $0 } == ["cluster membership renewal failed"])
             group.cancelAll()
         }
     }

@@ -41,6 +41,9 @@ final class RedisChannelHandler: ChannelInboundHandler {
     /// The replies so far of the oldest request when it is a pipeline (`.all`).
     private var collected: [RESPValue] = []
     private var outgoing: ByteBuffer?
+    /// The size of the last write: the next tick's buffer starts that large (at most 64 KiB),
+    /// so a tick of many commands does not grow it by doubling, copying each time.
+    private var lastWriteSize = 256
     private var context: ChannelHandlerContext?
     private var flushScheduled = false
     private var timer: Scheduled<Void>?
@@ -74,7 +77,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
             waiter.fail(StoreError(.unavailable, "redis connection is down"))
             return
         }
-        if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: 256) }
+        if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: lastWriteSize) }
         for arguments in commands { outgoing!.writeRedisCommand(arguments) }
         let deadline = NIODeadline.now() + commandTimeout
         if case .none = waiter {
@@ -113,6 +116,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
         flushScheduled = false
         guard let context, let buffer = outgoing else { return }
         outgoing = nil
+        lastWriteSize = min(max(buffer.readableBytes, 256), 65_536)
         context.writeAndFlush(NIOAny(buffer), promise: nil)
     }
 

@@ -209,6 +209,24 @@ public final class RedisClient: Service, HealthReporting {
         if slot.loop.inEventLoop { write() } else { slot.loop.execute(write) }
     }
 
+    /// Sends one command without a task waiting for it: `replied` gets its reply, or nil when it
+    /// could not be sent or answered. On a single Redis it runs on the caller's loop's
+    /// connection, as `send`; on a cluster, in a task.
+    public func sendDetached(_ command: [RedisArgument], replied: @escaping @Sendable (RESPValue?) -> Void) {
+        guard cluster == nil else {
+            Task { replied(try? await send(command)) }
+            return
+        }
+        let slot = slotForCaller()
+        let promise = slot.loop.makePromise(of: RESPValue.self)
+        promise.futureResult.whenComplete { replied(try? $0.get()) }
+        if slot.loop.inEventLoop {
+            Self.send(command, on: slot, promise: promise)
+        } else {
+            slot.loop.execute { Self.send(command, on: slot, promise: promise) }
+        }
+    }
+
     private static func send(_ arguments: [RedisArgument], on slot: Slot, promise: EventLoopPromise<RESPValue>) {
         guard let channel = slot.channel.withLock({ $0 }),
             let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)

@@ -406,11 +406,12 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         guard !found.isEmpty else { return 0 }
         let now = now()
         let queued = found.compactMap { message in
-            events.command(
+            events.write(
                 .messageAcked, clientID: clientID, message: message.id,
                 data: [("message_id", .string(message.id)), ("sent_at", .null), ("acked_at", .integer(now))]
             )
         }
+        let eventCommands = queued.flatMap(\.commands)
         var writes: [[RedisArgument]] = []
         if let retention = receiptRetentionMillis {
             for key in found.compactMap({ statusKey($0.id, of: clientID) }) {
@@ -423,19 +424,20 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         writes.append([.string("XDEL"), .string(stream)] + found.map { .string("\($0.sequence)-0") })
         let removed: RESPValue
         if client.configuration.isCluster {
-            let kept = try await client.sendAll(queued)
+            let kept = try await client.sendAll(eventCommands)
             if let failure = kept.first(where: { if case .error = $0 { true } else { false } }) {
                 throw StoreError(.unavailable, "queueing a webhook event failed: \(failure)")
             }
+            events.queued(queued, replies: kept)
             removed = try await client.sendAll(writes).last ?? .null
         } else {
-            let replies = try await client.sendAll([[.string("MULTI")]] + queued + writes + [[.string("EXEC")]])
-            guard case .array(let results) = replies.last, results.count == queued.count + writes.count else {
+            let replies = try await client.sendAll([[.string("MULTI")]] + eventCommands + writes + [[.string("EXEC")]])
+            guard case .array(let results) = replies.last, results.count == eventCommands.count + writes.count else {
                 throw StoreError(.unavailable, "the ACK's transaction failed: \(replies.last ?? .null)")
             }
+            events.queued(queued, replies: results.prefix(eventCommands.count))
             removed = results.last ?? .null
         }
-        events.queued(queued.count, lane: events.lane(of: clientID))
         guard let count = removed.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(removed)") }
         return Int(count)
     }
@@ -572,24 +574,24 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             throw StoreError(.unavailable, "unexpected reply to the expiry scan: \(reply)")
         }
         var entries: [RedisArgument] = []
-        var queued: [[RedisArgument]] = []
+        var queued: [RedisWebhookQueue.EventWrite] = []
         for position in stride(from: 1, to: fields.count, by: 3) {
             guard let entry = fields[position].string, let id = fields[position + 1].string, let expires = fields[position + 2].int64 else { continue }
             entries.append(.string(entry))
-            if let command = events.command(
+            if let write = events.write(
                 .messageExpired, clientID: clientID, message: id, data: [("message_id", .string(id)), ("expires_at", .integer(expires))]
             ) {
-                queued.append(command)
+                queued.append(write)
             }
         }
         if !entries.isEmpty {
             // The events first: a crash before the delete finds the entries again next time,
             // and writes the same events (same ids) again.
-            let written = try await client.sendAll(queued)
+            let written = try await client.sendAll(queued.flatMap(\.commands))
             if let failure = written.first(where: { if case .error = $0 { true } else { false } }) {
                 throw StoreError(.unavailable, "queueing message.expired failed: \(failure)")
             }
-            events.queued(queued.count, lane: lane)
+            events.queued(queued, replies: written)
             _ = try await client.send([.string("XDEL"), .string(stream)] + entries)
         }
         let settle = now + Self.expirySlackMillis + client.configuration.commandTimeout.nanoseconds / 1_000_000

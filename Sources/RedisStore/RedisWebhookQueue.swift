@@ -17,11 +17,21 @@ import Synchronization
 ///   `herald:{wh<n>}:touched`, a hash of device -> the last append's token; the node holding the
 ///   lane sweeps it (`RedisPushStore.removeExpired`)
 ///
+/// - `herald:{wh<n>}:foreign`  counter, raised with every entry written by a node that did not
+///   hold the lane when it wrote it
+///
 /// A node sends only the lanes it holds, one batch at a time, so a device's events go out in
 /// order. A node that takes a lane first claims every entry still pending in the group
 /// (`XAUTOCLAIM`): a dead node's unanswered batch is sent again, first. A delivered batch is
-/// `XACK`ed and `XDEL`eted. The ACK's event is written before the ACK's delete, in the same
-/// `MULTI` on a single Redis (RedisPushStore).
+/// `XDEL`eted (and `XACK`ed, what was read through the group). The ACK's event is written
+/// before the ACK's delete, in the same `MULTI` on a single Redis (RedisPushStore).
+///
+/// The holder keeps the entries it writes itself in memory, with their stream ids, and sends
+/// them from there: it reads the stream (`XREADGROUP`) only when the foreign counter has moved
+/// (another node wrote to the lane), after a takeover or a claim, and once every half
+/// `staleAfter` in any case. An own entry's `XADD` answered before the counter is read, so
+/// any other node's entry older than it had moved the counter already: what is sent from
+/// memory never overtakes an older entry of the stream (Docs/webhooks.md).
 public final class RedisWebhookQueue: WebhookQueue {
     private struct Lane {
         /// This node holds the lane's lease.
@@ -36,6 +46,20 @@ public final class RedisWebhookQueue: WebhookQueue {
         var handedOut: [WebhookEvent] = []
         /// When this node last claimed the lane's stale entries.
         var lastClaim = ContinuousClock.now
+        /// Changes whenever `held` does: an own entry answered after the lane changed hands is
+        /// not kept in memory (the stream has it).
+        var epoch = 0
+        /// This node's own entries, written while it held the lane, neither handed out nor
+        /// read through the group, by stream id; `arrival` numbers them as their `XADD`s answer.
+        var local: [(id: StreamID, arrival: Int, event: WebhookEvent)] = []
+        var arrivals = 0
+        /// The foreign counter when the group was last read to the stream's end; nil: read it.
+        var foreignSeen: Int64?
+        /// The highest id the group has handed this node (`>`): an own entry at or below it
+        /// came through the group, not to be kept in memory as well.
+        var lastGroupRead = StreamID.zero
+        /// Handed-out ids read through the group, which `remove` acknowledges (`XACK`).
+        var grouped: Set<String> = []
         var waiter: CheckedContinuation<Void, Never>?
         var woken = false
     }
@@ -51,6 +75,7 @@ public final class RedisWebhookQueue: WebhookQueue {
     private let prefix: String
     /// Each lane's stream key, made once: every ACK names one.
     private let streamKeys: [String]
+    private let foreignKeys: [String]
     private let node: String
     private let types: Set<WebhookEventType>
     private let lease: Duration
@@ -89,12 +114,16 @@ public final class RedisWebhookQueue: WebhookQueue {
         self.staleAfter = staleAfter ?? lease * 2
         self.prefix = prefix
         streamKeys = (0..<lanes).map { "\(prefix):{wh\($0)}:events" }
+        foreignKeys = (0..<lanes).map { "\(prefix):{wh\($0)}:foreign" }
         self.logger = logger
         self.now = now
     }
 
     /// Lane `lane`'s stream.
     public func streamKey(_ lane: Int) -> String { streamKeys[lane] }
+
+    /// Lane `lane`'s counter of entries written by nodes that did not hold it.
+    public func foreignKey(_ lane: Int) -> String { foreignKeys[lane] }
 
     /// Lane `lane`'s lease.
     public func leaseKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:sender" }
@@ -125,34 +154,89 @@ public final class RedisWebhookQueue: WebhookQueue {
 
     public func wants(_ type: WebhookEventType) -> Bool { types.contains(type) }
 
-    /// Queues the event with one `XADD`, not awaited: an event that Redis did not take is
-    /// counted as dropped (and logged), like a full memory queue's.
-    public func emit(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) {
-        guard let command = command(type, clientID: clientID, message: message, data: data) else { return }
-        let lane = lane(of: clientID)
-        client.sendDetached([command]) { [self] in
-            queuedTotal.subtract(1, ordering: .relaxed)
-            dropped(type)
-        }
-        queued(1, lane: lane)
+    /// One event's write: its `XADD`, followed, for an event this node will not send from
+    /// memory, by an `INCR` of the lane's foreign counter. Send the commands (with more, in
+    /// one `MULTI`, as the ACK does), then tell `queued` their replies.
+    public struct EventWrite: Sendable {
+        public let commands: [[RedisArgument]]
+        let event: WebhookEvent
+        let lane: Int
+        /// The lane's epoch when this node held it; nil: written as another node's.
+        let heldEpoch: Int?
     }
 
-    /// The `XADD` queueing an event of `type`, for a caller that writes it with more (the ACK's
-    /// delete); nil when the type is not wanted. Call `queued` once it is written.
-    public func command(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) -> [RedisArgument]? {
+    /// Queues the event, not awaited: an event that Redis did not take is counted as dropped
+    /// (and logged), like a full memory queue's.
+    public func emit(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) {
+        guard let write = write(type, clientID: clientID, message: message, data: data) else { return }
+        if write.heldEpoch == nil {
+            client.sendDetached(write.commands) { [self] in
+                queuedTotal.subtract(1, ordering: .relaxed)
+                dropped(type)
+            }
+            queued([write], replies: [])
+            return
+        }
+        client.sendDetached(write.commands[0]) { [self] reply in
+            guard let reply, reply.string != nil else { return dropped(type) }
+            queued([write], replies: [reply])
+        }
+    }
+
+    /// The write queueing an event of `type`, for a caller that sends it with more (the ACK's
+    /// delete); nil when the type is not wanted.
+    public func write(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) -> EventWrite? {
         guard types.contains(type) else { return nil }
         let event = WebhookEvent(id: ids.id(of: type, message: message), type: type, atMillis: now(), clientID: clientID, data: data)
-        return [.string("XADD"), .string(streamKey(lane(of: clientID))), .string("*"), .string("i"), .string(event.id), .string("j"), .string(event.json)]
+        let lane = lane(of: clientID)
+        let key = streamKeys[lane]
+        let heldEpoch = lanes[lane].withLock { state in state.held && state.local.count < Self.localCapacity ? state.epoch : nil }
+        var commands: [[RedisArgument]] = [[.string("XADD"), .string(key), .string("*"), .string("i"), .string(event.id), .string("j"), .string(event.json)]]
+        if heldEpoch == nil { commands.append([.string("INCR"), .string(foreignKeys[lane])]) }
+        return EventWrite(commands: commands, event: event, lane: lane, heldEpoch: heldEpoch)
     }
 
-    /// Counts `count` events written to lane `lane`, and wakes the lane when this node sends it.
-    public func queued(_ count: Int, lane: Int) {
-        queuedTotal.add(count, ordering: .relaxed)
-        // A lane another node sends (in a cluster, most of them): its holder reads the event.
-        // Waking this node's lane would only put it back to sleep, with one more timer, for
-        // every event. (A lane taken after this check is woken by the renewal that took it.)
-        if lanes[lane].withLock({ $0.held }) { wake(lane) }
+    /// Counts `writes` as queued, once Redis has taken them. `replies` are their commands'
+    /// replies in order (needed for the writes of a lane this node held: their `XADD`s' ids;
+    /// empty when none was). Wakes the lanes this node sends.
+    public func queued(_ writes: [EventWrite], replies: some Collection<RESPValue>) {
+        var reply = replies.startIndex
+        // The writes of one call are one device's, so of one lane.
+        var wake: Int?
+        for write in writes {
+            queuedTotal.add(1, ordering: .relaxed)
+            defer { if reply != replies.endIndex { reply = replies.index(reply, offsetBy: write.commands.count) } }
+            // A lane another node sends (in a cluster, most of them): its holder reads the event.
+            // Waking this node's lane would only put it back to sleep, with one more timer, for
+            // every event. (A lane taken after this check is woken by the renewal that took it.)
+            guard let epoch = write.heldEpoch else {
+                if lanes[write.lane].withLock({ $0.held }) { wakeOnce(write.lane, &wake) }
+                continue
+            }
+            guard reply != replies.endIndex, let text = replies[reply].string, let id = StreamID(text) else { continue }
+            let kept = lanes[write.lane].withLock { state -> Bool in
+                guard state.held, state.epoch == epoch, id > state.lastGroupRead else { return false }
+                var event = write.event
+                event.queueID = text
+                var position = state.local.endIndex
+                while position > state.local.startIndex, state.local[position - 1].id > id { position -= 1 }
+                state.local.insert((id, state.arrivals, event), at: position)
+                state.arrivals += 1
+                return true
+            }
+            if kept { wakeOnce(write.lane, &wake) }
+        }
     }
+
+    private func wakeOnce(_ lane: Int, _ woken: inout Int?) {
+        guard woken != lane else { return }
+        woken = lane
+        wake(lane)
+    }
+
+    /// At most this many own entries a lane keeps in memory (a receiver away): beyond them, this
+    /// node writes its events as another node's, and reads them back from the stream.
+    static let localCapacity = 4096
 
     private func dropped(_ type: WebhookEventType) {
         let dropped = droppedTotal.add(1, ordering: .relaxed).newValue
@@ -190,29 +274,37 @@ public final class RedisWebhookQueue: WebhookQueue {
     }
 
     /// The lane's oldest events this node has claimed and not removed, then new ones, at most
-    /// `limit` in all. Entries already handed out come from memory; the pending list is read
-    /// (`XREADGROUP ... 0`) only after a takeover or a claim, so an event is read from Redis
-    /// once.
+    /// `limit` in all, by stream id. Entries already handed out come from memory; the pending
+    /// list is read (`XREADGROUP ... 0`) only after a takeover or a claim, so an event is read
+    /// from Redis once. New entries come from memory when they are this node's own and no other
+    /// node wrote to the lane since the group was last read to its end; else from the group.
     private func read(lane: Int, limit: Int) async throws(StoreError) -> [WebhookEvent] {
         if !lanes[lane].withLock({ $0.prepared }) {
             try await prepare(lane: lane)
             lanes[lane].withLock {
                 $0.prepared = true
                 $0.readPending = true
+                $0.foreignSeen = nil
                 $0.lastClaim = .now
             }
         } else if lanes[lane].withLock({ ContinuousClock.now - $0.lastClaim >= staleAfter / 2 }) {
             // Entries left in another consumer's pending list: read by a node that believed it
             // still held the lane after its lease had run out (and then died, or lost the lane
-            // between its read and its send). Nobody else would ever send them.
+            // between its read and its send). Nobody else would ever send them. Such a node may
+            // also have written entries as its own, unannounced: the group is read again too.
             let claimed = try await claim(lane: lane, idleFor: staleAfter)
             lanes[lane].withLock {
                 $0.lastClaim = .now
+                $0.foreignSeen = nil
                 if claimed > 0 { $0.readPending = true }
             }
         }
         var events = lanes[lane].withLock { state -> [WebhookEvent] in
-            if state.readPending { state.handedOut = [] }
+            if state.readPending {
+                // Own entries handed out are not in the pending list: the group reads them again.
+                state.handedOut = []
+                state.grouped = []
+            }
             return state.handedOut
         }
         // A smaller limit than before (never, with one sender per lane): the first of them, the
@@ -223,14 +315,44 @@ public final class RedisWebhookQueue: WebhookQueue {
             if events.count < limit { lanes[lane].withLock { $0.readPending = false } }
         }
         if events.count < limit {
-            events += try await readGroup(lane: lane, start: ">", count: limit - events.count)
+            // Which own entries may go: those whose XADD answered before the counter is read.
+            let (seen, arrivals) = lanes[lane].withLock { ($0.foreignSeen, $0.arrivals) }
+            let counter = try await foreignCount(lane: lane)
+            if counter == seen {
+                let room = limit - events.count
+                events += lanes[lane].withLock { state -> [WebhookEvent] in
+                    var taken: [WebhookEvent] = []
+                    state.local.removeAll { entry in
+                        guard entry.arrival < arrivals, taken.count < room else { return false }
+                        taken.append(entry.event)
+                        return true
+                    }
+                    return taken
+                }
+            } else {
+                let wanted = limit - events.count
+                let fresh = try await readGroup(lane: lane, start: ">", count: wanted)
+                let handed = Set(events.compactMap(\.queueID))
+                events += fresh.filter { !handed.contains($0.queueID ?? "") }
+                if fresh.count < wanted { lanes[lane].withLock { $0.foreignSeen = counter } }
+                events.sort { (StreamID($0.queueID ?? "") ?? .zero) < (StreamID($1.queueID ?? "") ?? .zero) }
+            }
         }
         lanes[lane].withLock { $0.handedOut = events }
         return events
     }
 
+    /// The lane's foreign counter (0 before any other node wrote to it).
+    private func foreignCount(lane: Int) async throws(StoreError) -> Int64 {
+        let reply = try await client.send([.string("GET"), .string(foreignKeys[lane])])
+        if case .null = reply { return 0 }
+        guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to GET: \(reply)") }
+        return count
+    }
+
     /// One `XREADGROUP` of lane `lane` from `start` (`0`: this node's pending list; `>`: new
     /// entries). Entries deleted while pending (by a node that had removed them) are forgotten.
+    /// What it returns is acknowledged on removal, and no longer kept in memory.
     private func readGroup(lane: Int, start: String, count: Int) async throws(StoreError) -> [WebhookEvent] {
         let key = streamKey(lane)
         let reply = try await client.send([
@@ -242,7 +364,20 @@ public final class RedisWebhookQueue: WebhookQueue {
             throw StoreError(.unavailable, "XREADGROUP: \(text)")
         }
         let (events, gone) = Self.entries(reply)
-        if !gone.isEmpty { _ = try await client.sendAll(removal(lane: lane, ids: gone)) }
+        let read = events.compactMap(\.queueID) + gone
+        if !read.isEmpty {
+            let highest = read.compactMap(StreamID.init).max() ?? .zero
+            lanes[lane].withLock { state in
+                state.grouped.formUnion(read)
+                if start == ">" { state.lastGroupRead = max(state.lastGroupRead, highest) }
+                let ids = Set(read)
+                state.local.removeAll { ids.contains($0.event.queueID ?? "") }
+            }
+        }
+        if !gone.isEmpty {
+            _ = try await client.sendAll(removal(lane: lane, ids: gone))
+            lanes[lane].withLock { $0.grouped.subtract(gone) }
+        }
         return events
     }
 
@@ -284,16 +419,21 @@ public final class RedisWebhookQueue: WebhookQueue {
             !replies.contains(where: { if case .error = $0 { true } else { false } })
         else { return false }
         let removed = Set(ids)
-        lanes[lane].withLock { state in state.handedOut.removeAll { $0.queueID.map(removed.contains) ?? false } }
+        lanes[lane].withLock { state in
+            state.handedOut.removeAll { $0.queueID.map(removed.contains) ?? false }
+            state.grouped.subtract(removed)
+        }
         return true
     }
 
+    /// Deletes `ids` from the lane's stream, acknowledging (`XACK`) those read through the group.
     private func removal(lane: Int, ids: [String]) -> [[RedisArgument]] {
         let key = streamKey(lane)
-        return [
-            [.string("XACK"), .string(key), .string(Self.group)] + ids.map { .string($0) },
-            [.string("XDEL"), .string(key)] + ids.map { .string($0) },
-        ]
+        let acknowledged = lanes[lane].withLock { state in ids.filter(state.grouped.contains) }
+        var commands: [[RedisArgument]] = []
+        if !acknowledged.isEmpty { commands.append([.string("XACK"), .string(key), .string(Self.group)] + acknowledged.map { .string($0) }) }
+        commands.append([.string("XDEL"), .string(key)] + ids.map { .string($0) })
+        return commands
     }
 
     /// The events of an `XREADGROUP` reply, and the ids of entries deleted since they were read.
@@ -411,6 +551,11 @@ public final class RedisWebhookQueue: WebhookQueue {
                 let was = state.held
                 state.held = result != 0
                 if !state.held || !was { state.prepared = false }
+                if state.held != was {
+                    // Own entries in memory stay in the stream, for whoever holds the lane now.
+                    state.epoch += 1
+                    state.local = []
+                }
                 return (was, state.held)
             }
             if was != isHeld {
@@ -422,7 +567,16 @@ public final class RedisWebhookQueue: WebhookQueue {
     }
 
     private func releaseLeases() async {
-        let held = (0..<laneCount).filter { lane in lanes[lane].withLock { state in defer { state.held = false }; return state.held } }
+        let held = (0..<laneCount).filter { lane in
+            lanes[lane].withLock { state in
+                defer {
+                    state.held = false
+                    state.epoch += 1
+                    state.local = []
+                }
+                return state.held
+            }
+        }
         _ = await concurrently(held) { lane async throws(StoreError) in
             _ = try await self.client.run(Self.releaseScript, keys: [self.leaseKey(lane)], arguments: [.string(self.node)])
         }
@@ -495,4 +649,28 @@ public final class RedisWebhookQueue: WebhookQueue {
         return 0
         """
     )
+}
+
+/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders them.
+struct StreamID: Comparable, Sendable {
+    let milliseconds: UInt64
+    let sequence: UInt64
+
+    static let zero = StreamID(milliseconds: 0, sequence: 0)
+
+    init(milliseconds: UInt64, sequence: UInt64) {
+        self.milliseconds = milliseconds
+        self.sequence = sequence
+    }
+
+    init?(_ text: String) {
+        guard let dash = text.utf8.firstIndex(of: UInt8(ascii: "-")),
+            let milliseconds = UInt64(text[..<dash]), let sequence = UInt64(text[text.index(after: dash)...])
+        else { return nil }
+        self.init(milliseconds: milliseconds, sequence: sequence)
+    }
+
+    static func < (lhs: StreamID, rhs: StreamID) -> Bool {
+        (lhs.milliseconds, lhs.sequence) < (rhs.milliseconds, rhs.sequence)
+    }
 }

@@ -322,8 +322,8 @@ struct RedisWebhookTests {
             _ = try await device.pushes(30)
             try await eventually("30 acknowledged") { try await cluster.client("orphan", via: 1).int("pending") == 0 }
             await device.close()
-            // The node holding the device's lane has read its events (they are pending under its
-            // name in the group) and failed to send them: that is the one to kill.
+            // The node holding the device's lane has taken its events (from memory when it wrote
+            // them itself, else through the group) and failed to send them: that is the one to kill.
             var sender: Int?
             try await eventually("a node tried to send", timeout: .seconds(20)) {
                 for (index, node) in cluster.nodes.enumerated() {
@@ -346,7 +346,6 @@ struct RedisWebhookTests {
             let unique = receiver.delivered.filter { seen.insert($0["id"] as? String ?? "").inserted }
             #expect(unique.compactMap { data($0)["message_id"] as? String } == ids)
             let survivor = cluster.nodes[1 - victim]
-            #expect(survivor.process.stderr.contains("took over pending webhook events"), "the dead node's claimed batch was taken over")
             // Once the dead node's leases have run out, the survivor sends every lane, and the
             // streams are empty (the figures are read from Redis every third of the lease).
             try await eventually("the survivor holds every lane, with nothing left to send", timeout: .seconds(30)) {

@@ -138,7 +138,10 @@ struct RedisWebhookQueueTests {
         let clock = TestWallClock()
         try await withRedisClient { client in
             let holder = queue(client, node: "n1", staleAfter: .milliseconds(300))
-            let store = RedisPushStore(client: client, maxPending: 10, events: holder, now: { clock.now })
+            // The events come from another node: the holder reads them through the group (its
+            // own it would send from memory, whoever read them).
+            let other = queue(client, node: "n2")
+            let store = RedisPushStore(client: client, maxPending: 10, events: other, now: { clock.now })
             func acked(_ ids: [String]) async throws {
                 let stored = try await store.append(ids.map { new("dev", $0, clock: clock) })
                 _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
@@ -166,6 +169,101 @@ struct RedisWebhookQueueTests {
             }
             #expect(sent == ["ack-m4", "ack-m5", "ack-m2", "ack-m3"], "the stale ones last")
             #expect(try await length(holder, client) == 0)
+            holding.cancel()
+            await holding.value
+        }
+    }
+
+    /// How many times Redis has run `XREADGROUP` so far (`INFO commandstats`).
+    private func groupReads(_ client: RedisClient) async throws -> Int {
+        let info = try #require(try await client.send([.string("INFO"), .string("commandstats")]).string)
+        guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_xreadgroup:") }),
+            let calls = line.split(separator: ",").first?.split(separator: "=").last
+        else { return 0 }
+        return Int(calls) ?? 0
+    }
+
+    @Test("the holder sends the events it wrote itself from memory, in order, without reading them back from Redis")
+    func ownEventsFromMemory() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let holder = queue(client, node: "n1")
+            let store = RedisPushStore(client: client, maxPending: 100, events: holder, now: { clock.now })
+            let holding = Task { await holder.maintain() }
+            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
+            // A lane just taken is read through the group to its end first.
+            let stored = try await store.append([new("dev", store.messageID("m0", for: "dev"), clock: clock)])
+            _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
+            let first = await holder.next(lane: 0, limit: 100)
+            #expect(first.map(\.id) == ["ack-\(stored[0].id)"])
+            #expect(await holder.remove(lane: 0, batch: first))
+
+            let reads = try await groupReads(client)
+            var ids: [String] = []
+            for index in 1...20 {
+                let stored = try await store.append([new("dev", store.messageID("m\(index)", for: "dev"), clock: clock)])
+                _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
+                ids.append("ack-\(stored[0].id)")
+            }
+            let batch = await holder.next(lane: 0, limit: 100)
+            #expect(batch.map(\.id) == ids)
+            #expect(await holder.remove(lane: 0, batch: batch))
+            #expect(try await groupReads(client) == reads, "no XREADGROUP: the holder had them in memory")
+            #expect(try await length(holder, client) == 0, "sent events leave the stream")
+            holding.cancel()
+            await holding.value
+        }
+    }
+
+    @Test("an event another node wrote before the holder's own goes out first: the foreign counter sends the holder to the stream")
+    func foreignBeforeOwn() async throws {
+        let clock = TestWallClock()
+        try await withRedisClient { client in
+            let holder = queue(client, node: "n1")
+            let other = queue(client, node: "n2")
+            let holderStore = RedisPushStore(client: client, maxPending: 100, events: holder, now: { clock.now })
+            let otherStore = RedisPushStore(client: client, maxPending: 100, events: other, now: { clock.now })
+            let holding = Task { await holder.maintain() }
+            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
+            func ack(_ name: String, on store: RedisPushStore) async throws -> String {
+                let stored = try await store.append([new("dev", store.messageID(name, for: "dev"), clock: clock)])
+                _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
+                return "ack-\(stored[0].id)"
+            }
+            // The lane read to its end once (nothing there), so the next own events would come
+            // from memory.
+            let own = try await ack("m0", on: holderStore)
+            let first = await holder.next(lane: 0, limit: 100)
+            #expect(first.map(\.id) == [own])
+            #expect(await holder.remove(lane: 0, batch: first))
+            // The device moved: its next ACK was taken on n2, the one after on the holder.
+            let foreign = try await ack("m1", on: otherStore)
+            let after = try await ack("m2", on: holderStore)
+            let batch = await holder.next(lane: 0, limit: 100)
+            #expect(batch.map(\.id) == [foreign, after], "n2's older event first, and the holder's own once")
+            #expect(await holder.remove(lane: 0, batch: batch))
+            #expect(try await length(holder, client) == 0)
+            let pending = try await client.send([.string("XPENDING"), .string(holder.streamKey(0)), .string("herald")])
+            #expect(pending.array?.first?.int64 == 0, "what was read through the group is acknowledged")
+            holding.cancel()
+            await holding.value
+        }
+    }
+
+    @Test("an entry written unannounced (by a node that believed it held the lane) is found by the holder's periodic read")
+    func unannouncedEntryFound() async throws {
+        try await withRedisClient { client in
+            let holder = queue(client, node: "n1", staleAfter: .milliseconds(300))
+            let holding = Task { await holder.maintain() }
+            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
+            let reading = Task { await holder.next(lane: 0, limit: 10) }
+            try await eventually("the lane read to its end, asleep") { holder.pauses.load(ordering: .relaxed) >= 1 }
+            // No foreign counter raised: only the read every half staleAfter finds it.
+            _ = try await client.send([
+                .string("XADD"), .string(holder.streamKey(0)), .string("*"), .string("i"), .string("late-1"), .string("j"), .string(#"{"id":"late-1"}"#),
+            ])
+            let batch = try await withTimeout("the late entry", .seconds(10)) { await reading.value }
+            #expect(batch.map(\.id) == ["late-1"])
             holding.cancel()
             await holding.value
         }

@@ -38,12 +38,20 @@ def main():
     script = [item for item in options.script.split(",") if item]
     lock = threading.Lock()
 
+    def say(line):
+        # One write of the whole line, under the lock: print() writes the text and its newline
+        # separately, so another thread's line could land between them, and a request's line
+        # would end in "CONNECTION" (its JSON then unreadable, its events seemingly lost).
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def setup(self):
             super().setup()
-            print("CONNECTION", flush=True)
+            say("CONNECTION")
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -51,11 +59,11 @@ def main():
             with lock:
                 answer = script.pop(0) if script else "200"
             if answer == "drop":
-                print(f"REQUEST 0 {int(ok)} {body.decode()}", flush=True)
+                say(f"REQUEST 0 {int(ok)} {body.decode()}")
                 self.close_connection = True
                 self.connection.close()
                 return
-            print(f"REQUEST {answer} {int(ok)} {body.decode()}", flush=True)
+            say(f"REQUEST {answer} {int(ok)} {body.decode()}")
             reply = b"{}"
             self.send_response(int(answer))
             self.send_header("Content-Type", "application/json")
@@ -67,7 +75,7 @@ def main():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", options.port), Handler)
-    print(f"LISTENING {server.server_address[1]}", flush=True)
+    say(f"LISTENING {server.server_address[1]}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -200,12 +200,13 @@ public final class RedisWebhookQueue: WebhookQueue {
     /// replies in order (needed for the writes of a lane this node held: their `XADD`s' ids;
     /// empty when none was). Wakes the lanes this node sends.
     public func queued(_ writes: [EventWrite], replies: some Collection<RESPValue>) {
-        var reply = replies.startIndex
+        var next = replies.startIndex
         // The writes of one call are one device's, so of one lane.
         var wake: Int?
         for write in writes {
             queuedTotal.add(1, ordering: .relaxed)
-            defer { if reply != replies.endIndex { reply = replies.index(reply, offsetBy: write.commands.count) } }
+            let reply = next
+            next = replies.index(next, offsetBy: write.commands.count, limitedBy: replies.endIndex) ?? replies.endIndex
             // A lane another node sends (in a cluster, most of them): its holder reads the event.
             // Waking this node's lane would only put it back to sleep, with one more timer, for
             // every event. (A lane taken after this check is woken by the renewal that took it.)

@@ -75,6 +75,7 @@ public final class RedisWebhookQueue: WebhookQueue {
     private let prefix: String
     /// Each lane's stream key, made once: every ACK names one.
     private let streamKeys: [String]
+    /// Each lane's counter of entries written by nodes that did not hold it.
     private let foreignKeys: [String]
     private let node: String
     private let types: Set<WebhookEventType>
@@ -121,9 +122,6 @@ public final class RedisWebhookQueue: WebhookQueue {
 
     /// Lane `lane`'s stream.
     public func streamKey(_ lane: Int) -> String { streamKeys[lane] }
-
-    /// Lane `lane`'s counter of entries written by nodes that did not hold it.
-    public func foreignKey(_ lane: Int) -> String { foreignKeys[lane] }
 
     /// Lane `lane`'s lease.
     public func leaseKey(_ lane: Int) -> String { "\(prefix):{wh\(lane)}:sender" }
@@ -336,7 +334,8 @@ public final class RedisWebhookQueue: WebhookQueue {
                 let handed = Set(events.compactMap(\.queueID))
                 events += fresh.filter { !handed.contains($0.queueID ?? "") }
                 if fresh.count < wanted { lanes[lane].withLock { $0.foreignSeen = counter } }
-                events.sort { (StreamID($0.queueID ?? "") ?? .zero) < (StreamID($1.queueID ?? "") ?? .zero) }
+                // Each id parsed once, not at every comparison.
+                events = events.map { (StreamID($0.queueID ?? "") ?? .zero, $0) }.sorted { $0.0 < $1.0 }.map(\.1)
             }
         }
         lanes[lane].withLock { $0.handedOut = events }

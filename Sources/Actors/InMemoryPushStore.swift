@@ -93,10 +93,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
             stored.reserveCapacity(messages.count)
             for message in messages {
                 let sequence = state.queues[message.clientID]!.nextSequence
-                let entry = StoredMessage(
-                    clientID: message.clientID, id: message.id, sequence: sequence,
-                    payload: message.payload, expiresAtMillis: message.expiresAtMillis
-                )
+                let entry = StoredMessage(message, sequence: sequence)
                 state.queues[message.clientID]!.nextSequence += 1
                 state.queues[message.clientID]!.messages.append(entry)
                 stored.append(entry)
@@ -130,10 +127,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
         guard queue.messages.count < maxPending else {
             return .failure(StoreError(.pendingFull, "pending queue of \(message.clientID) is full (\(maxPending))", clientID: message.clientID))
         }
-        let entry = StoredMessage(
-            clientID: message.clientID, id: message.id, sequence: queue.nextSequence,
-            payload: message.payload, expiresAtMillis: message.expiresAtMillis
-        )
+        let entry = StoredMessage(message, sequence: queue.nextSequence)
         queue.nextSequence += 1
         queue.messages.append(entry)
         return .success(entry)

@@ -42,6 +42,11 @@ public struct StoredMessage: Sendable, Hashable {
         self.payload = payload
         self.expiresAtMillis = expiresAtMillis
     }
+
+    /// `message` as stored at `sequence`.
+    public init(_ message: NewMessage, sequence: UInt64) {
+        self.init(clientID: message.clientID, id: message.id, sequence: sequence, payload: message.payload, expiresAtMillis: message.expiresAtMillis)
+    }
 }
 
 /// A message a device acknowledged: its id, and its sequence when the connection sent it

@@ -1,14 +1,10 @@
 extension RedisPushStore {
-    /// Shared by the scripts below.
-    /// - `migrate(counter, queue)`: moves a device's queue of the previous schema (keys `seq`,
-    ///   `ids`, `exp`, `data` under the same tag, so in the same slot) into the stream with
-    ///   their old sequences, deletes the old keys and returns the old counter (0 if none).
-    ///   Called only where the device's counter does not exist yet
-    ///   (`migrate_unless_counted` for the reads, which then set the counter).
-    /// - `drop_expired(queue, now)`: deletes the stream's expired entries (only on a full queue
-    ///   and on reads, never on the common append).
-    /// - `entry_sequence(id)`: the sequence of a stream entry id `<sequence>-0`.
-    private static let helpers = """
+    /// `migrate(counter, queue)`: moves a device's queue of the previous schema (keys `seq`,
+    /// `ids`, `exp`, `data` under the same tag, so in the same slot) into the stream with their
+    /// old sequences, deletes the old keys and returns the old counter (0 if none). Called only
+    /// where the device's counter does not exist yet. The append script defines it only on that
+    /// rare path: a Lua function is made anew on every run of the script that defines it.
+    private static let migrateFunction = """
         local function migrate(counter, queue)
           local tag = string.sub(counter, 1, -3)
           local old = redis.call('GET', tag .. ':seq')
@@ -27,17 +23,11 @@ extension RedisPushStore {
           return tonumber(old)
         end
 
-        local function migrate_unless_counted(counter, queue)
-          if redis.call('EXISTS', counter) == 0 then
-            local old = migrate(counter, queue)
-            if old > 0 then redis.call('SET', counter, old) end
-          end
-        end
+        """
 
-        local function entry_sequence(id)
-          return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
-        end
-
+    /// `drop_expired(queue, now)`: deletes the stream's expired entries (only on a full queue,
+    /// never on the common append).
+    private static let dropExpiredFunction = """
         local function drop_expired(queue, now)
           local start = '-'
           while true do
@@ -54,106 +44,145 @@ extension RedisPushStore {
 
         """
 
+    /// Shared by the reads: `migrate` (above); `migrate_unless_counted(counter, queue)`, which
+    /// migrates and sets the counter when it does not exist; `entry_sequence(id)`, the sequence
+    /// of a stream entry id `<sequence>-0`.
+    private static let readHelpers =
+        migrateFunction + """
+            local function migrate_unless_counted(counter, queue)
+              if redis.call('EXISTS', counter) == 0 then
+                local old = migrate(counter, queue)
+                if old > 0 then redis.call('SET', counter, old) end
+              end
+            end
+
+            local function entry_sequence(id)
+              return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+            end
+
+            """
+
     /// Appends the requests of a group (one request alone, or the requests one event loop
     /// gathered in a tick: `AppendGroups`), each all or nothing on its own.
     ///
     /// KEYS: per device (1-based d) its counter and its stream, then the status keys. ARGV:
     /// deadline, cap, now, slack, devices, retention (0: no status), keep (1: expired entries
     /// stay for the expiry sweep, which reports them; a full queue is then refused until it has
-    /// run), then per device the count
-    /// of messages the group brings it, then (with a retention) per device its client id, then
-    /// per request its message count k followed by k times: device index, id, expiry, payload,
-    /// the index in KEYS of its status key (0: none). Refuses to run past the deadline (LATE,
-    /// for the whole group). Returns one reply per request, in order: the sequences of its
-    /// messages, or the index of the first device whose cap it would pass (nothing of that
-    /// request is added, status included).
+    /// run), then per device the count of messages the group brings it, then per device the TTL
+    /// its stream needs for them (its latest expiry - now + slack, in ms), then (with a
+    /// retention) per device its client id, then per request its message count k followed by k
+    /// times: device index, id, expiry, payload, the index in KEYS of its status key (0: none).
+    /// Refuses to run past the deadline (LATE, for the whole group). Returns one reply per
+    /// request, in order: its sequence (a request of one message) or the sequences of its
+    /// messages, or minus the index of the first device whose cap it would pass (nothing of
+    /// that request is added, status included).
+    ///
+    /// It runs for every push, so it is written for Redis's CPU (Docs/store.md, "The append
+    /// script's own cost"): few tables (each costs Redis about 0.13 µs), no number turned into
+    /// a string by Lua (an entry id is passed as the number, which `XADD` reads as `<n>-0`), no
+    /// function defined on the common path, and no arithmetic the node can do first.
     static let appendScript = RedisScript(
-        helpers + """
-            local clock = redis.call('TIME')
-            if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[1]) then
-              return redis.error_reply('LATE')
+        """
+        local clock = redis.call('TIME')
+        if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[1]) then
+          return redis.error_reply('LATE')
+        end
+        local cap, devices, retention, keep = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+        local ttls = 7 + devices
+        -- Each counter is raised once by all the group brings (last[d]); sequence[d] is the last
+        -- one given out; what refused requests would have used is given back at the end, so
+        -- sequences have no gap.
+        local last, sequence, length, swept = {}, {}, {}, nil
+        for d = 1, devices do
+          local wanted = tonumber(ARGV[7+d])
+          local raised = redis.call('INCRBY', KEYS[2*d-1], wanted)
+          if raised == wanted then
+            \(migrateFunction)
+            local old = migrate(KEYS[2*d-1], KEYS[2*d])
+            if old > 0 then raised = redis.call('INCRBY', KEYS[2*d-1], old) end
+          end
+          last[d], sequence[d] = raised, raised - wanted
+          length[d] = redis.call('XLEN', KEYS[2*d])
+        end
+        local replies = {}
+        local i = ttls + devices + 1
+        if retention > 0 then i = i + devices end
+        while i <= #ARGV do
+          local k = tonumber(ARGV[i])
+          local full, need = nil, nil
+          if k == 1 then
+            local d = tonumber(ARGV[i+1])
+            if length[d] + 1 > cap then full, need = d, {[d] = 1} end
+          else
+            need = {}
+            for m = 0, k - 1 do
+              local d = tonumber(ARGV[i + 1 + 5*m])
+              need[d] = (need[d] or 0) + 1
             end
-            local cap, now, slack, devices = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-            local retention, keep, names = tonumber(ARGV[6]), ARGV[7] == '1', 7 + devices
-            -- Each counter is raised once by all the group brings; what a refused request
-            -- would have used is given back at the end, so sequences have no gap.
-            local next, length, wanted, swept = {}, {}, {}, {}
-            for d = 1, devices do
-              wanted[d] = tonumber(ARGV[7+d])
-              local last = redis.call('INCRBY', KEYS[2*d-1], wanted[d])
-              if last == wanted[d] then
-                local old = migrate(KEYS[2*d-1], KEYS[2*d])
-                if old > 0 then last = redis.call('INCRBY', KEYS[2*d-1], old) end
-              end
-              next[d] = last - wanted[d]
-              length[d] = redis.call('XLEN', KEYS[2*d])
+            for d, count in pairs(need) do
+              if length[d] + count > cap and (full == nil or d < full) then full = d end
             end
-            local replies, latest, empty, used = {}, {}, {}, {}
-            local i = 8 + devices
-            if retention > 0 then i = i + devices end
-            while i <= #ARGV do
-              local k = tonumber(ARGV[i])
-              local need = {}
-              for m = 0, k - 1 do
-                local d = tonumber(ARGV[i + 1 + 5*m])
-                need[d] = (need[d] or 0) + 1
+          end
+          if full and not keep then
+            -- A queue would pass its cap: its expired entries are deleted (once a group, unless
+            -- the expiry sweep reports them), and it is counted again.
+            \(dropExpiredFunction)
+            swept, full = swept or {}, nil
+            for d, count in pairs(need) do
+              if length[d] + count > cap and not swept[d] then
+                drop_expired(KEYS[2*d], tonumber(ARGV[3]))
+                swept[d] = true
+                length[d] = redis.call('XLEN', KEYS[2*d])
               end
-              local full = nil
-              for d, count in pairs(need) do
-                if length[d] + count > cap and not swept[d] and not keep then
-                  drop_expired(KEYS[2*d], now)
-                  swept[d] = true
-                  length[d] = redis.call('XLEN', KEYS[2*d])
-                end
-                if length[d] + count > cap and (full == nil or d < full) then full = d end
-              end
-              if full then
-                replies[#replies + 1] = full
-              else
-                local sequences = {}
-                for m = 0, k - 1 do
-                  local at = i + 1 + 5*m
-                  local d = tonumber(ARGV[at])
-                  if empty[d] == nil then empty[d] = length[d] == 0 end
-                  next[d] = next[d] + 1
-                  used[d] = (used[d] or 0) + 1
-                  length[d] = length[d] + 1
-                  redis.call('XADD', KEYS[2*d], next[d] .. '-0', 'i', ARGV[at+1], 'e', ARGV[at+2], 'p', ARGV[at+3])
-                  latest[d] = math.max(latest[d] or 0, tonumber(ARGV[at+2]))
-                  local status = tonumber(ARGV[at+4])
-                  if status > 0 then
-                    redis.call('HSET', KEYS[status], 'c', ARGV[names + d], 'q', next[d], 'a', now, 'e', ARGV[at+2])
-                    redis.call('PEXPIRE', KEYS[status], tonumber(ARGV[at+2]) - now + retention + slack)
-                  end
-                  sequences[#sequences + 1] = next[d]
-                end
-                replies[#replies + 1] = sequences
-              end
-              i = i + 1 + 5*k
+              if length[d] + count > cap and (full == nil or d < full) then full = d end
             end
-            for d = 1, devices do
-              local unused = wanted[d] - (used[d] or 0)
-              if unused > 0 then redis.call('DECRBY', KEYS[2*d-1], unused) end
-            end
-            -- The stream lives until its last message has expired, plus the slack. GT never
-            -- shortens it, but treats a key without a TTL as never expiring, so a stream that
-            -- was empty (perhaps new) gets its TTL set outright.
-            for d, expires in pairs(latest) do
-              if empty[d] then
-                redis.call('PEXPIRE', KEYS[2*d], expires - now + slack)
-              else
-                redis.call('PEXPIRE', KEYS[2*d], expires - now + slack, 'GT')
+          end
+          if full then
+            replies[#replies + 1] = -full
+          else
+            local sequences = nil
+            if k > 1 then sequences = {} end
+            for m = 0, k - 1 do
+              local at = i + 1 + 5*m
+              local d = tonumber(ARGV[at])
+              local s = sequence[d] + 1
+              sequence[d], length[d] = s, length[d] + 1
+              redis.call('XADD', KEYS[2*d], s, 'i', ARGV[at+1], 'e', ARGV[at+2], 'p', ARGV[at+3])
+              if ARGV[at+4] ~= '0' then
+                local status, now = tonumber(ARGV[at+4]), tonumber(ARGV[3])
+                redis.call('HSET', KEYS[status], 'c', ARGV[ttls + devices + d], 'q', s, 'a', ARGV[3], 'e', ARGV[at+2])
+                redis.call('PEXPIRE', KEYS[status], tonumber(ARGV[at+2]) - now + retention + tonumber(ARGV[4]))
               end
+              if sequences then sequences[m + 1] = s else sequences = s end
             end
-            return replies
-            """
+            replies[#replies + 1] = sequences
+          end
+          i = i + 1 + 5*k
+        end
+        for d = 1, devices do
+          local unused = last[d] - sequence[d]
+          if unused > 0 then redis.call('DECRBY', KEYS[2*d-1], unused) end
+          local added = tonumber(ARGV[7+d]) - unused
+          -- The stream lives until its last message has expired, plus the slack. GT never
+          -- shortens it, but treats a key without a TTL as never expiring, so a stream that
+          -- holds only this group's entries (perhaps new) gets its TTL set outright.
+          if added > 0 then
+            if length[d] == added then
+              redis.call('PEXPIRE', KEYS[2*d], ARGV[ttls+d])
+            else
+              redis.call('PEXPIRE', KEYS[2*d], ARGV[ttls+d], 'GT')
+            end
+          end
+        end
+        return replies
+        """
     )
 
     /// KEYS: counter, stream. ARGV: now, after, limit, keep. Returns id, sequence, expiry,
     /// payload, ... of up to `limit` unexpired messages after `after`; deletes the expired ones
     /// it meets, unless keep is 1 (the expiry sweep reports and deletes them).
     static let pendingScript = RedisScript(
-        helpers + """
+        readHelpers + """
             migrate_unless_counted(KEYS[1], KEYS[2])
             local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
             local start = '(' .. ARGV[2] .. '-0'
@@ -289,7 +318,7 @@ extension RedisPushStore {
 
     /// KEYS: counter, stream. ARGV: now. How many unexpired messages the stream holds.
     static let pendingCountScript = RedisScript(
-        helpers + """
+        readHelpers + """
             migrate_unless_counted(KEYS[1], KEYS[2])
             local now, start, count = tonumber(ARGV[1]), '-', 0
             while true do

@@ -92,27 +92,34 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         var devices: [String] = []
         var index: [String: Int] = [:]
         var counts: [Int64] = []
+        var latest: [Int64] = []
         for request in requests {
             for message in request {
                 if let known = index[message.clientID] {
                     counts[known - 1] += 1
+                    latest[known - 1] = max(latest[known - 1], message.expiresAtMillis)
                 } else {
                     devices.append(message.clientID)
                     index[message.clientID] = devices.count
                     counts.append(1)
+                    latest.append(message.expiresAtMillis)
                 }
             }
         }
+        let now = now()
         // A request that times out is answered 503, but its bytes may still reach a paused Redis
         // and run later. The script refuses to run after this deadline (by Redis's clock), and
         // the deadline is half the command timeout, so a 503 never turns into a stored message
         // as long as the node's and Redis's clocks agree within that half (Docs/store.md).
         let deadline = WallClock.millisecondsSinceEpoch() + client.configuration.commandTimeout.nanoseconds / 2_000_000
         var arguments: [RedisArgument] = [
-            .integer(deadline), .integer(Int64(maxPending)), .integer(now()), .integer(slackMillis),
+            .integer(deadline), .integer(Int64(maxPending)), .integer(now), .integer(slackMillis),
             .integer(Int64(devices.count)), .integer(receiptRetentionMillis ?? 0), .integer(expiryEvents == nil ? 0 : 1),
         ]
         arguments += counts.map { .integer($0) }
+        // Each stream's TTL: until the latest expiry the group brings it, plus the slack (a
+        // refused request's messages count too: a TTL a little longer, never one too short).
+        arguments += latest.map { .integer(max($0 - now, 0) + slackMillis) }
         var keys = devices.flatMap(keys)
         if receiptRetentionMillis != nil { arguments += devices.map { .string($0) } }
         for request in requests {
@@ -167,16 +174,12 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         var outcomes = zip(requests, perRequest).map { request, reply -> AppendGroups.Outcome in
             switch reply {
             case .array(let sequences) where sequences.count == request.count:
-                .success(
-                    zip(request, sequences).map { message, sequence in
-                        StoredMessage(
-                            clientID: message.clientID, id: message.id, sequence: UInt64(sequence.int64 ?? 0),
-                            payload: message.payload, expiresAtMillis: message.expiresAtMillis
-                        )
-                    })
-            case .integer(let position) where devices.indices.contains(Int(position) - 1):
+                .success(zip(request, sequences).map { StoredMessage($0, sequence: UInt64($1.int64 ?? 0)) })
+            case .integer(let sequence) where sequence > 0 && request.count == 1:
+                .success([StoredMessage(request[0], sequence: UInt64(sequence))])
+            case .integer(let refused) where refused < 0 && refused >= -Int64(devices.count):
                 .failure(
-                    StoreError(.pendingFull, "pending queue of \(devices[Int(position) - 1]) is full (\(maxPending))", clientID: devices[Int(position) - 1])
+                    StoreError(.pendingFull, "pending queue of \(devices[Int(-refused) - 1]) is full (\(maxPending))", clientID: devices[Int(-refused) - 1])
                 )
             default:
                 .failure(StoreError(.unavailable, "unexpected reply to append: \(reply)"))

@@ -90,6 +90,7 @@ let package = Package(
             dependencies: [
                 "Actors",
                 "CHiredis",
+                "PushProtocol",
                 "Supervision",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -134,8 +134,7 @@ public final class MessageRouter: Sendable {
     /// Records the store's latency, hands each stored message to its device's connection on
     /// this node or to the cluster, and returns the ids.
     private func notify(_ stored: [StoredMessage], storedIn elapsed: Duration) -> [String] {
-        let parts = elapsed.components
-        metrics.storeLatency.recordNanoseconds(parts.seconds * 1_000_000_000 + parts.attoseconds / 1_000_000_000)
+        metrics.storeLatency.recordNanoseconds(elapsed.wholeNanoseconds)
         metrics.pushesAccepted.increment(by: Int64(stored.count))
         var elsewhere: [StoredMessage] = []
         for message in stored {

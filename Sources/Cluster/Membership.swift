@@ -1,5 +1,6 @@
 import Actors
 import Logging
+import PushProtocol
 import RedisStore
 import ServiceLifecycle
 import Synchronization

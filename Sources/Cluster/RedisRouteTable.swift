@@ -1,4 +1,5 @@
 import Actors
+import PushProtocol
 import RedisStore
 
 /// The route table in Redis: `<prefix>:{<client_id>}:route` -> `Route`, with a TTL that the

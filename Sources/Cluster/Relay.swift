@@ -251,7 +251,7 @@ public actor Relay: Service {
                 loggedFailure = true
             }
             attempt += 1
-            let delay = Backoff.delay(attempt: attempt, initial: .milliseconds(100), max: .seconds(5))
+            let delay = Backoff.fullJitter(attempt: attempt, initial: .milliseconds(100), max: .seconds(5))
             try? await Task.sleep(for: delay)
         }
     }
@@ -315,17 +315,3 @@ final class RelayLinkHandler: ChannelInboundHandler {
     }
 }
 
-/// Jittered exponential backoff ("full jitter"): a random delay up to initial x 2^attempt, capped.
-enum Backoff {
-    static func delay(attempt: Int, initial: Duration, max: Duration) -> Duration {
-        let ceiling = min(initial * (1 << min(attempt, 20)), max)
-        let millis = ceiling.components.seconds * 1000 + ceiling.components.attoseconds / 1_000_000_000_000_000
-        return .milliseconds(Int64.random(in: millis / 2...Swift.max(millis, 1)))
-    }
-}
-
-extension Duration {
-    var timeAmount: TimeAmount {
-        .nanoseconds(components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000)
-    }
-}

@@ -56,10 +56,3 @@ public protocol RouteTable: Sendable {
     /// The routes of `clientIDs`, in order (nil where there is none).
     func lookup(_ clientIDs: [String]) async throws(StoreError) -> [Route?]
 }
-
-extension Duration {
-    /// Whole milliseconds, as Redis's `PX` and lease scores take them.
-    var wholeMilliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
-}

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import PushProtocol
 
 /// A device that stays connected: it reconnects after a close, a refusal or a GOAWAY, with
 /// jittered exponential backoff (so that devices of a dead node do not all come back at the
@@ -35,12 +36,6 @@ public struct ReconnectingDevice: Sendable {
         self.servers = [(configuration.host, configuration.port)] + alternates
     }
 
-    /// The delay before attempt `attempt` (0-based): full jitter over an exponential ceiling.
-    public static func backoff(attempt: Int, initial: Duration, max: Duration, random: Double) -> Duration {
-        let ceiling = min(initial * (1 << min(attempt, 20)), max)
-        return ceiling * random
-    }
-
     /// Runs until cancelled, or until another connection of the same client id replaces it.
     public func run(
         onPush: @Sendable (String, ByteBuffer) async -> Void,
@@ -55,7 +50,7 @@ public struct ReconnectingDevice: Sendable {
         while !Task.isCancelled, !replaced {
             // Full jitter: the devices of one dead node come back spread over the whole delay,
             // not all at once (a reconnect storm is what brings the surviving nodes down).
-            var delay = Self.backoff(attempt: attempt, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0...1))
+            var delay = Backoff.fullJitter(attempt: attempt, initial: initialBackoff, max: maxBackoff)
             (configuration.host, configuration.port) = servers[server]
             do {
                 let client = try await DeviceClient.connect(configuration)
@@ -63,7 +58,7 @@ public struct ReconnectingDevice: Sendable {
                 onState(.connected(nodeID: client.nodeID))
                 defer { onState(.disconnected) }
                 attempt = 0
-                delay = Self.backoff(attempt: 0, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0...1))
+                delay = Backoff.fullJitter(attempt: 0, initial: initialBackoff, max: maxBackoff)
                 for await event in client.events {
                     switch event {
                     case .push(let id, let payload):
@@ -72,7 +67,7 @@ public struct ReconnectingDevice: Sendable {
                     case .goaway(let after, let reason):
                         onEvent("server draining (\(reason)); reconnecting in \(after) ms")
                         // After the server's hint, spread like any reconnect.
-                        delay = .milliseconds(Int64(after)) + Self.backoff(attempt: 0, initial: initialBackoff, max: maxBackoff, random: Double.random(in: 0...1))
+                        delay = .milliseconds(Int64(after)) + Backoff.fullJitter(attempt: 0, initial: initialBackoff, max: maxBackoff)
                         await client.close()
                     case .error(let code, let reason):
                         onEvent("server error \(code): \(reason)")

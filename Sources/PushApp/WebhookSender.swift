@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import PushProtocol
 import ServiceLifecycle
 import Synchronization
 
@@ -223,11 +224,10 @@ struct WebhookSender: Service {
         }
     }
 
-    /// Full jitter: a uniform wait between 0 and min(cap, base x 2^(attempt-1)).
+    /// The wait before retry `attempt` (1-based): up to `backoffBase`, then doubling, at most
+    /// `backoffCap`.
     func backoff(attempt: Int) -> Duration {
-        let ceiling = min(backoffCap, backoffBase * (1 << min(attempt - 1, 30)))
-        let millis = ceiling.components.seconds * 1000 + ceiling.components.attoseconds / 1_000_000_000_000_000
-        return .milliseconds(Int64.random(in: 0...max(1, millis)))
+        Backoff.fullJitter(attempt: attempt - 1, initial: backoffBase, max: backoffCap)
     }
 
     /// One attempt: the signed POST on the lane's connection, and what its answer means.
@@ -341,16 +341,12 @@ final class WebhookHTTP: @unchecked Sendable {
         channel = nil
     }
 
-    private static func amount(_ duration: Duration) -> TimeAmount {
-        .nanoseconds(max(1, Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000))
-    }
-
     private func connect() async throws -> any Channel {
         let loop = group.next()
         let target = target
         let tls = tls
         let bootstrap = ClientBootstrap(group: loop)
-            .connectTimeout(Self.amount(timeout))
+            .connectTimeout(timeout.timeAmount)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if target.https, let tls {
@@ -374,7 +370,7 @@ final class WebhookHTTP: @unchecked Sendable {
 
     private func send(headers: HTTPHeaders, body: ByteBuffer, on channel: any Channel, within timeout: Duration) async throws -> Int {
         let answer = channel.eventLoop.makePromise(of: Int.self)
-        let timer = channel.eventLoop.scheduleTask(in: Self.amount(timeout)) {
+        let timer = channel.eventLoop.scheduleTask(in: timeout.timeAmount) {
             answer.fail(Failure(description: "no answer within \(timeout)"))
             channel.close(promise: nil)
         }

@@ -2,6 +2,7 @@ import Actors
 import Logging
 import NIOCore
 import NIOPosix
+import PushProtocol
 import ServiceLifecycle
 import Supervision
 import Synchronization
@@ -184,7 +185,7 @@ public final class RedisClient: Service, HealthReporting {
             return
         }
         let slot = slotForCaller()
-        let write = {
+        let write: @Sendable () -> Void = {
             guard let channel = slot.channel.withLock({ $0 }),
                 let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
             else {
@@ -287,9 +288,8 @@ public final class RedisClient: Service, HealthReporting {
                 }
             }
             attempt += 1
-            // Full jitter over 50 ms * 2^attempt, at most 2 s: quick after a blip, gentle in an outage.
-            let ceiling = min(50 * (1 << min(attempt, 10)), 2000)
-            try? await Task.sleep(for: .milliseconds(Int.random(in: ceiling / 2...ceiling)))
+            // Up to 50 ms * 2^attempt, at most 2 s: quick after a blip, gentle in an outage.
+            try? await Task.sleep(for: Backoff.fullJitter(attempt: attempt, initial: .milliseconds(50), max: .seconds(2)))
         }
     }
 

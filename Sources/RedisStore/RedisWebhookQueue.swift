@@ -1,6 +1,7 @@
 import Actors
 import Logging
 import NIOCore
+import PushProtocol
 import Synchronization
 
 /// The webhook events of a cluster (or of a lone node on Redis), queued durably in Redis so
@@ -394,7 +395,7 @@ public final class RedisWebhookQueue: WebhookQueue {
     @discardableResult
     private func claim(lane: Int, idleFor: Duration) async throws(StoreError) -> Int {
         let key = streamKey(lane)
-        let idleMillis = idleFor.components.seconds * 1000 + idleFor.components.attoseconds / 1_000_000_000_000_000
+        let idleMillis = idleFor.wholeMilliseconds
         var start = "0-0"
         var claimed = 0
         repeat {
@@ -482,8 +483,7 @@ public final class RedisWebhookQueue: WebhookQueue {
                 return true
             }
             guard wait else { return continuation.resume() }
-            let nanoseconds = pollInterval.components.seconds * 1_000_000_000 + pollInterval.components.attoseconds / 1_000_000_000
-            client.loops[lane % client.loops.count].scheduleTask(in: .nanoseconds(nanoseconds)) { self.wake(lane) }
+            client.loops[lane % client.loops.count].scheduleTask(in: pollInterval.timeAmount) { self.wake(lane) }
         }
     }
 
@@ -537,7 +537,7 @@ public final class RedisWebhookQueue: WebhookQueue {
 
     /// Renews the held lanes and takes free ones. False when Redis did not answer for a lane.
     private func renewLeases() async -> Bool {
-        let millis = Int64(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000)
+        let millis = lease.wholeMilliseconds
         let outcomes = await concurrently(Array(0..<laneCount)) { lane async throws(StoreError) -> Int64 in
             let reply = try await self.client.run(Self.leaseScript, keys: [self.leaseKey(lane)], arguments: [.string(self.node), .integer(millis)])
             guard let outcome = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to the lease script: \(reply)") }

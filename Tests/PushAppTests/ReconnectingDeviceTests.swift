@@ -8,16 +8,6 @@ import Testing
 
 @Suite("The reconnecting device (herald device)", .timeLimit(.minutes(1)))
 struct ReconnectingDeviceTests {
-    @Test("backoff grows exponentially to its ceiling, with jitter below it")
-    func backoff() {
-        let initial = Duration.milliseconds(500)
-        let max = Duration.seconds(30)
-        #expect(ReconnectingDevice.backoff(attempt: 0, initial: initial, max: max, random: 1) == .milliseconds(500))
-        #expect(ReconnectingDevice.backoff(attempt: 3, initial: initial, max: max, random: 1) == .seconds(4))
-        #expect(ReconnectingDevice.backoff(attempt: 40, initial: initial, max: max, random: 1) == .seconds(30))
-        #expect(ReconnectingDevice.backoff(attempt: 3, initial: initial, max: max, random: 0.5) == .seconds(2))
-    }
-
     @Test("it acknowledges what it receives, and comes back after its connection is closed")
     func reconnects() async throws {
         try await TestNode.with { node in

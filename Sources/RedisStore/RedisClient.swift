@@ -70,11 +70,7 @@ public final class RedisClient: Service, HealthReporting {
         if let cluster { return try await clusterExecute([arguments], slot: RedisCluster.slot(of: arguments), state: cluster)[0] }
         let slot = slotForCaller()
         let promise = slot.loop.makePromise(of: RESPValue.self)
-        if slot.loop.inEventLoop {
-            Self.send(arguments, on: slot, promise: promise)
-        } else {
-            slot.loop.execute { Self.send(arguments, on: slot, promise: promise) }
-        }
+        Self.onLoop(of: slot) { Self.send(arguments, on: slot, promise: promise) }
         do {
             return try await promise.futureResult.get()
         } catch let error as StoreError {
@@ -172,70 +168,51 @@ public final class RedisClient: Service, HealthReporting {
         return slots[start]
     }
 
-    /// Sends `commands` without waiting for their replies, which are read and dropped: for
-    /// writes whose loss leaves nothing wrong for long (a status's send time), or whose loss
-    /// `failed` counts (called when a command could not be sent or was answered with an error).
-    /// No task on a single Redis (the caller's loop's connection, as `send`); on a cluster, a task.
-    public func sendDetached(_ commands: [[RedisArgument]], failed: (@Sendable () -> Void)? = nil) {
+    /// Sends `commands` (adjacent, in one write) without a task waiting for them: `replied`
+    /// gets their replies, or nil when they could not be sent or answered; without `replied`
+    /// they are read and dropped (for writes whose loss leaves nothing wrong for long, such as
+    /// a status's send time). No task on a single Redis (the caller's loop's connection, as
+    /// `send`); on a cluster, a task.
+    public func sendDetached(_ commands: [[RedisArgument]], replied: (@Sendable ([RESPValue]?) -> Void)? = nil) {
         guard cluster == nil else {
             Task {
+                // Not `replied?(try? await ...)`: optional chaining would skip the send itself.
                 let replies = try? await sendAll(commands)
-                if let failed, replies?.contains(where: { if case .error = $0 { true } else { false } }) != false { failed() }
+                replied?(replies)
             }
             return
         }
         let slot = slotForCaller()
-        let write: @Sendable () -> Void = {
-            guard let channel = slot.channel.withLock({ $0 }),
-                let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
-            else {
-                failed?()
+        Self.onLoop(of: slot) {
+            guard let handler = Self.handler(of: slot) else {
+                replied?(nil)
                 return
             }
-            for command in commands {
-                guard let failed else {
-                    handler.send(command, promise: nil)
-                    continue
-                }
-                let promise = slot.loop.makePromise(of: RESPValue.self)
-                promise.futureResult.whenComplete { result in
-                    switch result {
-                    case .success(.error), .failure: failed()
-                    case .success: break
-                    }
-                }
-                handler.send(command, promise: promise)
+            guard let replied else {
+                for command in commands { handler.send(command, promise: nil) }
+                return
             }
-        }
-        if slot.loop.inEventLoop { write() } else { slot.loop.execute(write) }
-    }
-
-    /// Sends one command without a task waiting for it: `replied` gets its reply, or nil when it
-    /// could not be sent or answered. On a single Redis it runs on the caller's loop's
-    /// connection, as `send`; on a cluster, in a task.
-    public func sendDetached(_ command: [RedisArgument], replied: @escaping @Sendable (RESPValue?) -> Void) {
-        guard cluster == nil else {
-            Task { replied(try? await send(command)) }
-            return
-        }
-        let slot = slotForCaller()
-        let promise = slot.loop.makePromise(of: RESPValue.self)
-        promise.futureResult.whenComplete { replied(try? $0.get()) }
-        if slot.loop.inEventLoop {
-            Self.send(command, on: slot, promise: promise)
-        } else {
-            slot.loop.execute { Self.send(command, on: slot, promise: promise) }
+            let promise = slot.loop.makePromise(of: [RESPValue].self)
+            promise.futureResult.whenComplete { replied(try? $0.get()) }
+            handler.send(commands, promise: promise)
         }
     }
 
     private static func send(_ arguments: [RedisArgument], on slot: Slot, promise: EventLoopPromise<RESPValue>) {
-        guard let channel = slot.channel.withLock({ $0 }),
-            let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
-        else {
-            promise.fail(StoreError(.unavailable, "redis is not connected"))
-            return
-        }
+        guard let handler = handler(of: slot) else { return promise.fail(StoreError(.unavailable, "redis is not connected")) }
         handler.send(arguments, promise: promise)
+    }
+
+    /// The handler of `slot`'s connection, nil while it is down; on its loop only.
+    private static func handler(of slot: Slot) -> RedisChannelHandler? {
+        guard let channel = slot.channel.withLock({ $0 }) else { return nil }
+        return try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
+    }
+
+    /// Runs `body` on `slot`'s loop: at once when the caller is there (no hop), else as a job
+    /// of that loop.
+    private static func onLoop(of slot: Slot, _ body: @escaping @Sendable () -> Void) {
+        if slot.loop.inEventLoop { body() } else { slot.loop.execute(body) }
     }
 
     // MARK: Service

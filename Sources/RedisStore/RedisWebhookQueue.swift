@@ -1,6 +1,7 @@
 import Actors
 import Logging
 import NIOCore
+import NIOPosix
 import PushProtocol
 import Synchronization
 
@@ -169,15 +170,17 @@ public final class RedisWebhookQueue: WebhookQueue {
     public func emit(_ type: WebhookEventType, clientID: String, message: String?, data: [(String, WebhookValue)]) {
         guard let write = write(type, clientID: clientID, message: message, data: data) else { return }
         if write.heldEpoch == nil {
-            client.sendDetached(write.commands) { [self] in
-                queuedTotal.subtract(1, ordering: .relaxed)
-                dropped(type)
+            client.sendDetached(write.commands) { [self] replies in
+                guard let replies, !replies.contains(where: { if case .error = $0 { true } else { false } }) else {
+                    queuedTotal.subtract(1, ordering: .relaxed)
+                    return dropped(type)
+                }
             }
             queued([write], replies: [])
             return
         }
-        client.sendDetached(write.commands[0]) { [self] reply in
-            guard let reply, reply.string != nil else { return dropped(type) }
+        client.sendDetached([write.commands[0]]) { [self] replies in
+            guard let reply = replies?.first, reply.string != nil else { return dropped(type) }
             queued([write], replies: [reply])
         }
     }
@@ -483,7 +486,10 @@ public final class RedisWebhookQueue: WebhookQueue {
                 return true
             }
             guard wait else { return continuation.resume() }
-            client.loops[lane % client.loops.count].scheduleTask(in: pollInterval.timeAmount) { self.wake(lane) }
+            // The timer on the loop the lane's task runs on (the sender gives each lane one), so
+            // that the wake-up needs no other thread; any loop would do.
+            let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? client.loops[0]
+            loop.scheduleTask(in: pollInterval.timeAmount) { self.wake(lane) }
         }
     }
 

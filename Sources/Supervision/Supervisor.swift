@@ -230,7 +230,7 @@ public actor Supervisor<C: Clock>: Service, HealthReporting where C.Duration == 
             try await recordRestart(of: id)
             switch strategy {
             case .oneForOne:
-                try await startAll(only: index, in: &group)
+                try await restartChild(at: index, in: &group)
             case .oneForAll:
                 await stopAll(after: -1)
                 try await startAll(from: 0, in: &group, isRestart: true)
@@ -260,8 +260,8 @@ public actor Supervisor<C: Clock>: Service, HealthReporting where C.Duration == 
 
     // MARK: Starting
 
-    /// Starts the spec at `index` only (one-for-one), retrying failed starts within the intensity.
-    private func startAll(only index: Int, in group: inout ThrowingDiscardingTaskGroup<any Error>) async throws {
+    /// Starts the spec at `index` again (one-for-one), retrying failed starts within the intensity.
+    private func restartChild(at index: Int, in group: inout ThrowingDiscardingTaskGroup<any Error>) async throws {
         let spec = specs[index]
         while true {
             do {

@@ -92,6 +92,7 @@ let package = Package(
                 "CHiredis",
                 "PushProtocol",
                 "Supervision",
+                .product(name: "Crypto", package: "swift-crypto"),   // the scripts' SHA-1, for EVALSHA
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
 import Actors
+import Crypto
 import Logging
 import NIOCore
 import NIOPosix
@@ -12,8 +13,17 @@ import Synchronization
 public struct RedisScript: Sendable {
     /// The Lua source.
     public let source: String
+    /// Its SHA-1 in hex: the name Redis caches it under (`EVALSHA`). Computed once, here, so
+    /// that a call never hashes the source (kilobytes) into a table, nor asks Redis for it.
+    public let sha: String
+
     /// Creates a script.
-    public init(_ source: String) { self.source = source }
+    public init(_ source: String) {
+        self.source = source
+        let digits = Array("0123456789abcdef".utf8)
+        let digest = Insecure.SHA1.hash(data: Array(source.utf8))
+        sha = String(decoding: digest.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 0x0f)]] }, as: UTF8.self)
+    }
 }
 
 /// Redis access for a node: one connection per event loop, kept up by `run()`.
@@ -35,12 +45,13 @@ public final class RedisClient: Service, HealthReporting {
     private let group: any EventLoopGroup
     let logger: Logger
     private let slots: [Slot]
+    /// The SHAs of the scripts Redis has run for this client (so has cached).
+    private let loadedScripts = Mutex<Set<String>>([])
     /// The group's event loops, in a fixed order.
     let loops: [any EventLoop]
     /// Set in cluster mode.
     private let cluster: RedisClusterState?
     private let next = Atomic<Int>(0)
-    private let shas = Mutex<[String: String]>([:])
     /// With Sentinel: the master last connected to, and the sentinel that last answered.
     private let currentMaster = Mutex<RedisConfiguration.Endpoint?>(nil)
     private let preferredSentinel = Mutex(0)
@@ -104,16 +115,17 @@ public final class RedisClient: Service, HealthReporting {
         then followers: [[RedisArgument]]
     ) async throws(StoreError) -> [RESPValue] {
         let tail = [RedisArgument.integer(Int64(keys.count))] + keys.map { .string($0) } + arguments
-        if let sha = shas.withLock({ $0[script.source] }) {
-            let replies = try await sendAll(leaders + [[.string("EVALSHA"), .string(sha)] + tail] + followers).dropFirst(leaders.count)
+        // By its SHA once Redis has run it; the first time by its source, so that a follower
+        // (a `WAIT` that may block) never runs behind a script that did not run.
+        if loadedScripts.withLock({ $0.contains(script.sha) }) {
+            let replies = try await sendAll(leaders + [[.string("EVALSHA"), .string(script.sha)] + tail] + followers).dropFirst(leaders.count)
             guard case .error(let message) = replies.first, message.hasPrefix("NOSCRIPT") else { return Array(replies) }
+            // Forgotten (a restarted Redis, a failover, SCRIPT FLUSH): by its source again.
         }
         let replies = Array(try await sendAll(leaders + [[.string("EVAL"), .string(script.source)] + tail] + followers).dropFirst(leaders.count))
-        if case .error = replies[0] { return replies }
-        // EVAL cached it; learn its SHA for next time.
-        if case .bulk(let sha) = try await send([.string("SCRIPT"), .string("LOAD"), .string(script.source)]) {
-            shas.withLock { $0[script.source] = String(buffer: sha) }
-        }
+        // EVAL cached it under its SHA, unless it did not compile.
+        if case .error(let message) = replies[0], message.contains("compiling") { return replies }
+        _ = loadedScripts.withLock { $0.insert(script.sha) }
         return replies
     }
 

@@ -46,6 +46,29 @@ struct RedisClientTests {
         }
     }
 
+    @Test("a script runs by source the first time, then by the SHA-1 Redis gives it, and by source again once Redis forgot it")
+    func scriptsBySHA() async throws {
+        try await withRedisClient { client in
+            let script = RedisScript("return ARGV[1] .. KEYS[1]")
+            let loaded = try await client.send([.string("SCRIPT"), .string("LOAD"), .string(script.source)])
+            #expect(loaded.string == script.sha)
+            func calls() async throws -> (eval: Int, evalsha: Int) {
+                let stats = try await client.send([.string("INFO"), .string("commandstats")]).string ?? ""
+                func count(_ name: String) -> Int {
+                    guard let line = stats.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_\(name):") }) else { return 0 }
+                    return Int(line.split(separator: "=")[1].split(separator: ",")[0]) ?? -1
+                }
+                return (count("eval"), count("evalsha"))
+            }
+            _ = try await client.send([.string("SCRIPT"), .string("FLUSH")])
+            for _ in 0..<2 { #expect(try await client.run(script, keys: ["k"], arguments: [.string("a")]).string == "ak") }
+            #expect(try await calls() == (1, 1), "by source, then by SHA")
+            _ = try await client.send([.string("SCRIPT"), .string("FLUSH")])
+            for _ in 0..<2 { #expect(try await client.run(script, keys: ["k"], arguments: [.string("b")]).string == "bk") }
+            #expect(try await calls() == (2, 3), "by SHA (NOSCRIPT), by source, by SHA")
+        }
+    }
+
     @Test("integers and lengths reach Redis exactly, and a pipeline's replies come back whole and in order, among single commands")
     func encodingAndPipelines() async throws {
         try await RedisServer.with { server in

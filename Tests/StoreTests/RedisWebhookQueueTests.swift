@@ -22,6 +22,21 @@ struct RedisWebhookQueueTests {
         )
     }
 
+    /// Has `queue` hold its lane (the lease taken), as its node's `maintain` does.
+    private func hold(_ queue: RedisWebhookQueue) async throws -> Task<Void, Never> {
+        let holding = Task { await queue.maintain() }
+        try await eventually("the lane is held") { queue.figures.lanesHeld == 1 }
+        return holding
+    }
+
+    /// Stores a message `name` for `dev` and acknowledges it on the connection that sent it, so
+    /// that `store` queues its `message.acked` event; returns the event's id.
+    private func ackOne(_ name: String, on store: RedisPushStore, clock: TestWallClock) async throws -> String {
+        let stored = try await store.append([new("dev", store.messageID(name, for: "dev"), clock: clock)])
+        _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
+        return "ack-\(stored[0].id)"
+    }
+
     private func length(_ queue: RedisWebhookQueue, _ client: RedisClient) async throws -> Int64 {
         try #require(try await client.send([.string("XLEN"), .string(queue.streamKey(0))]).int64)
     }
@@ -146,8 +161,7 @@ struct RedisWebhookQueueTests {
                 let stored = try await store.append(ids.map { new("dev", $0, clock: clock) })
                 _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
             }
-            let holding = Task { await holder.maintain() }
-            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
+            let holding = try await hold(holder)
             try await acked(["m1"])
             let first = await holder.next(lane: 0, limit: 10)
             #expect(first.map(\.id) == ["ack-m1"])
@@ -189,22 +203,16 @@ struct RedisWebhookQueueTests {
         try await withRedisClient { client in
             let holder = queue(client, node: "n1")
             let store = RedisPushStore(client: client, maxPending: 100, events: holder, now: { clock.now })
-            let holding = Task { await holder.maintain() }
-            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
+            let holding = try await hold(holder)
             // A lane just taken is read through the group to its end first.
-            let stored = try await store.append([new("dev", store.messageID("m0", for: "dev"), clock: clock)])
-            _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
+            let event = try await ackOne("m0", on: store, clock: clock)
             let first = await holder.next(lane: 0, limit: 100)
-            #expect(first.map(\.id) == ["ack-\(stored[0].id)"])
+            #expect(first.map(\.id) == [event])
             #expect(await holder.remove(lane: 0, batch: first))
 
             let reads = try await groupReads(client)
             var ids: [String] = []
-            for index in 1...20 {
-                let stored = try await store.append([new("dev", store.messageID("m\(index)", for: "dev"), clock: clock)])
-                _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
-                ids.append("ack-\(stored[0].id)")
-            }
+            for index in 1...20 { ids.append(try await ackOne("m\(index)", on: store, clock: clock)) }
             let batch = await holder.next(lane: 0, limit: 100)
             #expect(batch.map(\.id) == ids)
             #expect(await holder.remove(lane: 0, batch: batch))
@@ -223,22 +231,16 @@ struct RedisWebhookQueueTests {
             let other = queue(client, node: "n2")
             let holderStore = RedisPushStore(client: client, maxPending: 100, events: holder, now: { clock.now })
             let otherStore = RedisPushStore(client: client, maxPending: 100, events: other, now: { clock.now })
-            let holding = Task { await holder.maintain() }
-            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
-            func ack(_ name: String, on store: RedisPushStore) async throws -> String {
-                let stored = try await store.append([new("dev", store.messageID(name, for: "dev"), clock: clock)])
-                _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
-                return "ack-\(stored[0].id)"
-            }
+            let holding = try await hold(holder)
             // The lane read to its end once (nothing there), so the next own events would come
             // from memory.
-            let own = try await ack("m0", on: holderStore)
+            let own = try await ackOne("m0", on: holderStore, clock: clock)
             let first = await holder.next(lane: 0, limit: 100)
             #expect(first.map(\.id) == [own])
             #expect(await holder.remove(lane: 0, batch: first))
             // The device moved: its next ACK was taken on n2, the one after on the holder.
-            let foreign = try await ack("m1", on: otherStore)
-            let after = try await ack("m2", on: holderStore)
+            let foreign = try await ackOne("m1", on: otherStore, clock: clock)
+            let after = try await ackOne("m2", on: holderStore, clock: clock)
             let batch = await holder.next(lane: 0, limit: 100)
             #expect(batch.map(\.id) == [foreign, after], "n2's older event first, and the holder's own once")
             #expect(await holder.remove(lane: 0, batch: batch))
@@ -254,8 +256,7 @@ struct RedisWebhookQueueTests {
     func unannouncedEntryFound() async throws {
         try await withRedisClient { client in
             let holder = queue(client, node: "n1", staleAfter: .milliseconds(300))
-            let holding = Task { await holder.maintain() }
-            try await eventually("the lane is held") { holder.figures.lanesHeld == 1 }
+            let holding = try await hold(holder)
             let reading = Task { await holder.next(lane: 0, limit: 10) }
             try await eventually("the lane read to its end, asleep") { holder.pauses.load(ordering: .relaxed) >= 1 }
             // No foreign counter raised: only the read every half staleAfter finds it.

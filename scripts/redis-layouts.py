@@ -18,7 +18,7 @@ at the send and at the ACK (`+status-key`: a key per message id under its own ta
 key), or a `message.acked` event per ACK in a stream read by a consumer group (`+event`, its
 reading and acknowledging counted in the `events` column).
 """
-import argparse, os, socket, subprocess, sys, tempfile, time
+import argparse, os, re, socket, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import free_port, start_redis
 
@@ -323,6 +323,56 @@ class Multi(Layout):
     def ack(self, device, mid, token):
         return [encode("HDEL", self.keys(device)[1], mid)]
 
+def herald_append_script():
+    """The append script as the node runs it, read from its Swift source (so it cannot drift):
+    `RedisPushStore.appendScript` with the functions it interpolates put in."""
+    source = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Sources", "RedisStore",
+                               "RedisPushStore+Scripts.swift")).read()
+    def block(name):
+        return re.search(r"static let " + name + r'[^"]*"""\n(.*?)\n\s*"""', source, re.S).group(1)
+    script = block("appendScript")
+    for name in ("migrateFunction", "dropExpiredFunction"): script = script.replace("\\(" + name + ")", block(name))
+    if "\\(" in script: raise SystemExit("the append script interpolates something this tool does not know")
+    return script
+
+class Herald(Layout):
+    """The schema Herald runs (counter + stream with `<sequence>-0` ids), by its own append
+    script, with the KEYS and ARGV the node sends (no status, no expiry events)."""
+    script = "herald"
+    def setup(self):
+        self.sha["append"] = load(self.conn, herald_append_script() if self.script == "herald" else "return 1")
+    def keys(self, d): t = f"herald:{{{d}}}"; return [f"{t}:n", f"{t}:q"]
+    def append(self, messages, deadline):
+        devices, index, counts = self.group(messages)
+        keys = [k for d in devices for k in self.keys(d)]
+        argv = [deadline, self.cap, self.now, 60_000, len(devices), 0, 0, *counts] + [3660_000] * len(devices)
+        for device, mid, payload in messages: argv += [1, index[device], mid, self.now + 3600_000, payload, 0]
+        return [encode("EVALSHA", self.sha["append"], len(keys), *keys, *argv)]
+    def ack(self, device, mid, token):
+        return [encode("XDEL", self.keys(device)[1], f"{token}-0")]
+
+class HeraldEmptyScript(Herald):
+    """Herald's call, KEYS and ARGV with a script that does nothing (`return 1`): what calling
+    a script and handing it its arguments cost. Its ACKs delete nothing."""
+    script = "empty"
+    def tokens(self, reply, count): return [0] * count
+
+class HeraldMulti(Herald):
+    """Herald's four commands per message (INCRBY, XLEN, XADD, PEXPIRE) in a MULTI, no Lua:
+    what the script's Lua costs beyond its commands. Not a store: no deadline, no refusal at
+    the cap, and the entry id is Redis's (`*`), not the counter's."""
+    def setup(self): pass
+    def append(self, messages, deadline):
+        out = [encode("MULTI")]
+        for device, mid, payload in messages:
+            n, q = self.keys(device)
+            out += [encode("INCRBY", n, 1), encode("XLEN", q), encode("XADD", q, "*", "i", mid, "e", self.now + 3600_000, "p", payload),
+                    encode("PEXPIRE", q, 3660_000)]
+        return out + [encode("EXEC")]
+    def tokens(self, reply, count): return [r.decode() for r in reply[2::4]]
+    def ack(self, device, mid, token):
+        return [encode("XDEL", self.keys(device)[1], token)]
+
 RETENTION_MS = 86_400_000   # HERALD_RECEIPT_RETENTION_S's default, 24 h
 
 class StatusKey(StreamSeq):
@@ -381,7 +431,8 @@ class AckEvent(StreamSeq):
         return read
 
 LAYOUTS = {"current": Current, "stream": Stream, "stream-seq": StreamSeq, "list-hash": ListHash, "zset-hash": ZsetHash, "multi": Multi,
-           "stream-seq+status-key": StatusKey, "stream-seq+status-hash": StatusHash, "stream-seq+event": AckEvent}
+           "stream-seq+status-key": StatusKey, "stream-seq+status-hash": StatusHash, "stream-seq+event": AckEvent,
+           "herald": Herald, "herald-empty-script": HeraldEmptyScript, "herald-commands-in-multi": HeraldMulti}
 
 def tokens(reply, count):
     """The per-message tokens an append returned (stream entry ids), or None for each."""
@@ -404,7 +455,7 @@ def run(port, name, args):
     before = redis_cpu(conn)
     replies = conn.pipeline(calls, args.depth)
     appended = redis_cpu(conn)
-    toks = [t for g, r in zip(groups, replies) for t in tokens(r, len(g))]
+    toks = [t for g, r in zip(groups, replies) for t in getattr(layout, "tokens", tokens)(r, len(g))]
     acks = [layout.ack(d, mid, tok) for (d, mid, _), tok in zip(messages, toks)]
     conn.pipeline(acks, args.depth)
     acked = redis_cpu(conn)

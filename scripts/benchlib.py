@@ -17,8 +17,10 @@ def redis_stat(port, name):
 def herald_binary():
     return subprocess.check_output(["swift", "build", "-c", "release", "--show-bin-path"], text=True).strip() + "/herald"
 
-def start_redis(workdir, port, *extra):
-    return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
+def start_redis(workdir, port, *extra, prefix=()):
+    """Starts a redis-server without persistence (after the `prefix` command, such as
+    valgrind, if given)."""
+    return subprocess.Popen([*prefix, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
                              "--save", "", "--appendonly", "no", "--logfile", os.path.join(workdir, "redis.log"), *extra])
 
 def start_herald(binary, http_port, prefix=(), ready_seconds=20, **variables):

@@ -10,6 +10,14 @@ message for append, ack and both.
 
     scripts/redis-layouts.py --devices 10000 --messages 50000            # every layout
     scripts/redis-layouts.py --layouts current,lean --batch 100
+    scripts/redis-layouts.py --layouts herald --callgrind      # instructions, not CPU time
+
+With --callgrind, each layout runs in a redis-server of its own under valgrind's callgrind,
+once with M messages and once with 2M; the difference of their instruction counts over M is
+what Redis executes per message (append and ACK, user space only: the kernel's work on the
+sockets is not counted). Startup, setup and shutdown cancel out, and `--hz 1` keeps the
+timers' share small, so the figure repeats from run to run where CPU times on a shared
+machine do not: it judges a change to a script.
 
 The `stream-seq+...` candidates add to the chosen layout what message status and webhook
 events would cost (the receipts issue): a status record per message written at the append,
@@ -469,6 +477,22 @@ def run(port, name, args):
     us = lambda s: s / args.messages * 1e6
     return us(appended - before), us(acked - appended), us(drained - acked), left, used() - empty
 
+def instructions(name, args, messages):
+    """Instructions of a redis-server's whole life under callgrind, running `name` once with
+    `messages` messages."""
+    workdir = tempfile.mkdtemp(prefix="herald-layouts-")
+    out, port = os.path.join(workdir, "callgrind.out"), free_port()
+    redis = start_redis(workdir, port, "--hz", "1", prefix=["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out}"])
+    try:
+        for _ in range(600):
+            try: Connection(port).call("PING"); break
+            except OSError: time.sleep(0.1)
+        run(port, name, argparse.Namespace(**{**vars(args), "messages": messages}))
+    finally:
+        redis.terminate(); redis.wait(timeout=300)
+    with open(out) as f:
+        return int(re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE).group(1))
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=10000)
@@ -478,7 +502,15 @@ def main():
     parser.add_argument("--payload-bytes", type=int, default=100)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--rounds", type=int, default=3, help="runs per layout; the median is shown")
+    parser.add_argument("--callgrind", action="store_true", help="count Redis's instructions per message instead of its CPU time")
     args = parser.parse_args()
+    if args.callgrind:
+        print(f"{args.messages} messages to {args.devices} devices, {args.payload_bytes}-byte payloads, {args.batch} per append; "
+              f"redis-server instructions per message, append and ACK (callgrind, {args.messages} and {2 * args.messages} messages)")
+        for name in args.layouts.split(","):
+            single, double = instructions(name, args, args.messages), instructions(name, args, 2 * args.messages)
+            print(f"{name:<26} {(double - single) / args.messages:>10,.0f}")
+        return
     workdir = tempfile.mkdtemp(prefix="herald-layouts-")
     port = free_port()
     redis = start_redis(workdir, port)

@@ -79,8 +79,10 @@ extension RedisPushStore {
     ///
     /// It runs for every push, so it is written for Redis's CPU (Docs/store.md, "The append
     /// script's own cost"): few tables (each costs Redis about 0.13 µs), no number turned into
-    /// a string by Lua (an entry id is passed as the number, which `XADD` reads as `<n>-0`), no
-    /// function defined on the common path, and no arithmetic the node can do first.
+    /// a string by Lua (an entry id is passed as the number, which `XADD` reads as `<n>-0`), an
+    /// argument handed on as the string it came as, and `tonumber` (glibc's `strtod`) skipped for
+    /// a count of 1, no function defined on the common path, and no arithmetic the node can do
+    /// first.
     static let appendScript = RedisScript(
         """
         local clock = redis.call('TIME')
@@ -94,8 +96,9 @@ extension RedisPushStore {
         -- sequences have no gap.
         local last, sequence, length, swept = {}, {}, {}, nil
         for d = 1, devices do
-          local wanted = tonumber(ARGV[7+d])
-          local raised = redis.call('INCRBY', KEYS[2*d-1], wanted)
+          -- Most groups bring a device one message. ARGV as it came: no number made a string.
+          local wanted = ARGV[7+d] == '1' and 1 or tonumber(ARGV[7+d])
+          local raised = redis.call('INCRBY', KEYS[2*d-1], ARGV[7+d])
           if raised == wanted then
             \(migrateFunction)
             local old = migrate(KEYS[2*d-1], KEYS[2*d])
@@ -108,13 +111,14 @@ extension RedisPushStore {
         local i = ttls + devices + 1
         if retention > 0 then i = i + devices end
         while i <= #ARGV do
-          local k = tonumber(ARGV[i])
-          local full, need = nil, nil
-          if k == 1 then
-            local d = tonumber(ARGV[i+1])
-            if length[d] + 1 > cap then full, need = d, {[d] = 1} end
+          -- A request of one message (most) has its device's index read once; `tonumber` is
+          -- one of the costlier things this script does.
+          local k, only, full, need = 1, nil, nil, nil
+          if ARGV[i] == '1' then
+            only = tonumber(ARGV[i+1])
+            if length[only] + 1 > cap then full, need = only, {[only] = 1} end
           else
-            need = {}
+            k, need = tonumber(ARGV[i]), {}
             for m = 0, k - 1 do
               local d = tonumber(ARGV[i + 1 + 5*m])
               need[d] = (need[d] or 0) + 1
@@ -144,7 +148,7 @@ extension RedisPushStore {
             if k > 1 then sequences = {} end
             for m = 0, k - 1 do
               local at = i + 1 + 5*m
-              local d = tonumber(ARGV[at])
+              local d = only or tonumber(ARGV[at])
               local s = sequence[d] + 1
               sequence[d], length[d] = s, length[d] + 1
               redis.call('XADD', KEYS[2*d], s, 'i', ARGV[at+1], 'e', ARGV[at+2], 'p', ARGV[at+3])
@@ -162,7 +166,7 @@ extension RedisPushStore {
         for d = 1, devices do
           local unused = last[d] - sequence[d]
           if unused > 0 then redis.call('DECRBY', KEYS[2*d-1], unused) end
-          local added = tonumber(ARGV[7+d]) - unused
+          local added = (ARGV[7+d] == '1' and 1 or tonumber(ARGV[7+d])) - unused
           -- The stream lives until its last message has expired, plus the slack. GT never
           -- shortens it, but treats a key without a TTL as never expiring, so a stream that
           -- holds only this group's entries (perhaps new) gets its TTL set outright.

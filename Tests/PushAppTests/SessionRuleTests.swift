@@ -186,7 +186,7 @@ struct SessionRuleTests {
         }
     }
 
-    @Test("a device silent for 2 x heartbeat is closed, within 2.5 x heartbeat + 2 s")
+    @Test("a device silent for 2 x heartbeat is closed, and not before")
     func silentDeviceClosed() async throws {
         try await TestNode.with(["HERALD_HEARTBEAT_MIN_S": "1", "HERALD_HEARTBEAT_S": "1"]) { node in
             let connection = try await node.raw()
@@ -194,10 +194,13 @@ struct SessionRuleTests {
             // lower bound holds however late this task resumes after the send.
             let start = ContinuousClock.now
             try await connection.send(.hello(Hello(clientID: "quiet", heartbeatSeconds: 1)))
-            _ = try await connection.waitForClose(timeout: .seconds(10))
+            _ = try await connection.waitForClose(timeout: .seconds(30))
             let elapsed = ContinuousClock.now - start
+            #expect(connection.isClosed)
             #expect(elapsed >= .milliseconds(1950))
-            #expect(elapsed <= .milliseconds(4500))
+            // How soon after 2 x heartbeat (within one sweep interval) is checked on a manual
+            // clock (ConnectionChannelTests); by the wall clock a loaded machine once took 9.9 s
+            // here for a bound of 4.5 s.
         }
     }
 

@@ -331,15 +331,18 @@ class Multi(Layout):
     def ack(self, device, mid, token):
         return [encode("HDEL", self.keys(device)[1], mid)]
 
-def herald_append_script():
+def herald_append_script(cap):
     """The append script as the node runs it, read from its Swift source (so it cannot drift):
-    `RedisPushStore.appendScript` with the functions it interpolates put in."""
+    `RedisPushStore.appendScript` with the functions it interpolates put in, and the settings
+    the node writes in: `cap`, a minute of slack, no status."""
     source = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Sources", "RedisStore",
                                "RedisPushStore+Scripts.swift")).read()
     def block(name):
         return re.search(r"static let " + name + r'[^"]*"""\n(.*?)\n\s*"""', source, re.S).group(1)
-    script = block("appendScript")
+    script = re.search(r'static func appendScript[^"]*"""\n(.*?)\n\s*"""', source, re.S).group(1)
     for name in ("migrateFunction", "dropExpiredFunction"): script = script.replace("\\(" + name + ")", block(name))
+    for name, value in (("cap", cap), ("slackMillis", 60_000), ("retentionMillis", 0), ("keep", "false")):
+        script = script.replace("\\(" + name + ")", str(value))
     if "\\(" in script: raise SystemExit("the append script interpolates something this tool does not know")
     return script
 
@@ -348,13 +351,13 @@ class Herald(Layout):
     script, with the KEYS and ARGV the node sends (no status, no expiry events)."""
     script = "herald"
     def setup(self):
-        self.sha["append"] = load(self.conn, herald_append_script() if self.script == "herald" else "return 1")
+        self.sha["append"] = load(self.conn, herald_append_script(self.cap) if self.script == "herald" else "return 1")
     def keys(self, d): t = f"herald:{{{d}}}"; return [f"{t}:n", f"{t}:q"]
     def append(self, messages, deadline):
         devices, index, counts = self.group(messages)
         keys = [k for d in devices for k in self.keys(d)]
-        argv = [deadline, self.cap, self.now, 60_000, len(devices), 0, 0, *counts] + [3660_000] * len(devices)
-        for device, mid, payload in messages: argv += [1, index[device], mid, self.now + 3600_000, payload, 0]
+        argv = [deadline // 1000, deadline % 1000, self.now, len(devices), *counts] + [3660_000] * len(devices)
+        for device, mid, payload in messages: argv += [1, index[device], mid, self.now + 3600_000, payload]
         return [encode("EVALSHA", self.sha["append"], len(keys), *keys, *argv)]
     def ack(self, device, mid, token):
         return [encode("XDEL", self.keys(device)[1], f"{token}-0")]

@@ -62,125 +62,140 @@ extension RedisPushStore {
 
             """
 
-    /// Appends the requests of a group (one request alone, or the requests one event loop
+    /// The append script of a store's settings: its cap, the slack of a queue's TTL (ms), the
+    /// retention of statuses (ms; 0: no status), and whether expired entries stay for the expiry
+    /// sweep (which reports them; a full queue is then refused until it has run). They are
+    /// written into the source, not passed: each argument costs Redis its parsing, a Lua string
+    /// and a slot in `ARGV` on every call. One script per setting, loaded like any other.
+    ///
+    /// It appends the requests of a group (one request alone, or the requests one event loop
     /// gathered in a tick: `AppendGroups`), each all or nothing on its own.
     ///
     /// KEYS: per device (1-based d) its counter and its stream, then the status keys. ARGV:
-    /// deadline, cap, now, slack, devices, retention (0: no status), keep (1: expired entries
-    /// stay for the expiry sweep, which reports them; a full queue is then refused until it has
-    /// run), then per device the count of messages the group brings it, then per device the TTL
-    /// its stream needs for them (its latest expiry - now + slack, in ms), then (with a
+    /// the deadline (whole seconds since the epoch, then the milliseconds past them), now,
+    /// devices, then per device the count of messages the group brings it, then per device the
+    /// TTL its stream needs for them (its latest expiry - now + slack, in ms), then (with a
     /// retention) per device its client id, then per request its message count k followed by k
-    /// times: device index, id, expiry, payload, the index in KEYS of its status key (0: none).
+    /// times: device index, id, expiry, payload and (with a retention) the index in KEYS of its
+    /// status key (0: none).
     /// Refuses to run past the deadline (LATE, for the whole group). Returns one reply per
     /// request, in order: its sequence (a request of one message) or the sequences of its
     /// messages, or minus the index of the first device whose cap it would pass (nothing of
     /// that request is added, status included).
     ///
     /// It runs for every push, so it is written for Redis's CPU (Docs/store.md, "The append
-    /// script's own cost"): few tables (each costs Redis about 0.13 µs), no number turned into
-    /// a string by Lua (an entry id is passed as the number, which `XADD` reads as `<n>-0`), an
-    /// argument handed on as the string it came as, and `tonumber` (glibc's `strtod`) skipped for
-    /// a count of 1, no function defined on the common path, and no arithmetic the node can do
-    /// first.
-    static let appendScript = RedisScript(
-        """
-        local clock = redis.call('TIME')
-        if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[1]) then
-          return redis.error_reply('LATE')
-        end
-        local cap, devices, retention, keep = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
-        local ttls = 7 + devices
-        -- Each counter is raised once by all the group brings (last[d]); sequence[d] is the last
-        -- one given out; what refused requests would have used is given back at the end, so
-        -- sequences have no gap.
-        local last, sequence, length, swept = {}, {}, {}, nil
-        for d = 1, devices do
-          -- Most groups bring a device one message. ARGV as it came: no number made a string.
-          local wanted = ARGV[7+d] == '1' and 1 or tonumber(ARGV[7+d])
-          local raised = redis.call('INCRBY', KEYS[2*d-1], ARGV[7+d])
-          if raised == wanted then
-            \(migrateFunction)
-            local old = migrate(KEYS[2*d-1], KEYS[2*d])
-            if old > 0 then raised = redis.call('INCRBY', KEYS[2*d-1], old) end
-          end
-          last[d], sequence[d] = raised, raised - wanted
-          length[d] = redis.call('XLEN', KEYS[2*d])
-        end
-        local replies = {}
-        local i = ttls + devices + 1
-        if retention > 0 then i = i + devices end
-        while i <= #ARGV do
-          -- A request of one message (most) has its device's index read once; `tonumber` is
-          -- one of the costlier things this script does.
-          local k, only, full, need = 1, nil, nil, nil
-          if ARGV[i] == '1' then
-            only = tonumber(ARGV[i+1])
-            if length[only] + 1 > cap then full, need = only, {[only] = 1} end
-          else
-            k, need = tonumber(ARGV[i]), {}
-            for m = 0, k - 1 do
-              local d = tonumber(ARGV[i + 1 + 5*m])
-              need[d] = (need[d] or 0) + 1
+    /// script's own cost"): few tables (each costs Redis about 0.13 µs), few arguments, no
+    /// number turned into a string by Lua (an entry id is passed as the number, which `XADD`
+    /// reads as `<n>-0`), an argument handed on as the string it came as, few numbers read from
+    /// strings (each is a call of glibc's `strtod`; `tonumber` makes two, so it is not used:
+    /// `s + 0` makes one, a count of 1 is recognised by comparing strings, and the deadline is
+    /// compared as strings first), no function defined on the common path, and no arithmetic
+    /// the node can do first.
+    static func appendScript(cap: Int, slackMillis: Int64, retentionMillis: Int64, keep: Bool) -> RedisScript {
+        RedisScript(
+            """
+            local cap, slack, retention, keep = \(cap), \(slackMillis), \(retentionMillis), \(keep)
+            -- Late when Redis's clock has passed the deadline. Both seconds have ten digits (until
+            -- the year 2286), so comparing the strings compares the numbers: the common case (the
+            -- deadline's second still ahead) reads no number.
+            local clock = redis.call('TIME')
+            if clock[1] >= ARGV[1] and (clock[1] ~= ARGV[1] or clock[2] / 1000 > ARGV[2] + 0) then
+              return redis.error_reply('LATE')
             end
-            for d, count in pairs(need) do
-              if length[d] + count > cap and (full == nil or d < full) then full = d end
-            end
-          end
-          if full and not keep then
-            -- A queue would pass its cap: its expired entries are deleted (once a group, unless
-            -- the expiry sweep reports them), and it is counted again.
-            \(dropExpiredFunction)
-            swept, full = swept or {}, nil
-            for d, count in pairs(need) do
-              if length[d] + count > cap and not swept[d] then
-                drop_expired(KEYS[2*d], tonumber(ARGV[3]))
-                swept[d] = true
-                length[d] = redis.call('XLEN', KEYS[2*d])
+            local devices = ARGV[4] == '1' and 1 or ARGV[4] + 0
+            -- A message's fields: device index, id, expiry, payload and, with statuses, its status key.
+            local fields = retention > 0 and 5 or 4
+            local ttls = 4 + devices
+            -- Each counter is raised once by all the group brings (last[d]); sequence[d] is the last
+            -- one given out; what refused requests would have used is given back at the end, so
+            -- sequences have no gap.
+            local last, sequence, length, swept = {}, {}, {}, nil
+            for d = 1, devices do
+              -- Most groups bring a device one message. ARGV as it came: no number made a string.
+              local wanted = ARGV[4+d] == '1' and 1 or ARGV[4+d] + 0
+              local raised = redis.call('INCRBY', KEYS[2*d-1], ARGV[4+d])
+              if raised == wanted then
+                \(migrateFunction)
+                local old = migrate(KEYS[2*d-1], KEYS[2*d])
+                if old > 0 then raised = redis.call('INCRBY', KEYS[2*d-1], old) end
               end
-              if length[d] + count > cap and (full == nil or d < full) then full = d end
+              last[d], sequence[d] = raised, raised - wanted
+              length[d] = redis.call('XLEN', KEYS[2*d])
             end
-          end
-          if full then
-            replies[#replies + 1] = -full
-          else
-            local sequences = nil
-            if k > 1 then sequences = {} end
-            for m = 0, k - 1 do
-              local at = i + 1 + 5*m
-              local d = only or tonumber(ARGV[at])
-              local s = sequence[d] + 1
-              sequence[d], length[d] = s, length[d] + 1
-              redis.call('XADD', KEYS[2*d], s, 'i', ARGV[at+1], 'e', ARGV[at+2], 'p', ARGV[at+3])
-              if ARGV[at+4] ~= '0' then
-                local status, now = tonumber(ARGV[at+4]), tonumber(ARGV[3])
-                redis.call('HSET', KEYS[status], 'c', ARGV[ttls + devices + d], 'q', s, 'a', ARGV[3], 'e', ARGV[at+2])
-                redis.call('PEXPIRE', KEYS[status], tonumber(ARGV[at+2]) - now + retention + tonumber(ARGV[4]))
+            local replies = {}
+            local i = ttls + devices + 1
+            if retention > 0 then i = i + devices end
+            while i <= #ARGV do
+              -- A request of one message (most) has its device's index read once (or not at all: 1).
+              local k, only, full, need = 1, nil, nil, nil
+              if ARGV[i] == '1' then
+                only = ARGV[i+1] == '1' and 1 or ARGV[i+1] + 0
+                if length[only] + 1 > cap then full, need = only, {[only] = 1} end
+              else
+                k, need = ARGV[i] + 0, {}
+                for m = 0, k - 1 do
+                  local d = ARGV[i + 1 + fields*m] + 0
+                  need[d] = (need[d] or 0) + 1
+                end
+                for d, count in pairs(need) do
+                  if length[d] + count > cap and (full == nil or d < full) then full = d end
+                end
               end
-              if sequences then sequences[m + 1] = s else sequences = s end
+              if full and not keep then
+                -- A queue would pass its cap: its expired entries are deleted (once a group, unless
+                -- the expiry sweep reports them), and it is counted again.
+                \(dropExpiredFunction)
+                swept, full = swept or {}, nil
+                for d, count in pairs(need) do
+                  if length[d] + count > cap and not swept[d] then
+                    drop_expired(KEYS[2*d], ARGV[3] + 0)
+                    swept[d] = true
+                    length[d] = redis.call('XLEN', KEYS[2*d])
+                  end
+                  if length[d] + count > cap and (full == nil or d < full) then full = d end
+                end
+              end
+              if full then
+                replies[#replies + 1] = -full
+              else
+                local sequences = nil
+                if k > 1 then sequences = {} end
+                for m = 0, k - 1 do
+                  local at = i + 1 + fields*m
+                  local d = only or ARGV[at] + 0
+                  local s = sequence[d] + 1
+                  sequence[d], length[d] = s, length[d] + 1
+                  redis.call('XADD', KEYS[2*d], s, 'i', ARGV[at+1], 'e', ARGV[at+2], 'p', ARGV[at+3])
+                  if retention > 0 and ARGV[at+4] ~= '0' then
+                    local status = ARGV[at+4] + 0
+                    redis.call('HSET', KEYS[status], 'c', ARGV[ttls + devices + d], 'q', s, 'a', ARGV[3], 'e', ARGV[at+2])
+                    redis.call('PEXPIRE', KEYS[status], ARGV[at+2] - ARGV[3] + retention + slack)
+                  end
+                  if sequences then sequences[m + 1] = s else sequences = s end
+                end
+                replies[#replies + 1] = sequences
+              end
+              i = i + 1 + fields*k
             end
-            replies[#replies + 1] = sequences
-          end
-          i = i + 1 + 5*k
-        end
-        for d = 1, devices do
-          local unused = last[d] - sequence[d]
-          if unused > 0 then redis.call('DECRBY', KEYS[2*d-1], unused) end
-          local added = (ARGV[7+d] == '1' and 1 or tonumber(ARGV[7+d])) - unused
-          -- The stream lives until its last message has expired, plus the slack. GT never
-          -- shortens it, but treats a key without a TTL as never expiring, so a stream that
-          -- holds only this group's entries (perhaps new) gets its TTL set outright.
-          if added > 0 then
-            if length[d] == added then
-              redis.call('PEXPIRE', KEYS[2*d], ARGV[ttls+d])
-            else
-              redis.call('PEXPIRE', KEYS[2*d], ARGV[ttls+d], 'GT')
+            for d = 1, devices do
+              local unused = last[d] - sequence[d]
+              if unused > 0 then redis.call('DECRBY', KEYS[2*d-1], unused) end
+              local added = (ARGV[4+d] == '1' and 1 or ARGV[4+d] + 0) - unused
+              -- The stream lives until its last message has expired, plus the slack. GT never
+              -- shortens it, but treats a key without a TTL as never expiring, so a stream that
+              -- holds only this group's entries (perhaps new) gets its TTL set outright.
+              if added > 0 then
+                if length[d] == added then
+                  redis.call('PEXPIRE', KEYS[2*d], ARGV[ttls+d])
+                else
+                  redis.call('PEXPIRE', KEYS[2*d], ARGV[ttls+d], 'GT')
+                end
+              end
             end
-          end
-        end
-        return replies
-        """
-    )
+            return replies
+            """
+        )
+    }
 
     /// KEYS: counter, stream. ARGV: now, after, limit, keep. Returns id, sequence, expiry,
     /// payload, ... of up to `limit` unexpired messages after `after`; deletes the expired ones

@@ -44,17 +44,27 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// expiries watched (the sweep must find the entries before Redis drops the key).
     private let slackMillis: Int64
     private let appendTokens = WebhookEventIDs()
+    /// When an append is too late for Redis to run (ms since the epoch, by the wall clock):
+    /// half the command timeout from now by default, so a 503 never turns into a stored message
+    /// as long as the node's and Redis's clocks agree within that half (Docs/store.md).
+    private let appendDeadline: @Sendable () -> Int64
+    /// `appendScript` with this store's settings.
+    private let appendScript: RedisScript
 
     /// Creates the store. `prefix` starts every key (`herald` by default; tests use their own).
     /// With `replicas` > 0, an append returns only once that many replicas acknowledged it
     /// (`WAIT`, at most `waitTimeoutMillis`); otherwise it is removed again and the append fails
     /// (Docs/store.md, "Redis Sentinel"). With `events`, an ACK queues its `message.acked`
-    /// event in Redis before it deletes the message (Docs/webhooks.md).
+    /// event in Redis before it deletes the message (Docs/webhooks.md). `appendDeadline`
+    /// replaces the deadline of appends (tests).
     public init(
         client: RedisClient, maxPending: Int, prefix: String = "herald", replicas: Int = 0, waitTimeoutMillis: Int64 = 500,
         receiptRetentionMillis: Int64? = nil, events: RedisWebhookQueue? = nil,
-        now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch
+        now: @escaping @Sendable () -> Int64 = WallClock.millisecondsSinceEpoch,
+        appendDeadline: (@Sendable () -> Int64)? = nil
     ) {
+        let halfTimeout = client.configuration.commandTimeout.nanoseconds / 2_000_000
+        self.appendDeadline = appendDeadline ?? { WallClock.millisecondsSinceEpoch() + halfTimeout }
         self.receiptRetentionMillis = receiptRetentionMillis
         self.events = events.flatMap { $0.wants(.messageAcked) ? $0 : nil }
         expiryEvents = events.flatMap { $0.watchesExpiry ? $0 : nil }
@@ -66,6 +76,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         self.waitTimeoutMillis = waitTimeoutMillis
         self.now = now
         groups = AppendGroups(loops: client.loops.count)
+        appendScript = Self.appendScript(
+            cap: maxPending, slackMillis: slackMillis, retentionMillis: receiptRetentionMillis ?? 0, keep: expiryEvents != nil
+        )
     }
 
     /// The device's counter and stream.
@@ -108,13 +121,10 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         }
         let now = now()
         // A request that times out is answered 503, but its bytes may still reach a paused Redis
-        // and run later. The script refuses to run after this deadline (by Redis's clock), and
-        // the deadline is half the command timeout, so a 503 never turns into a stored message
-        // as long as the node's and Redis's clocks agree within that half (Docs/store.md).
-        let deadline = WallClock.millisecondsSinceEpoch() + client.configuration.commandTimeout.nanoseconds / 2_000_000
+        // and run later. The script refuses to run after `appendDeadline` (by Redis's clock).
+        let deadline = appendDeadline()
         var arguments: [RedisArgument] = [
-            .integer(deadline), .integer(Int64(maxPending)), .integer(now), .integer(slackMillis),
-            .integer(Int64(devices.count)), .integer(receiptRetentionMillis ?? 0), .integer(expiryEvents == nil ? 0 : 1),
+            .integer(deadline / 1000), .integer(deadline % 1000), .integer(now), .integer(Int64(devices.count)),
         ]
         arguments += counts.map { .integer($0) }
         // Each stream's TTL: until the latest expiry the group brings it, plus the slack (a
@@ -125,15 +135,16 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         for request in requests {
             arguments.append(.integer(Int64(request.count)))
             for message in request {
+                arguments += [
+                    .integer(Int64(index[message.clientID]!)), .string(message.id), .integer(message.expiresAtMillis), .bytes(message.payload),
+                ]
+                guard receiptRetentionMillis != nil else { continue }
                 var status: Int64 = 0
-                if receiptRetentionMillis != nil, let key = statusKey(message.id, of: message.clientID) {
+                if let key = statusKey(message.id, of: message.clientID) {
                     keys.append(key)
                     status = Int64(keys.count)
                 }
-                arguments += [
-                    .integer(Int64(index[message.clientID]!)), .string(message.id), .integer(message.expiresAtMillis),
-                    .bytes(message.payload), .integer(status),
-                ]
+                arguments.append(.integer(status))
             }
         }
         let wait: [[RedisArgument]] = replicas > 0 ? [[.string("WAIT"), .integer(Int64(replicas)), .integer(waitTimeoutMillis)]] : []
@@ -158,7 +169,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
                     index = []
                 }
             }
-            replies = try await client.run(Self.appendScript, keys: keys, arguments: arguments, before: index, then: wait)
+            replies = try await client.run(appendScript, keys: keys, arguments: arguments, before: index, then: wait)
         } catch {
             return requests.map { _ in .failure(error) }
         }

@@ -177,7 +177,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         switch replies[0] {
         case .array(let array) where array.count == requests.count:
             perRequest = array
-        case .error(let text) where text.hasPrefix("LATE"):
+        case .error(let text) where text.hasPrefix("LATE") || text.hasPrefix("ERR LATE"):
+            // Redis 7 puts ERR before an error a script raises without a code of its own.
             return requests.map { _ in .failure(StoreError(.unavailable, "redis ran the append after its deadline; nothing was stored")) }
         case let reply:
             return requests.map { _ in .failure(StoreError(.unavailable, "unexpected reply to append: \(reply)")) }

@@ -206,19 +206,30 @@ struct HTTPFastPathTests {
     @Test("the idle timeout counts fast-path requests as activity, and still closes the connection once it is idle")
     func idleTimeout() async throws {
         try await TestNode.with(["HERALD_HTTP_IDLE_TIMEOUT_S": "2"]) { node in
-            let http = try await RawHTTPConnection.connect(port: node.httpPort)
-            // Fifteen requests paced over more than two idle timeouts: every one is answered on
-            // this connection, which the idle timeout would have closed had it not seen them.
-            // (Real time is what is under test here; the gaps, 300 ms, leave the timeout a
-            // margin of more than six times, so a loaded machine does not close it early.)
-            var answered = 0
-            for _ in 0..<15 {
-                http.send(RawHTTPConnection.request(.POST, "/v1/push", body: #"{"client_id": "idle", "data": "x"}"#))
-                answered += try await http.read(1).filter { $0.status == 202 }.count
-                try await Task.sleep(for: .milliseconds(300))
+            // Fifteen requests paced over more than two idle timeouts (300 ms apart): every one
+            // is answered on one connection only if the idle timeout counts them as activity.
+            // Real time is what is under test here (the manual-clock tests are in
+            // HTTPTimeoutHandlerTests), so a machine that stalls for a whole timeout closes the
+            // connection rightly; such a round is tried again on a new connection, three at
+            // most. Without the counting, every round closes 2 s after its accept.
+            var most = 0
+            for _ in 1...3 {
+                let http = try await RawHTTPConnection.connect(port: node.httpPort)
+                var answered = 0
+                for _ in 0..<15 {
+                    http.send(RawHTTPConnection.request(.POST, "/v1/push", body: #"{"client_id": "idle", "data": "x"}"#))
+                    guard try await http.read(1).first?.status == 202 else { break }
+                    answered += 1
+                    try await Task.sleep(for: .milliseconds(300))
+                }
+                if answered == 15 {
+                    #expect(await http.closedByServer(within: .seconds(6)), "closed once idle for the timeout")
+                    return
+                }
+                http.close()
+                most = max(most, answered)
             }
-            #expect(answered == 15)
-            #expect(await http.closedByServer(within: .seconds(6)), "closed once idle for the timeout")
+            Issue.record("no connection of three lived through 15 requests 300 ms apart: at most \(most) were answered")
         }
     }
 }

@@ -23,6 +23,16 @@ struct RedisAppendDeadlineTests {
         NewMessage(clientID: clientID, id: id, payload: ByteBuffer(string: id), expiresAtMillis: WallClock.millisecondsSinceEpoch() + 60_000)
     }
 
+    /// Appends one message, returning the error it failed with, if any.
+    private static func failure(of store: RedisPushStore, _ message: NewMessage) async -> StoreError? {
+        do {
+            _ = try await store.append([message])
+            return nil
+        } catch {
+            return error
+        }
+    }
+
     @Test("an append that reaches Redis after its deadline (an earlier second, or earlier in the same one) is refused and stores nothing")
     func lateAppendStoresNothing() async throws {
         try await withRedisClient { client in
@@ -31,7 +41,8 @@ struct RedisAppendDeadlineTests {
             for (device, before) in [("late-seconds", Int64(1500)), ("late-millis", 1)] {
                 let redisNow = try await Self.redisMillis(client)
                 deadline.withLock { $0 = redisNow - before }
-                await #expect(throws: StoreError(.unavailable, "")) { try await store.append([Self.message(device, "\(device)-1")]) }
+                let refused = try #require(await Self.failure(of: store, Self.message(device, "\(device)-1")), "\(device): stored")
+                #expect(refused.code == .unavailable && refused.message.contains("after its deadline"), "\(device): \(refused)")
                 #expect(try await store.pendingCount(for: device) == 0, "\(device): the refused append stored nothing")
                 // Nor did it take a sequence: the next message on time is the device's first.
                 deadline.withLock { $0 = redisNow + 60_000 }
@@ -44,23 +55,29 @@ struct RedisAppendDeadlineTests {
     func timelyAppendIsStored() async throws {
         try await withRedisClient { client in
             let deadline = Mutex<Int64>(0)
-            let store = RedisPushStore(client: client, maxPending: 100_000, appendDeadline: { deadline.withLock { $0 } })
-            // 300 ms ahead: in the same second as Redis's clock when that is at most 600 ms into
-            // it (the script then compares the milliseconds), in the next one otherwise (it
-            // compares the seconds alone). Appends go on until the first case has run too,
-            // which takes at most the rest of a second.
-            var sameSecond = false
-            var appended = 0
-            while !sameSecond {
-                let redisNow = try await Self.redisMillis(client)
-                sameSecond = redisNow % 1000 <= 600
-                deadline.withLock { $0 = redisNow + 300 }
-                let stored = try await store.append([Self.message("timely", "t\(appended)")])
-                appended += 1
-                #expect(stored[0].sequence == UInt64(appended))
-                try #require(appended < 100_000, "Redis's clock did not reach the start of a second")
+            let store = RedisPushStore(client: client, maxPending: 10_000, appendDeadline: { deadline.withLock { $0 } })
+            // The deadline: the last millisecond of the second Redis's clock is in. When Redis's
+            // clock is still in that second, short of its last millisecond, after the append,
+            // the script ran in the deadline's second before the deadline (it then compares the
+            // milliseconds), and must have stored it. Otherwise (a slow machine) the outcome
+            // proves nothing either way, and the test tries again.
+            var proved = false
+            var attempts = 0
+            while !proved {
+                attempts += 1
+                try #require(attempts <= 1_000, "no append both started and ended within one of Redis's seconds")
+                let before = try await Self.redisMillis(client)
+                deadline.withLock { $0 = before / 1000 * 1000 + 999 }
+                let failure = await Self.failure(of: store, Self.message("timely", "t\(attempts)"))
+                let after = try await Self.redisMillis(client)
+                guard after / 1000 == before / 1000, after % 1000 < 999 else { continue }
+                #expect(failure == nil, "refused within its deadline: \(failure.map(\.description) ?? "")")
+                proved = true
             }
-            #expect(try await store.pendingCount(for: "timely") == appended)
+            // In a later second than the deadline's, the seconds alone decide: a deadline a
+            // minute ahead.
+            deadline.withLock { $0 = WallClock.millisecondsSinceEpoch() + 60_000 }
+            #expect(await Self.failure(of: store, Self.message("timely", "later")) == nil)
         }
     }
 }

@@ -37,6 +37,8 @@ public final class ClusterRouter: ClusterLink {
         var startedPeers: [String: Member] = [:]
         /// Route writes that failed (Redis down): client id -> session, retried each tick.
         var unclaimed: [String: UInt64] = [:]
+        /// Connections whose route a refresh found held by another one (closed on the second).
+        var contests = RouteContests()
         /// Devices with messages stored but not routed (the route lookup failed), retried each
         /// tick; past `maxMissed`, every live node's devices re-read their queues instead.
         var unrouted: Set<String> = []
@@ -236,10 +238,13 @@ public final class ClusterRouter: ClusterLink {
         guard !entries.isEmpty else { return }
         do {
             let outcomes = try await routes.refresh(entries.map { ($0.clientID, myRoute($0.connection.session)) })
-            for (entry, outcome) in zip(entries, outcomes) where outcome == .another {
+            let refreshed = zip(entries, outcomes).map { (clientID: $0.clientID, session: $0.connection.session, outcome: $1) }
+            let replaced = state.withLock { state in state.contests.replaced(refreshed, unclaimed: state.unclaimed) }
+            for (clientID, session) in replaced {
                 // A newer connection elsewhere holds the route and its KICK never arrived.
-                logger.info("route taken over elsewhere; closing the older connection", metadata: ["herald.client": "\(entry.clientID)"])
-                entry.connection.replace()
+                guard let connection = registry.connection(for: clientID), connection.session == session else { continue }
+                logger.info("route taken over elsewhere; closing the older connection", metadata: ["herald.client": "\(clientID)"])
+                connection.replace()
             }
         } catch {
             logger.warning("route refresh failed; next period", metadata: ["error": "\(error)"])
@@ -272,6 +277,7 @@ public final class ClusterRouter: ClusterLink {
     public func disconnected(clientID: String, session: UInt64) {
         state.withLock { state in
             if state.unclaimed[clientID] == session { state.unclaimed[clientID] = nil }
+            state.contests.ended(clientID, session: session)
         }
         let route = myRoute(session)
         let routes = routes

@@ -17,7 +17,8 @@ struct Storm: AsyncParsableCommand {
             moves to another of --servers at random after the library's jittered backoff. One
             JSON object per --report-ms on standard output: seconds since start, devices
             connected now (and by node id, from WELCOME), successful connects so far, PUSH frames
-            received. Runs until killed.
+            received, connects that failed, the ERROR codes servers sent (by code), and the devices
+            that stopped for good (replaced: ERROR 409). Runs until killed.
             """
     )
 
@@ -58,6 +59,8 @@ struct Storm: AsyncParsableCommand {
                     print(
                         #"{"t": \#((seconds * 1000).rounded() / 1000), "connected": \#(counters.connected.load(ordering: .relaxed)), "#
                             + #""connects": \#(counters.connects.load(ordering: .relaxed)), "pushes": \#(counters.pushes.load(ordering: .relaxed)), "#
+                            + #""failed_connects": \#(counters.failedConnects.load(ordering: .relaxed)), "#
+                            + #""stopped": \#(counters.stopped.load(ordering: .relaxed)), "errors": {\#(counters.errorsJSON())}, "#
                             + #""by_node": {\#(counters.byNodeJSON())}}"#
                     )
                     fflush(nil)
@@ -80,6 +83,7 @@ struct Storm: AsyncParsableCommand {
                 group.addTask {
                     await device.run(
                         onPush: { _, _ in counters.pushes.add(1, ordering: .relaxed) },
+                        onEvent: { counters.event($0) },
                         onState: { state in
                             switch state {
                             case .connected(let nodeID):
@@ -100,7 +104,28 @@ final class StormCounters: Sendable {
     let connected = Atomic<Int>(0)
     let connects = Atomic<Int>(0)
     let pushes = Atomic<Int>(0)
+    let failedConnects = Atomic<Int>(0)
+    let stopped = Atomic<Int>(0)
     private let byNode = Mutex<[String: Int]>([:])
+    private let errors = Mutex<[String: Int]>([:])
+
+    /// Counts what `ReconnectingDevice` reports in words: a failed connect, a server's ERROR
+    /// (by its code), a device that stops for good.
+    func event(_ text: String) {
+        if text.hasPrefix("connect failed") {
+            failedConnects.add(1, ordering: .relaxed)
+        } else if text.hasPrefix("server error ") {
+            let code = String(text.dropFirst("server error ".count).prefix(while: \.isNumber))
+            errors.withLock { $0[code, default: 0] += 1 }
+        } else if text.hasPrefix("replaced by another connection") {
+            stopped.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// The ERROR frames received, by code, as the members of a JSON object.
+    func errorsJSON() -> String {
+        errors.withLock { $0.sorted { $0.key < $1.key }.map { #""\#($0.key)": \#($0.value)"# }.joined(separator: ", ") }
+    }
 
     func connected(to nodeID: String) {
         connected.add(1, ordering: .relaxed)

@@ -38,6 +38,8 @@ public actor Connection {
     /// A store call recording ACKs is under way: the next waits for it, so a device's ACKs reach
     /// the store (and its webhook events their queue) in the order the device sent them.
     private var recordingAcknowledgements = false
+    /// The loop's sweep will record the sends whose status mark waits for their ACK.
+    private var sendMarksWatched = false
 
     /// Creates the connection for a channel whose transport is up (for plain TCP: freshly
     /// accepted), accepted at `acceptedAt` (default: now). Call on the channel's loop. Time is
@@ -48,6 +50,7 @@ public actor Connection {
         self.peer = peer
         self.session = services.nextSession()
         self.machine = ConnectionStateMachine(configuration: services.configuration, acceptedAt: acceptedAt ?? channel.eventLoop.now)
+        machine.defersSendMarks = services.asynchronousReceipts != nil
     }
 
     /// The client id, once the device is authenticated.
@@ -94,6 +97,9 @@ public actor Connection {
         sweep?.remove(self)
         sweep = nil
         services.metrics.connectionClosed()
+        if let (clientID, sends) = teardown.unmarkedSends {
+            services.asynchronousReceipts?.markSentDetached(clientID: clientID, sends: sends)
+        }
         if let clientID = teardown.unregister, services.registry.unregister(clientID, self) {
             services.cluster.disconnected(clientID: clientID, session: session)
             if let events = services.events, events.wants(.deviceDisconnected) {
@@ -283,13 +289,13 @@ public actor Connection {
             }
             channel.flush()
             services.metrics.pushesDelivered.increment(by: Int64(delivery.send.count))
-            if let clientID = machine.clientID {
-                if let store = services.synchronousStore {
-                    store.markSentNow(clientID: clientID, messages: delivery.send)
-                } else if let receipts = services.asynchronousReceipts {
-                    // Only the status is behind if this fails: the message is delivered, and its ACK counts.
-                    receipts.markSentDetached(clientID: clientID, messages: delivery.send)
-                }
+            if let store = services.synchronousStore, let clientID = machine.clientID {
+                store.markSentNow(clientID: clientID, messages: delivery.send)
+            } else if machine.defersSendMarks, !sendMarksWatched, let sweep {
+                // The send's status mark waits for the ACK, which records both in one write; the
+                // sweep records it alone if no ACK came within one to two sweeps.
+                sendMarksWatched = true
+                sweep.watchSendMarks(self)
             }
         }
         if let fetch = delivery.fetch { startFetch(fetch) }
@@ -300,7 +306,8 @@ public actor Connection {
     private func startFetch(_ fetch: ConnectionStateMachine.Fetch) {
         guard let clientID = machine.clientID else { return }
         if let store = services.synchronousStore {
-            return send(machine.fetched(store.pendingNow(for: clientID, after: fetch.after, limit: fetch.limit), for: fetch))
+            let messages = store.pendingNow(for: clientID, after: fetch.after, limit: fetch.limit)
+            return send(machine.fetched(messages, for: fetch, nowMillis: WallClock.millisecondsSinceEpoch()))
         }
         let store = services.store
         Task(executorPreference: sweep?.taskExecutor) { [self] in
@@ -311,7 +318,7 @@ public actor Connection {
     private func fetchFromStore(_ store: any PushStore, clientID: String, fetch: ConnectionStateMachine.Fetch) async {
         do {
             let messages = try await store.pending(for: clientID, after: fetch.after, limit: fetch.limit)
-            send(machine.fetched(messages, for: fetch))
+            send(machine.fetched(messages, for: fetch, nowMillis: WallClock.millisecondsSinceEpoch()))
         } catch {
             services.logger.warning(
                 "reading pending messages failed, retrying", metadata: ["herald.client": "\(clientID)", "error": "\(error)"]
@@ -352,6 +359,14 @@ public actor Connection {
     }
 
     // MARK: Timers
+
+    /// Records the sends whose status mark still waits for an ACK (the loop's sweep calls this
+    /// a sweep or two after the first of them).
+    func recordSendMarks() {
+        sendMarksWatched = false
+        guard let (clientID, sends) = machine.takeUnmarkedSends() else { return }
+        services.asynchronousReceipts?.markSentDetached(clientID: clientID, sends: sends)
+    }
 
     /// Closes a device silent for 2 x heartbeat (the loop's sweep calls this when the deadline
     /// it last returned has come).

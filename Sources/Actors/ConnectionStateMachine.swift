@@ -102,10 +102,25 @@ public struct ConnectionStateMachine: Sendable {
     public struct Teardown: Sendable, Hashable {
         /// The client id to take out of the registry and the route table (nil before WELCOME).
         public var unregister: String?
+        /// Sends whose status mark was held back for an ACK that will not come now
+        /// (`defersSendMarks`), with the client id: record them.
+        public var unmarkedSends: (clientID: String, sends: [Acknowledgement])?
 
         /// Creates the teardown.
-        public init(unregister: String?) {
+        public init(unregister: String?, unmarkedSends: (clientID: String, sends: [Acknowledgement])? = nil) {
             self.unregister = unregister
+            self.unmarkedSends = unmarkedSends
+        }
+
+        public static func == (lhs: Teardown, rhs: Teardown) -> Bool {
+            lhs.unregister == rhs.unregister && lhs.unmarkedSends?.clientID == rhs.unmarkedSends?.clientID
+                && lhs.unmarkedSends?.sends == rhs.unmarkedSends?.sends
+        }
+
+        public func hash(into hasher: inout Hasher) {
+            hasher.combine(unregister)
+            hasher.combine(unmarkedSends?.clientID)
+            hasher.combine(unmarkedSends?.sends)
         }
     }
 
@@ -113,7 +128,8 @@ public struct ConnectionStateMachine: Sendable {
         var clientID: String
         /// Silence allowed is twice this.
         var heartbeat: TimeAmount
-        /// Messages sent and not yet acknowledged (id and sequence), oldest first.
+        /// Messages sent and not yet acknowledged (id and sequence; with `defersSendMarks`, the
+        /// send's time until its status mark is written), oldest first.
         var inflight: [Acknowledgement] = []
         /// The highest sequence sent on this connection.
         var lastSent: UInt64 = 0
@@ -130,7 +146,8 @@ public struct ConnectionStateMachine: Sendable {
         case authenticating(clientID: String, heartbeat: UInt16)
         case active(Session)
         /// An ERROR was sent, the node closed it, or the socket closed: nothing more happens.
-        case closed
+        /// Over; with the sends whose status mark was still held back for an ACK.
+        case closed(unmarkedSends: [Acknowledgement])
     }
 
     /// What the rules need of the node's `SessionConfiguration`, compactly: every idle
@@ -175,6 +192,10 @@ public struct ConnectionStateMachine: Sendable {
     /// The node is draining: HELLO is refused.
     private var draining = false
     private var sentGoAway = false
+    /// The store records a send's status mark with its ACK when the connection passes the
+    /// send's time along (Redis): each message sent keeps its time in flight, for the ACK or
+    /// for `takeUnmarkedSends`.
+    public var defersSendMarks = false
     /// ACKs received in this loop tick, not yet handed to the store.
     private var acknowledged: [Acknowledgement] = []
     /// The client id this connection registered under, until the socket closes.
@@ -227,7 +248,7 @@ public struct ConnectionStateMachine: Sendable {
         state = .awaitingHello
         lastReceived = now
         guard !overConnectionLimit else {
-            state = .closed
+            close()
             return .fail(.tooManyRequests, "too many connections")
         }
         return .scheduleHelloTimeout(helloDeadline)
@@ -236,14 +257,31 @@ public struct ConnectionStateMachine: Sendable {
     /// The socket closed. The teardown to make, once, if the session had begun.
     public mutating func deactivated() -> Teardown? {
         if case .accepted = state {
-            state = .closed
+            close()
             return nil
         }
-        state = .closed
+        close()
         guard !tornDown else { return nil }
         tornDown = true
         defer { registeredClientID = nil }
-        return Teardown(unregister: registeredClientID)
+        guard let clientID = registeredClientID, case .closed(let sends) = state, !sends.isEmpty else {
+            return Teardown(unregister: registeredClientID)
+        }
+        state = .closed(unmarkedSends: [])
+        return Teardown(unregister: clientID, unmarkedSends: (clientID, sends))
+    }
+
+    /// Ends the session (once; later calls keep what the first kept): an active session's
+    /// sends whose status mark was held back stay for the teardown to record.
+    private mutating func close() {
+        switch state {
+        case .closed:
+            return
+        case .active(let session) where defersSendMarks:
+            state = .closed(unmarkedSends: session.inflight.filter { $0.sentAtMillis != nil })
+        default:
+            state = .closed(unmarkedSends: [])
+        }
     }
 
     /// The socket's write buffer crossed a water mark.
@@ -324,13 +362,26 @@ public struct ConnectionStateMachine: Sendable {
         return (clientID, messages)
     }
 
+    /// The sends whose status mark is still held back for their ACK (`defersSendMarks`), with
+    /// the client id, to record now; their ACKs will no longer carry them.
+    public mutating func takeUnmarkedSends() -> (clientID: String, sends: [Acknowledgement])? {
+        modifySession { session, _ -> (clientID: String, sends: [Acknowledgement])? in
+            var sends: [Acknowledgement] = []
+            for index in session.inflight.indices where session.inflight[index].sentAtMillis != nil {
+                sends.append(session.inflight[index])
+                session.inflight[index].sentAtMillis = nil
+            }
+            return sends.isEmpty ? nil : (session.clientID, sends)
+        } ?? nil
+    }
+
     // MARK: Authentication
 
     /// The token was accepted.
     public mutating func authenticated() -> StartAction {
         guard case .authenticating(let clientID, let heartbeat) = state else { return .none }
         if draining {
-            state = .closed
+            close()
             return .fail(.unavailable, "server is draining")
         }
         var session = Session(clientID: clientID, heartbeat: .seconds(Int64(heartbeat)))
@@ -363,7 +414,7 @@ public struct ConnectionStateMachine: Sendable {
     /// has been silent for two heartbeats (closed without an ERROR: nobody is listening).
     public mutating func heartbeatCheck(now: NIODeadline) -> Bool {
         guard case .active(let session) = state, now >= lastReceived + session.heartbeat * 2 else { return false }
-        state = .closed
+        close()
         return true
     }
 
@@ -380,7 +431,7 @@ public struct ConnectionStateMachine: Sendable {
         guard stallTimerRunning else { return false }
         stallTimerRunning = false
         guard !writable, isReading else { return false }
-        state = .closed
+        close()
         return true
     }
 
@@ -397,14 +448,14 @@ public struct ConnectionStateMachine: Sendable {
 
     /// The node closes the connection without an ERROR (the API's kick, the drain timeout).
     public mutating func closeRequested() {
-        state = .closed
+        close()
     }
 
     /// The node ends the session with an ERROR (a newer connection took the client id over,
     /// the address's failure budget is spent): the ERROR to send, if the session is not over.
     public mutating func fail(_ code: ErrorCode, _ reason: String) -> FrameAction {
         guard isReading else { return .none }
-        state = .closed
+        close()
         return .fail(code, reason)
     }
 
@@ -420,13 +471,14 @@ public struct ConnectionStateMachine: Sendable {
     /// Sent at once when it is the next in order and the window has room; otherwise read later.
     public mutating func stored(_ message: StoredMessage, nowMillis: Int64) -> Delivery {
         let writable = writable
+        let sentAt = defersSendMarks ? nowMillis : nil
         return modifySession { session, window in
             guard message.sequence > session.lastSent else { return .nothing }
             if message.sequence == session.lastSent + 1, writable, session.inflight.count < window,
                 message.expiresAtMillis > nowMillis
             {
                 session.lastSent = message.sequence
-                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence))
+                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt))
                 return Delivery(send: [message], fetch: nil)
             }
             session.mayHaveMore = true
@@ -434,16 +486,17 @@ public struct ConnectionStateMachine: Sendable {
         } ?? .nothing
     }
 
-    /// A read asked for by `fetch` returned `messages`.
-    public mutating func fetched(_ messages: [StoredMessage], for fetch: Fetch) -> Delivery {
+    /// A read asked for by `fetch` returned `messages`, at `nowMillis` (ms since the Unix epoch).
+    public mutating func fetched(_ messages: [StoredMessage], for fetch: Fetch, nowMillis: Int64) -> Delivery {
         let writable = writable
+        let sentAt = defersSendMarks ? nowMillis : nil
         return modifySession { session, window in
             session.fetching = false
             var send: [StoredMessage] = []
             for message in messages where message.sequence > session.lastSent {
                 guard session.inflight.count < window else { break }
                 session.lastSent = message.sequence
-                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence))
+                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt))
                 send.append(message)
             }
             if messages.count >= fetch.limit { session.mayHaveMore = true }
@@ -480,7 +533,7 @@ public struct ConnectionStateMachine: Sendable {
     /// meanwhile, so the session's arrays are modified in place, not copied (copy on write).
     private mutating func modifySession<Result>(_ body: (inout Session, _ window: Int) -> Result) -> Result? {
         guard case .active(var session) = state else { return nil }
-        state = .closed
+        state = .closed(unmarkedSends: [])
         let result = body(&session, Int(limits.window))
         state = .active(session)
         return result

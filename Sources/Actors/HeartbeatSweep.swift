@@ -11,6 +11,8 @@ import Synchronization
 /// sweep looks only at the sessions due then: a device that keeps PINGing is looked at about
 /// once per two heartbeats, not every second, and its PINGs cost the sweep nothing.
 /// A silent device is closed between 2 x heartbeat and 2 x heartbeat + `interval`.
+/// The same tick records the status marks of sends that waited in vain for their ACK
+/// (`LoopSweep.watchSendMarks`).
 public final class HeartbeatSweeps: Sendable {
     /// How often each loop sweeps.
     public let interval: TimeAmount
@@ -53,6 +55,12 @@ final class LoopSweep: @unchecked Sendable {
     private var wheel: [Int64: [ObjectIdentifier]] = [:]
     /// The last sweep run.
     private var swept: Int64 = 0
+    /// Sessions holding sends whose status mark waits for their ACK (status kept on Redis,
+    /// where the ACK records the send too, in its own write): those that began waiting since
+    /// the last sweep, and those from before it, whose marks the next sweep records. So a
+    /// send's mark is written alone only when no ACK took it along within one to two sweeps.
+    private var freshSendMarks: [ObjectIdentifier: Connection] = [:]
+    private var dueSendMarks: [ObjectIdentifier: Connection] = [:]
     private var task: RepeatedTask?
     /// Sessions looked at, for tests.
     private(set) var checks = 0
@@ -88,10 +96,19 @@ final class LoopSweep: @unchecked Sendable {
         file(ObjectIdentifier(connection), connection, under: swept + 1)
     }
 
+    /// Records `connection`'s held-back send marks at the sweep after next (a watched session).
+    func watchSendMarks(_ connection: Connection) {
+        loop.preconditionInEventLoop()
+        freshSendMarks[ObjectIdentifier(connection)] = connection
+    }
+
     /// Stops watching `connection`; the sweep stops with the loop's last session.
     func remove(_ connection: Connection) {
         loop.preconditionInEventLoop()
-        connections[ObjectIdentifier(connection)] = nil
+        let id = ObjectIdentifier(connection)
+        connections[id] = nil
+        freshSendMarks[id] = nil
+        dueSendMarks[id] = nil
         if connections.isEmpty {
             task?.cancel()
             task = nil
@@ -114,5 +131,9 @@ final class LoopSweep: @unchecked Sendable {
                 file(id, connection, under: max(sweep(after: deadline), swept + 1))
             }
         }
+        let due = dueSendMarks
+        dueSendMarks = freshSendMarks
+        freshSendMarks = [:]
+        for connection in due.values { connection.assumeIsolated { $0.recordSendMarks() } }
     }
 }

@@ -155,7 +155,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
                 guard let index = state.queues[clientID]?.messages.firstIndex(where: { $0.id == message.id }) else { continue }
                 state.queues[clientID]!.messages.remove(at: index)
                 removed += 1
-                finish(message.id, as: .acked, in: &state, now: now)
+                finish(message.id, as: .acked, in: &state, now: now, sentAt: message.sentAtMillis)
                 if events != nil { state.ackedOut.append((message.id, clientID, state.receipts[message.id]?.sentAtMillis)) }
             }
             return removed
@@ -261,22 +261,29 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
         }
     }
 
-    public func markSent(clientID: String, messages: [StoredMessage]) {
-        markSentNow(clientID: clientID, messages: messages)
+    public func markSent(clientID: String, sends: [Acknowledgement]) {
+        guard keepsReceipts else { return }
+        let now = now()
+        state.withLock { state in
+            for send in sends { markSent(send.id, of: clientID, at: send.sentAtMillis ?? now, in: &state) }
+        }
     }
 
     public func markSentNow(clientID: String, messages: [StoredMessage]) {
         guard keepsReceipts else { return }
-        let atMillis = now()
+        let now = now()
         state.withLock { state in
-            for message in messages {
-                guard let index = state.receipts.index(forKey: message.id) else { continue }
-                let receipt = state.receipts.values[index]
-                guard receipt.clientID == clientID, receipt.state == .stored else { continue }
-                state.receipts.values[index].state = .sent
-                state.receipts.values[index].sentAtMillis = atMillis
-            }
+            for message in messages { markSent(message.id, of: clientID, at: now, in: &state) }
         }
+    }
+
+    /// Message `id`, while stored and not yet sent, was written to a connection at `atMillis`.
+    private func markSent(_ id: String, of clientID: String, at atMillis: Int64, in state: inout State) {
+        guard let index = state.receipts.index(forKey: id) else { return }
+        let receipt = state.receipts.values[index]
+        guard receipt.clientID == clientID, receipt.state == .stored else { return }
+        state.receipts.values[index].state = .sent
+        state.receipts.values[index].sentAtMillis = atMillis
     }
 
     /// A message was stored: its receipt says so.
@@ -290,12 +297,13 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
 
     /// A message left its queue (acknowledged, or expired): its receipt takes the final state
     /// and is kept for the retention.
-    private func finish(_ id: String, as final: MessageState, in state: inout State, now: Int64) {
+    /// An ACK brings its send's time when the send was not recorded (`Acknowledgement.sentAtMillis`).
+    private func finish(_ id: String, as final: MessageState, in state: inout State, now: Int64, sentAt: Int64? = nil) {
         guard let retention = receiptRetentionMillis, let index = state.receipts.index(forKey: id) else { return }
         state.receipts.values[index].state = final
         if final == .acked {
             state.receipts.values[index].ackedAtMillis = now
-            if state.receipts.values[index].sentAtMillis == nil { state.receipts.values[index].sentAtMillis = now }
+            if state.receipts.values[index].sentAtMillis == nil { state.receipts.values[index].sentAtMillis = sentAt ?? now }
         }
         state.finals.append((forgetAt: now + retention, id: id))
         forget(in: &state, now: now)

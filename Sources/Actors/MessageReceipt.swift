@@ -79,18 +79,25 @@ public protocol ReceiptStore: PushStore {
     /// sequence is above `sequence`, in order.
     func pendingReceipts(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [MessageReceipt]
 
-    /// Records that `messages` were written to a connection of `clientID` now (by the store's
-    /// clock). Messages no longer pending are passed over.
-    func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError)
+    /// Records that messages were written to a connection of `clientID`: each of `sends` at
+    /// its `sentAtMillis` (now, by the store's clock, when nil). A send already recorded, and
+    /// a message no longer pending, are passed over.
+    func markSent(clientID: String, sends: [Acknowledgement]) async throws(StoreError)
 
-    /// `markSent` without waiting for it: what a connection calls after writing PUSH frames.
-    /// A failure only leaves the status behind (it is logged or dropped, never thrown).
-    func markSentDetached(clientID: String, messages: [StoredMessage])
+    /// `markSent` without waiting for it: what a connection calls for the sends whose ACK did
+    /// not come to record them. A failure only leaves the status behind (it is logged or
+    /// dropped, never thrown).
+    func markSentDetached(clientID: String, sends: [Acknowledgement])
 }
 
 extension ReceiptStore {
-    public func markSentDetached(clientID: String, messages: [StoredMessage]) {
-        Task { try? await markSent(clientID: clientID, messages: messages) }
+    public func markSentDetached(clientID: String, sends: [Acknowledgement]) {
+        Task { try? await markSent(clientID: clientID, sends: sends) }
+    }
+
+    /// Records that `messages` were written to a connection of `clientID` now.
+    public func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError) {
+        try await markSent(clientID: clientID, sends: messages.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
     }
 }
 

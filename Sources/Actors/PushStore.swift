@@ -57,11 +57,16 @@ public struct Acknowledgement: Sendable, Hashable {
     /// The message's sequence as the store returned it, when this connection sent it; nil for
     /// an id it did not send (an ACK of a delivery on an earlier connection).
     public var sequence: UInt64?
+    /// When this connection wrote the message (ms since the Unix epoch, the node's clock), if
+    /// its status does not record the send yet: the store then records both with the ACK
+    /// (`ReceiptStore`; a connection on Redis holds a send's mark back for its ACK).
+    public var sentAtMillis: Int64?
 
     /// Creates an acknowledgement.
-    public init(id: String, sequence: UInt64? = nil) {
+    public init(id: String, sequence: UInt64? = nil, sentAtMillis: Int64? = nil) {
         self.id = id
         self.sequence = sequence
+        self.sentAtMillis = sentAtMillis
     }
 }
 
@@ -132,7 +137,9 @@ public protocol PushStore: Sendable {
 
     /// Removes those of `messages` that are `clientID`'s own messages, in one step. Returns
     /// how many were there. Idempotent. A sequence, when given, must be the one the store
-    /// returned with that id for that device (a connection passes what it sent).
+    /// returned with that id for that device (a connection passes what it sent). A store
+    /// that keeps status records each one's `sentAtMillis`, when given, as its send, unless
+    /// a send is recorded already.
     func acknowledge(clientID: String, messages: [Acknowledgement]) async throws(StoreError) -> Int
 
     /// How many unexpired, unacknowledged messages `clientID` has.

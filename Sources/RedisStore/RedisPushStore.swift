@@ -364,12 +364,14 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         clientID: String, stream: String, messages: [Acknowledgement], retention: Int64
     ) async throws(StoreError) -> Int {
         var keys = [stream]
+        var sendTimes: [Int64?] = []
         var sent: [RedisArgument] = []
         var unsent: [RedisArgument] = []
         for message in messages {
             var index: Int64 = 0
             if let key = statusKey(message.id, of: clientID) {
                 keys.append(key)
+                sendTimes.append(message.sentAtMillis)
                 index = Int64(keys.count)
             }
             if let sequence = message.sequence {
@@ -390,9 +392,11 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         // delete: should the write be cut between them, the status says acked (the device did
         // acknowledge) and the message is delivered again, never the other way round. An ACK
         // whose status was forgotten (or taken back) makes only a key without `c`, `q`, `a`, `e`,
-        // which reads as no status and goes after the retention.
+        // which reads as no status and goes after the retention. A send this connection has not
+        // recorded yet (it waits for the ACK: `Acknowledgement.sentAtMillis`) is recorded here.
         var commands: [[RedisArgument]] = []
-        for key in keys.dropFirst() {
+        for (key, sentAt) in zip(keys.dropFirst(), sendTimes) {
+            if let sentAt { commands.append([.string("HSETNX"), .string(key), .string("s"), .integer(sentAt)]) }
             commands += [
                 [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
                 [.string("PEXPIRE"), .string(key), .integer(retention)],
@@ -411,12 +415,14 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private func acknowledgeWithEvents(
         clientID: String, stream: String, messages: [Acknowledgement], events: RedisWebhookQueue
     ) async throws(StoreError) -> Int {
-        var found: [(id: String, sequence: UInt64)] = messages.compactMap { message in message.sequence.map { (message.id, $0) } }
+        var found: [(id: String, sequence: UInt64, sentAt: Int64?)] = messages.compactMap { message in
+            message.sequence.map { (message.id, $0, message.sentAtMillis) }
+        }
         if found.count < messages.count {
             // Ids this connection did not send (rare): find them in the queue, so that only a
             // message that is there makes an event.
             let wanted = Set(messages.lazy.filter { $0.sequence == nil }.map(\.id))
-            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map { ($0.id, $0.sequence) }
+            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map { ($0.id, $0.sequence, nil) }
         }
         guard !found.isEmpty else { return 0 }
         let now = now()
@@ -429,7 +435,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         let eventCommands = queued.flatMap(\.commands)
         var writes: [[RedisArgument]] = []
         if let retention = receiptRetentionMillis {
-            for key in found.compactMap({ statusKey($0.id, of: clientID) }) {
+            for message in found {
+                guard let key = statusKey(message.id, of: clientID) else { continue }
+                if let sentAt = message.sentAt { writes.append([.string("HSETNX"), .string(key), .string("s"), .integer(sentAt)]) }
                 writes += [
                     [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
                     [.string("PEXPIRE"), .string(key), .integer(retention)],
@@ -457,15 +465,15 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         return Int(count)
     }
 
-    public func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError) {
-        let commands = markSentCommands(clientID: clientID, messages: messages)
+    public func markSent(clientID: String, sends: [Acknowledgement]) async throws(StoreError) {
+        let commands = markSentCommands(clientID: clientID, sends: sends)
         guard !commands.isEmpty else { return }
         let replies = try await client.sendAll(commands)
         if case .error(let text)? = replies.first { throw StoreError(.unavailable, "recording a send failed: \(text)") }
     }
 
-    public func markSentDetached(clientID: String, messages: [StoredMessage]) {
-        let commands = markSentCommands(clientID: clientID, messages: messages)
+    public func markSentDetached(clientID: String, sends: [Acknowledgement]) {
+        let commands = markSentCommands(clientID: clientID, sends: sends)
         if !commands.isEmpty { client.sendDetached(commands) }
     }
 
@@ -473,12 +481,13 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// set `k`, which reads as sent too). A status gone meanwhile (taken back) is made again as
     /// a key with `s` alone, which reads as no status and expires (NX: an existing status's
     /// TTL is untouched).
-    private func markSentCommands(clientID: String, messages: [StoredMessage]) -> [[RedisArgument]] {
+    private func markSentCommands(clientID: String, sends: [Acknowledgement]) -> [[RedisArgument]] {
         guard let retention = receiptRetentionMillis else { return [] }
         let now = now()
-        return messages.compactMap { statusKey($0.id, of: clientID) }.flatMap { key -> [[RedisArgument]] in
-            [
-                [.string("HSETNX"), .string(key), .string("s"), .integer(now)],
+        return sends.flatMap { send -> [[RedisArgument]] in
+            guard let key = statusKey(send.id, of: clientID) else { return [] }
+            return [
+                [.string("HSETNX"), .string(key), .string("s"), .integer(send.sentAtMillis ?? now)],
                 [.string("PEXPIRE"), .string(key), .integer(retention + Self.expirySlackMillis), .string("NX")],
             ]
         }

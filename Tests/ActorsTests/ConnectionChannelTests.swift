@@ -3,6 +3,7 @@ import Metrics
 import NIOCore
 import NIOEmbedded
 import PushProtocol
+import Synchronization
 import Testing
 
 @testable import Actors
@@ -18,12 +19,17 @@ private struct Harness {
     let store: InMemoryPushStore
     private let decoder = FrameDecoder()
 
-    init(configuration: SessionConfiguration = SessionConfiguration(nodeID: "n"), authenticator: any DeviceAuthenticator = OpenDeviceAuthenticator()) async throws {
+    /// With `receiptsOffPath`, the store keeps message status and answers asynchronously, as
+    /// Redis does (`SlowReceipts`): the connection then holds each send's mark for its ACK.
+    init(
+        configuration: SessionConfiguration = SessionConfiguration(nodeID: "n"), authenticator: any DeviceAuthenticator = OpenDeviceAuthenticator(),
+        receiptsOffPath: SlowReceipts? = nil
+    ) async throws {
         loop = NIOAsyncTestingEventLoop()
         channel = NIOAsyncTestingChannel(loop: loop)
-        store = InMemoryPushStore(maxPending: 100)
+        store = receiptsOffPath?.store ?? InMemoryPushStore(maxPending: 100)
         services = DeviceServices(
-            configuration: configuration, store: store, registry: ConnectionRegistry(), authenticator: authenticator,
+            configuration: configuration, store: receiptsOffPath ?? store, registry: ConnectionRegistry(), authenticator: authenticator,
             metrics: NodeMetrics(factory: NOOPMetricsHandler.instance), logger: Logger(label: "test"),
             heartbeats: HeartbeatSweeps(loops: [loop])
         )
@@ -69,6 +75,40 @@ private struct Harness {
     var isOpen: Bool { channel.isActive }
 }
 
+/// An in-memory store with message status, seen through the asynchronous `PushStore` and
+/// `ReceiptStore` alone (not `SynchronousPushStore`): how a connection sees the Redis store,
+/// without a Redis. Counts the send marks written on their own.
+final class SlowReceipts: ReceiptStore {
+    let store = InMemoryPushStore(maxPending: 100, receiptRetentionMillis: 60_000)
+    private let marks = Mutex<[Acknowledgement]>([])
+    /// The sends recorded alone (not by an ACK), in order.
+    var markedAlone: [Acknowledgement] { marks.withLock { $0 } }
+
+    var keepsReceipts: Bool { true }
+    func messageID(_ base: String, for clientID: String) -> String { base }
+    func append(_ messages: [NewMessage]) async throws(StoreError) -> [StoredMessage] { try store.append(messages) }
+    func pending(for clientID: String, after sequence: UInt64, limit: Int) async -> [StoredMessage] {
+        store.pending(for: clientID, after: sequence, limit: limit)
+    }
+    func acknowledge(clientID: String, messages: [Acknowledgement]) async -> Int { store.acknowledge(clientID: clientID, messages: messages) }
+    func pendingCount(for clientID: String) async -> Int { store.pendingCount(for: clientID) }
+    func removeExpired() async -> Int { store.removeExpired() }
+    func ping() async {}
+    func receipt(of id: String) async -> MessageReceipt? { store.receipt(of: id) }
+    func pendingReceipts(for clientID: String, after sequence: UInt64, limit: Int) async -> [MessageReceipt] {
+        store.pendingReceipts(for: clientID, after: sequence, limit: limit)
+    }
+    func markSent(clientID: String, sends: [Acknowledgement]) async {
+        marks.withLock { $0 += sends }
+        store.markSent(clientID: clientID, sends: sends)
+    }
+    /// At once, so that the test sees it without waiting for a task.
+    func markSentDetached(clientID: String, sends: [Acknowledgement]) {
+        marks.withLock { $0 += sends }
+        store.markSent(clientID: clientID, sends: sends)
+    }
+}
+
 /// Accepts exactly one token.
 private struct OneToken: DeviceAuthenticator {
     func authenticate(clientID: String, token: String) -> Bool { token == "good" }
@@ -87,6 +127,44 @@ struct ConnectionChannelTests {
         #expect(harness.store.pendingCount(for: "alice") == 1, "kept until the ACK")
         try await harness.send(.ack(messageID: "m1"))
         #expect(harness.store.pendingCount(for: "alice") == 0)
+    }
+
+    @Test("status kept off the delivery's path (Redis): a send's mark goes with its ACK, or alone at the second sweep after, or at the close")
+    func heldBackSendMarks() async throws {
+        let harness = try await Harness(receiptsOffPath: SlowReceipts())
+        _ = try await harness.hello()
+        let before = WallClock.millisecondsSinceEpoch()
+        let stored = try harness.store.append((1...3).map { NewMessage(clientID: "alice", id: "m\($0)", payload: ByteBuffer(), expiresAtMillis: .max) })
+        for message in stored { harness.connection.deliver(message) }
+        await harness.settle()
+        let after = WallClock.millisecondsSinceEpoch()
+        #expect(try await harness.written().count == 3)
+        #expect(harness.store.receipt(of: "m1")?.state == .stored, "the mark waits for the ACK")
+
+        // m1's ACK records its send, with the time of the write, in the same store call.
+        try await harness.send(.ack(messageID: "m1"))
+        let acked = try #require(harness.store.receipt(of: "m1"))
+        #expect(acked.state == .acked && (before...after).contains(acked.sentAtMillis ?? 0))
+
+        // m2 and m3 get no ACK: one sweep later they still wait, at the next one they are recorded alone.
+        let receipts = try #require(harness.services.store as? SlowReceipts)
+        await harness.loop.advanceTime(by: .seconds(1))
+        #expect(receipts.markedAlone.isEmpty && harness.store.receipt(of: "m2")?.state == .stored)
+        await harness.loop.advanceTime(by: .seconds(1))
+        #expect(receipts.markedAlone.map(\.id) == ["m2", "m3"])
+        let sent = try #require(harness.store.receipt(of: "m2"))
+        #expect(sent.state == .sent && (before...after).contains(sent.sentAtMillis ?? 0), "recorded later, at the write's time")
+        try await harness.send(.ack(messageID: "m2"))
+        #expect(harness.store.receipt(of: "m2")?.state == .acked && receipts.markedAlone.count == 2)
+
+        // A send still waiting when the connection closes is recorded then.
+        let fourth = try harness.store.append([NewMessage(clientID: "alice", id: "m4", payload: ByteBuffer(), expiresAtMillis: .max)])
+        harness.connection.deliver(fourth[0])
+        await harness.settle()
+        #expect(harness.store.receipt(of: "m4")?.state == .stored)
+        try await harness.channel.close()
+        await harness.settle()
+        #expect(harness.store.receipt(of: "m4")?.state == .sent && receipts.markedAlone.map(\.id) == ["m2", "m3", "m4"])
     }
 
     @Test("messages stored before the HELLO are read and sent after WELCOME, in order")

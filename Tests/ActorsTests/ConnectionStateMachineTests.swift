@@ -37,7 +37,7 @@ private func activeMachine(
     var machine = newMachine(configuration(window: window))
     _ = machine.received(.hello(Hello(clientID: "alice", heartbeatSeconds: heartbeat)), now: t(0))
     guard case .start(_, _, let fetch?) = machine.authenticated() else { fatalError("no first read") }
-    let delivery = machine.fetched(stored, for: fetch)
+    let delivery = machine.fetched(stored, for: fetch, nowMillis: 0)
     return (machine, delivery)
 }
 
@@ -192,7 +192,7 @@ struct ConnectionStateMachineTests {
         #expect(machine.inflightCount == 3)
         let ack = machine.received(.ack(messageID: "m1"), now: t(1))
         #expect(ack == .acknowledge(scheduleRecord: true, then: .init(after: 3, limit: 1)))
-        let next = machine.fetched([message(4)], for: .init(after: 3, limit: 1))
+        let next = machine.fetched([message(4)], for: .init(after: 3, limit: 1), nowMillis: 0)
         #expect(next.send.map(\.sequence) == [4])
     }
 
@@ -223,7 +223,7 @@ struct ConnectionStateMachineTests {
         #expect(early.send.isEmpty)
         #expect(early.fetch == .init(after: 1, limit: 9))
         #expect(machine.stored(message(2), nowMillis: 0).send.map(\.sequence) == [2], "next in order, sent while the read is out")
-        let read = machine.fetched([message(2), message(3)], for: .init(after: 1, limit: 9))
+        let read = machine.fetched([message(2), message(3)], for: .init(after: 1, limit: 9), nowMillis: 0)
         #expect(read.send.map(\.sequence) == [3], "2 was sent already and is not repeated")
     }
 
@@ -304,6 +304,32 @@ struct ConnectionStateMachineTests {
         kicked.closeRequested()
         #expect(kicked.received(.ping, now: t(1)) == .none)
         #expect(kicked.goAway(reason: "bye", reconnectAfterMilliseconds: 1) == nil)
+    }
+
+    @Test("with send marks held back, each send keeps its time for its ACK, until taken to be recorded alone")
+    func heldBackSendMarks() {
+        var machine = newMachine(configuration(window: 10))
+        machine.defersSendMarks = true
+        _ = machine.received(.hello(Hello(clientID: "alice")), now: t(0))
+        guard case .start(_, _, let fetch?) = machine.authenticated() else { fatalError("no first read") }
+        #expect(machine.fetched([message(1), message(2)], for: fetch, nowMillis: 500).send.count == 2)
+        #expect(machine.stored(message(3), nowMillis: 700).send.count == 1)
+
+        _ = machine.received(.ack(messageID: "m1"), now: t(1))
+        #expect(machine.takeAcknowledged()! == ("alice", [.init(id: "m1", sequence: 1, sentAtMillis: 500)]), "the ACK brings its send")
+        #expect(machine.takeUnmarkedSends()! == ("alice", [.init(id: "m2", sequence: 2, sentAtMillis: 500), .init(id: "m3", sequence: 3, sentAtMillis: 700)]))
+        #expect(machine.takeUnmarkedSends() == nil, "taken once")
+        _ = machine.received(.ack(messageID: "m2"), now: t(1))
+        #expect(machine.takeAcknowledged()! == ("alice", [.init(id: "m2", sequence: 2)]), "its send was recorded alone: the ACK no longer brings it")
+
+        // Sends still held back when the session ends go to the teardown, whatever ended it.
+        #expect(machine.stored(message(4), nowMillis: 900).send.count == 1)
+        _ = machine.fail(.replaced, "replaced")
+        #expect(machine.deactivated() == .init(unregister: "alice", unmarkedSends: ("alice", [.init(id: "m4", sequence: 4, sentAtMillis: 900)])))
+
+        var (plain, _) = activeMachine(window: 3, stored: [message(1)])
+        _ = plain.received(.ack(messageID: "m1"), now: t(1))
+        #expect(plain.takeAcknowledged()! == ("alice", [.init(id: "m1", sequence: 1)]), "without held-back marks no time is kept")
     }
 
     @Test("the socket's close tears the session down once, naming the client id it registered")

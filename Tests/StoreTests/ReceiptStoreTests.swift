@@ -60,6 +60,35 @@ struct ReceiptStoreTests {
         }
     }
 
+    @Test("a send recorded later keeps its own time; an ACK that brings its send's time records both, unless the send was recorded", arguments: StoreKind.allCases)
+    func heldBackSends(kind: StoreKind) async throws {
+        let clock = TestWallClock()
+        try await kind.withReceipts(clock: clock) { store in
+            let accepted = clock.now
+            let stored = try await store.append((1...3).map { store.message("a", "m\($0)", clock: clock) })
+            let sends = stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence, sentAtMillis: accepted + 3) }
+
+            // m1: the connection records its send a while after writing it, at the write's time.
+            clock.advance(byMillis: 2_000)
+            try await store.markSent(clientID: "a", sends: [sends[0]])
+            #expect(try await store.receipt(of: store.id("m1"))?.sentAtMillis == accepted + 3)
+            // Another device's connection records nothing.
+            try await store.markSent(clientID: "b", sends: [sends[1]])
+            #expect(try await store.receipt(of: store.id("m2"))?.state == .stored)
+
+            // m2: the ACK brings the send, which nothing had recorded.
+            #expect(try await store.acknowledge(clientID: "a", messages: [sends[1]]) == 1)
+            var receipt = try #require(try await store.receipt(of: store.id("m2")))
+            #expect(receipt.state == .acked && receipt.sentAtMillis == accepted + 3 && receipt.ackedAtMillis == accepted + 2_000)
+
+            // m3: a send recorded earlier (a redelivery's first write) is kept.
+            try await store.markSent(clientID: "a", messages: [stored[2]])
+            #expect(try await store.acknowledge(clientID: "a", messages: [sends[2]]) == 1)
+            receipt = try #require(try await store.receipt(of: store.id("m3")))
+            #expect(receipt.state == .acked && receipt.sentAtMillis == accepted + 2_000)
+        }
+    }
+
     @Test("a final status is kept for the retention, then forgotten", arguments: StoreKind.allCases)
     func retention(kind: StoreKind) async throws {
         let clock = TestWallClock()

@@ -125,7 +125,9 @@ struct RedisNodeTests {
                 let start = ContinuousClock.now
                 let refused = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "paula", "data": "x"}"#)
                 #expect(refused.status == 503)
-                #expect(ContinuousClock.now - start < .seconds(5))
+                // The command timeout is 2 s; the bound only tells "answered by the timeout" from
+                // "held until Redis came back", with room for a machine loaded by the suite.
+                #expect(ContinuousClock.now - start < .seconds(10))
                 redis.kill(signal: SIGCONT)
                 try await eventually("pushes accepted again", timeout: .seconds(15)) {
                     let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "paula", "data": "after"}"#)

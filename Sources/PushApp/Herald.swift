@@ -236,7 +236,7 @@ enum ProcessEnvironment {
 
     static var hostName: String {
         var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count) == 0 else { return "herald" }
-        return String(cString: buffer)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "herald" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

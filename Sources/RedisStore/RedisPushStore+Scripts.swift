@@ -180,6 +180,7 @@ extension RedisPushStore {
             for d = 1, devices do
               local unused = last[d] - sequence[d]
               if unused > 0 then redis.call('DECRBY', KEYS[2*d-1], unused) end
+              -- The device's count read again from ARGV, not kept in a fourth table per run.
               local added = (ARGV[4+d] == '1' and 1 or ARGV[4+d] + 0) - unused
               -- The stream lives until its last message has expired, plus the slack. GT never
               -- shortens it, but treats a key without a TTL as never expiring, so a stream that

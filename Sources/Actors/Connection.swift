@@ -97,8 +97,8 @@ public actor Connection {
         sweep?.remove(self)
         sweep = nil
         services.metrics.connectionClosed()
-        if let (clientID, sends) = teardown.unmarkedSends {
-            services.asynchronousReceipts?.markSentDetached(clientID: clientID, sends: sends)
+        if let clientID = teardown.unregister, !teardown.unmarkedSends.isEmpty {
+            services.asynchronousReceipts?.markSentDetached(clientID: clientID, sends: teardown.unmarkedSends)
         }
         if let clientID = teardown.unregister, services.registry.unregister(clientID, self) {
             services.cluster.disconnected(clientID: clientID, session: session)

@@ -102,25 +102,14 @@ public struct ConnectionStateMachine: Sendable {
     public struct Teardown: Sendable, Hashable {
         /// The client id to take out of the registry and the route table (nil before WELCOME).
         public var unregister: String?
-        /// Sends whose status mark was held back for an ACK that will not come now
-        /// (`defersSendMarks`), with the client id: record them.
-        public var unmarkedSends: (clientID: String, sends: [Acknowledgement])?
+        /// Sends of `unregister`'s whose status mark was held back for an ACK that will not come
+        /// now (`defersSendMarks`): record them.
+        public var unmarkedSends: [Acknowledgement]
 
         /// Creates the teardown.
-        public init(unregister: String?, unmarkedSends: (clientID: String, sends: [Acknowledgement])? = nil) {
+        public init(unregister: String?, unmarkedSends: [Acknowledgement] = []) {
             self.unregister = unregister
             self.unmarkedSends = unmarkedSends
-        }
-
-        public static func == (lhs: Teardown, rhs: Teardown) -> Bool {
-            lhs.unregister == rhs.unregister && lhs.unmarkedSends?.clientID == rhs.unmarkedSends?.clientID
-                && lhs.unmarkedSends?.sends == rhs.unmarkedSends?.sends
-        }
-
-        public func hash(into hasher: inout Hasher) {
-            hasher.combine(unregister)
-            hasher.combine(unmarkedSends?.clientID)
-            hasher.combine(unmarkedSends?.sends)
         }
     }
 
@@ -268,7 +257,7 @@ public struct ConnectionStateMachine: Sendable {
             return Teardown(unregister: registeredClientID)
         }
         state = .closed(unmarkedSends: [])
-        return Teardown(unregister: clientID, unmarkedSends: (clientID, sends))
+        return Teardown(unregister: clientID, unmarkedSends: sends)
     }
 
     /// Ends the session (once; later calls keep what the first kept): an active session's

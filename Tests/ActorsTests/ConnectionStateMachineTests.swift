@@ -325,7 +325,7 @@ struct ConnectionStateMachineTests {
         // Sends still held back when the session ends go to the teardown, whatever ended it.
         #expect(machine.stored(message(4), nowMillis: 900).send.count == 1)
         _ = machine.fail(.replaced, "replaced")
-        #expect(machine.deactivated() == .init(unregister: "alice", unmarkedSends: ("alice", [.init(id: "m4", sequence: 4, sentAtMillis: 900)])))
+        #expect(machine.deactivated() == .init(unregister: "alice", unmarkedSends: [.init(id: "m4", sequence: 4, sentAtMillis: 900)]))
 
         var (plain, _) = activeMachine(window: 3, stored: [message(1)])
         _ = plain.received(.ack(messageID: "m1"), now: t(1))

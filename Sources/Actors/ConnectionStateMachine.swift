@@ -118,7 +118,7 @@ public struct ConnectionStateMachine: Sendable {
         /// Silence allowed is twice this.
         var heartbeat: TimeAmount
         /// Messages sent and not yet acknowledged (id and sequence; with `defersSendMarks`, the
-        /// send's time until its status mark is written), oldest first.
+        /// send's time and whether its status mark is written yet), oldest first.
         var inflight: [Acknowledgement] = []
         /// The highest sequence sent on this connection.
         var lastSent: UInt64 = 0
@@ -267,7 +267,7 @@ public struct ConnectionStateMachine: Sendable {
         case .closed:
             return
         case .active(let session) where defersSendMarks:
-            state = .closed(unmarkedSends: session.inflight.filter { $0.sentAtMillis != nil })
+            state = .closed(unmarkedSends: session.inflight.filter { $0.unmarkedSentAtMillis != nil })
         default:
             state = .closed(unmarkedSends: [])
         }
@@ -352,13 +352,14 @@ public struct ConnectionStateMachine: Sendable {
     }
 
     /// The sends whose status mark is still held back for their ACK (`defersSendMarks`), with
-    /// the client id, to record now; their ACKs will no longer carry them.
+    /// the client id, to record now; their ACKs will no longer record them (but still carry their
+    /// time, for the `message.acked` event).
     public mutating func takeUnmarkedSends() -> (clientID: String, sends: [Acknowledgement])? {
         modifySession { session, _ -> (clientID: String, sends: [Acknowledgement])? in
             var sends: [Acknowledgement] = []
-            for index in session.inflight.indices where session.inflight[index].sentAtMillis != nil {
+            for index in session.inflight.indices where session.inflight[index].unmarkedSentAtMillis != nil {
                 sends.append(session.inflight[index])
-                session.inflight[index].sentAtMillis = nil
+                session.inflight[index].sendMarked = true
             }
             return sends.isEmpty ? nil : (session.clientID, sends)
         } ?? nil

@@ -155,7 +155,7 @@ public final class InMemoryPushStore: SynchronousPushStore, ReceiptStore {
                 guard let index = state.queues[clientID]?.messages.firstIndex(where: { $0.id == message.id }) else { continue }
                 state.queues[clientID]!.messages.remove(at: index)
                 removed += 1
-                finish(message.id, as: .acked, in: &state, now: now, sentAt: message.sentAtMillis)
+                finish(message.id, as: .acked, in: &state, now: now, sentAt: message.unmarkedSentAtMillis)
                 if events != nil { state.ackedOut.append((message.id, clientID, state.receipts[message.id]?.sentAtMillis)) }
             }
             return removed

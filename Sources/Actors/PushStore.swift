@@ -57,17 +57,24 @@ public struct Acknowledgement: Sendable, Hashable {
     /// The message's sequence as the store returned it, when this connection sent it; nil for
     /// an id it did not send (an ACK of a delivery on an earlier connection).
     public var sequence: UInt64?
-    /// When this connection wrote the message (ms since the Unix epoch, the node's clock), if
-    /// its status does not record the send yet: the store then records both with the ACK
-    /// (`ReceiptStore`; a connection on Redis holds a send's mark back for its ACK).
+    /// When this connection wrote the message (ms since the Unix epoch, the node's clock), kept
+    /// where the connection holds a send's status mark back for its ACK (on Redis); nil
+    /// otherwise. Unless `sendMarked`, the store records the send with the ACK (`ReceiptStore`).
+    /// A `message.acked` webhook event carries it as `sent_at`.
     public var sentAtMillis: Int64?
+    /// The send was recorded apart already (its ACK came late): the ACK need not record it.
+    public var sendMarked: Bool
 
     /// Creates an acknowledgement.
-    public init(id: String, sequence: UInt64? = nil, sentAtMillis: Int64? = nil) {
+    public init(id: String, sequence: UInt64? = nil, sentAtMillis: Int64? = nil, sendMarked: Bool = false) {
         self.id = id
         self.sequence = sequence
         self.sentAtMillis = sentAtMillis
+        self.sendMarked = sendMarked
     }
+
+    /// The send's time the store still has to record with this ACK, if any.
+    public var unmarkedSentAtMillis: Int64? { sendMarked ? nil : sentAtMillis }
 }
 
 /// Why a store operation failed. Compared by code.

@@ -371,7 +371,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             var index: Int64 = 0
             if let key = statusKey(message.id, of: clientID) {
                 keys.append(key)
-                sendTimes.append(message.sentAtMillis)
+                sendTimes.append(message.unmarkedSentAtMillis)
                 index = Int64(keys.count)
             }
             if let sequence = message.sequence {
@@ -394,13 +394,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         // whose status was forgotten (or taken back) makes only a key without `c`, `q`, `a`, `e`,
         // which reads as no status and goes after the retention. A send this connection has not
         // recorded yet (it waits for the ACK: `Acknowledgement.sentAtMillis`) is recorded here.
-        var commands: [[RedisArgument]] = []
-        for (key, sentAt) in zip(keys.dropFirst(), sendTimes) {
-            if let sentAt { commands.append([.string("HSETNX"), .string(key), .string("s"), .integer(sentAt)]) }
-            commands += [
-                [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
-                [.string("PEXPIRE"), .string(key), .integer(retention)],
-            ]
+        var commands = zip(keys.dropFirst(), sendTimes).flatMap { key, sentAt in
+            Self.ackStatusCommands(key: key, sentAt: sentAt, now: now, retention: retention)
         }
         commands.append([.string("XDEL"), .string(stream)] + stride(from: 0, to: sent.count, by: 2).map { sent[$0] })
         let replies = try await client.sendAll(commands)
@@ -415,21 +410,21 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private func acknowledgeWithEvents(
         clientID: String, stream: String, messages: [Acknowledgement], events: RedisWebhookQueue
     ) async throws(StoreError) -> Int {
-        var found: [(id: String, sequence: UInt64, sentAt: Int64?)] = messages.compactMap { message in
-            message.sequence.map { (message.id, $0, message.sentAtMillis) }
+        var found: [(id: String, sequence: UInt64, sentAt: Int64?, record: Bool)] = messages.compactMap { message in
+            message.sequence.map { (message.id, $0, message.sentAtMillis, !message.sendMarked) }
         }
         if found.count < messages.count {
             // Ids this connection did not send (rare): find them in the queue, so that only a
             // message that is there makes an event.
             let wanted = Set(messages.lazy.filter { $0.sequence == nil }.map(\.id))
-            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map { ($0.id, $0.sequence, nil) }
+            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map { ($0.id, $0.sequence, nil, false) }
         }
         guard !found.isEmpty else { return 0 }
         let now = now()
         let queued = found.compactMap { message in
             events.write(
                 .messageAcked, clientID: clientID, message: message.id,
-                data: [("message_id", .string(message.id)), ("sent_at", .null), ("acked_at", .integer(now))]
+                data: [("message_id", .string(message.id)), ("sent_at", message.sentAt.map { .integer($0) } ?? .null), ("acked_at", .integer(now))]
             )
         }
         let eventCommands = queued.flatMap(\.commands)
@@ -437,11 +432,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         if let retention = receiptRetentionMillis {
             for message in found {
                 guard let key = statusKey(message.id, of: clientID) else { continue }
-                if let sentAt = message.sentAt { writes.append([.string("HSETNX"), .string(key), .string("s"), .integer(sentAt)]) }
-                writes += [
-                    [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
-                    [.string("PEXPIRE"), .string(key), .integer(retention)],
-                ]
+                writes += Self.ackStatusCommands(key: key, sentAt: message.record ? message.sentAt : nil, now: now, retention: retention)
             }
         }
         writes.append([.string("XDEL"), .string(stream)] + found.map { .string("\($0.sequence)-0") })
@@ -463,6 +454,18 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         }
         guard let count = removed.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(removed)") }
         return Int(count)
+    }
+
+    /// An acknowledged message's status: its send first when the ACK brings it (not recorded
+    /// yet), then the ACK; first write wins (`HSETNX`), and the status lives the retention on.
+    private static func ackStatusCommands(key: String, sentAt: Int64?, now: Int64, retention: Int64) -> [[RedisArgument]] {
+        var commands: [[RedisArgument]] = []
+        if let sentAt { commands.append([.string("HSETNX"), .string(key), .string("s"), .integer(sentAt)]) }
+        commands += [
+            [.string("HSETNX"), .string(key), .string("k"), .integer(now)],
+            [.string("PEXPIRE"), .string(key), .integer(retention)],
+        ]
+        return commands
     }
 
     public func markSent(clientID: String, sends: [Acknowledgement]) async throws(StoreError) {

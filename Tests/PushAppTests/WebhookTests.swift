@@ -280,6 +280,8 @@ struct RedisWebhookTests {
             #expect(acked.compactMap { $0["id"] as? String } == ids.map { "ack-\($0)" }, "named after their message, in order")
             #expect(acked.compactMap { data($0)["message_id"] as? String } == ids)
             #expect(acked.allSatisfy { data($0)["client_id"] as? String == "hooked" && data($0)["acked_at"] is Int })
+            // Sent and acknowledged on one connection: the event knows when it was written.
+            #expect(acked.allSatisfy { event in (data(event)["sent_at"] as? Int).map { $0 <= data(event)["acked_at"] as! Int } ?? false })
             #expect(receiver.requests.allSatisfy { $0.signatureOK })
             let status = try JSONFields(try await HTTPTestClient.get("/v1/messages/\(ids[19])", port: cluster.nodes[1].httpPort).body)
             #expect(try status.string("state") == "acked")

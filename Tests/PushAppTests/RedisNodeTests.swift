@@ -159,6 +159,44 @@ struct RedisNodeTests {
         }
     }
 
+    @Test("SIGTERM while a device holds messages it has not acknowledged: their sends are recorded before the node exits")
+    func gracefulStopRecordsHeldSends() async throws {
+        try await RedisServer.with { redis in
+            let environment = [
+                "HERALD_REDIS_URL": redis.url, "HERALD_TCP_ADDR": "127.0.0.1:0", "HERALD_HTTP_ADDR": "127.0.0.1:0",
+                "HERALD_RELAY_ADDR": "127.0.0.1:0", "HERALD_DRAIN_TIMEOUT_S": "10",
+            ]
+            let first = try HeraldTestProcess(environment: environment)
+            let devicePort = try await first.boundPort("device listener bound")
+            let httpPort = try await first.boundPort("HTTP API bound")
+            let device = try await DeviceClient.connect(DeviceClientConfiguration(port: devicePort, clientID: "holder", sendsPings: false))
+            var ids: [String] = []
+            for index in 0..<3 {
+                let response = try await HTTPTestClient.post("/v1/push", port: httpPort, json: #"{"client_id": "holder", "data": "m\#(index)"}"#)
+                try #require(response.status == 202)
+                ids.append(try JSONFields(response.body).string("id"))
+            }
+            #expect(try await device.pushes(3).map(\.id) == ids)
+            // At once, before the loop's sweep would record the sends: they are still held back
+            // for ACKs that never come, and the connection's teardown must record them.
+            kill(first.process.processIdentifier, SIGTERM)
+            while let event = try await withTimeout("events", .seconds(10), { await device.nextEvent() }) {
+                if case .goaway = event { await device.close() }
+            }
+            #expect(try await first.waitForExit() == 0, "\(first.stderr)")
+
+            let second = try HeraldTestProcess(environment: environment)
+            let secondHTTP = try await second.boundPort("HTTP API bound")
+            for id in ids {
+                let status = try JSONFields(try await HTTPTestClient.get("/v1/messages/\(id)", port: secondHTTP).body)
+                #expect(try status.string("state") == "sent", "\(id)")
+                #expect(try status.int("sent_at") >= status.int("accepted_at"))
+            }
+            kill(second.process.processIdentifier, SIGTERM)
+            #expect(try await second.waitForExit() == 0)
+        }
+    }
+
     @Test("kill -9 of a node with pending messages: a fresh node delivers every one, in order")
     func killNineLosesNothing() async throws {
         try await RedisServer.with { redis in

@@ -109,23 +109,19 @@ final class StormCounters: Sendable {
     private let byNode = Mutex<[String: Int]>([:])
     private let errors = Mutex<[String: Int]>([:])
 
-    /// Counts what `ReconnectingDevice` reports in words: a failed connect, a server's ERROR
-    /// (by its code), a device that stops for good.
-    func event(_ text: String) {
-        if text.hasPrefix("connect failed") {
-            failedConnects.add(1, ordering: .relaxed)
-        } else if text.hasPrefix("server error ") {
-            let code = String(text.dropFirst("server error ".count).prefix(while: \.isNumber))
-            errors.withLock { $0[code, default: 0] += 1 }
-        } else if text.hasPrefix("replaced by another connection") {
-            stopped.add(1, ordering: .relaxed)
+    /// Counts what `ReconnectingDevice` reports: a failed connect, a server's ERROR (by its
+    /// code), a device that stops for good.
+    func event(_ event: ReconnectingDevice.Event) {
+        switch event {
+        case .connectFailed: failedConnects.add(1, ordering: .relaxed)
+        case .serverError(let code, _): errors.withLock { $0[String(code), default: 0] += 1 }
+        case .replaced: stopped.add(1, ordering: .relaxed)
+        case .connected, .draining, .closed: break
         }
     }
 
     /// The ERROR frames received, by code, as the members of a JSON object.
-    func errorsJSON() -> String {
-        errors.withLock { $0.sorted { $0.key < $1.key }.map { #""\#($0.key)": \#($0.value)"# }.joined(separator: ", ") }
-    }
+    func errorsJSON() -> String { errors.withLock { Self.members($0) } }
 
     func connected(to nodeID: String) {
         connected.add(1, ordering: .relaxed)
@@ -139,8 +135,11 @@ final class StormCounters: Sendable {
     }
 
     /// The devices connected to each node, as the members of a JSON object.
-    func byNodeJSON() -> String {
-        byNode.withLock { $0.sorted { $0.key < $1.key }.map { #""\#($0.key)": \#($0.value)"# }.joined(separator: ", ") }
+    func byNodeJSON() -> String { byNode.withLock { Self.members($0) } }
+
+    /// Counts by name as the members of a JSON object, in the order of their names.
+    private static func members(_ counts: [String: Int]) -> String {
+        counts.sorted { $0.key < $1.key }.map { #""\#($0.key)": \#($0.value)"# }.joined(separator: ", ")
     }
 }
 

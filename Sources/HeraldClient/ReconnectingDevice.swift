@@ -20,6 +20,35 @@ public struct ReconnectingDevice: Sendable {
         case disconnected
     }
 
+    /// What happened to the device's connection, as `run` reports it; its description is a
+    /// line for a log.
+    public enum Event: Sendable, Hashable, CustomStringConvertible {
+        /// Past WELCOME.
+        case connected(host: String, port: Int, nodeID: String, heartbeatSeconds: UInt16)
+        /// The server sent GOAWAY; the device reconnects after about the delay it gave.
+        case draining(reason: String, reconnectAfterMilliseconds: UInt32)
+        /// The server sent ERROR (409: replaced, and the device stops after the close).
+        case serverError(code: UInt16, reason: String)
+        /// The connection closed.
+        case closed
+        /// A connection attempt failed; the next one comes after `retryIn`.
+        case connectFailed(error: String, retryIn: Duration)
+        /// Another connection of the same client id took over: the device stops for good.
+        case replaced
+
+        public var description: String {
+            switch self {
+            case .connected(let host, let port, let nodeID, let heartbeat):
+                "connected to \(host):\(port) (node \(nodeID), heartbeat \(heartbeat) s)"
+            case .draining(let reason, let after): "server draining (\(reason)); reconnecting in \(after) ms"
+            case .serverError(let code, let reason): "server error \(code): \(reason)"
+            case .closed: "connection closed"
+            case .connectFailed(let error, let delay): "connect failed: \(error); retrying in \(delay)"
+            case .replaced: "replaced by another connection of this client id; not reconnecting"
+            }
+        }
+    }
+
     /// The connection settings (auto-acknowledge is managed here; host and port are the first
     /// of `servers`).
     public var configuration: DeviceClientConfiguration
@@ -39,7 +68,7 @@ public struct ReconnectingDevice: Sendable {
     /// Runs until cancelled, or until another connection of the same client id replaces it.
     public func run(
         onPush: @Sendable (String, ByteBuffer) async -> Void,
-        onEvent: @Sendable (String) -> Void = { _ in },
+        onEvent: @Sendable (Event) -> Void = { _ in },
         onState: @Sendable (State) -> Void = { _ in }
     ) async {
         var attempt = 0
@@ -54,7 +83,7 @@ public struct ReconnectingDevice: Sendable {
             (configuration.host, configuration.port) = servers[server]
             do {
                 let client = try await DeviceClient.connect(configuration)
-                onEvent("connected to \(configuration.host):\(configuration.port) (node \(client.nodeID), heartbeat \(client.heartbeatSeconds) s)")
+                onEvent(.connected(host: configuration.host, port: configuration.port, nodeID: client.nodeID, heartbeatSeconds: client.heartbeatSeconds))
                 onState(.connected(nodeID: client.nodeID))
                 defer { onState(.disconnected) }
                 attempt = 0
@@ -65,28 +94,28 @@ public struct ReconnectingDevice: Sendable {
                         await onPush(id, payload)
                         client.acknowledge(id)
                     case .goaway(let after, let reason):
-                        onEvent("server draining (\(reason)); reconnecting in \(after) ms")
+                        onEvent(.draining(reason: reason, reconnectAfterMilliseconds: after))
                         // After the server's hint, spread like any reconnect.
                         delay = .milliseconds(Int64(after)) + Backoff.fullJitter(attempt: 0, initial: initialBackoff, max: maxBackoff)
                         await client.close()
                     case .error(let code, let reason):
-                        onEvent("server error \(code): \(reason)")
+                        onEvent(.serverError(code: code, reason: reason))
                         if code == 409 { replaced = true }
                     case .pong:
                         break
                     case .closed:
-                        onEvent("connection closed")
+                        onEvent(.closed)
                     }
                 }
             } catch {
                 attempt += 1
-                onEvent("connect failed: \(error); retrying in \(delay)")
+                onEvent(.connectFailed(error: "\(error)", retryIn: delay))
             }
             if servers.count > 1 {
                 server = (server + Int.random(in: 1..<servers.count)) % servers.count
             }
             if replaced {
-                onEvent("replaced by another connection of this client id; not reconnecting")
+                onEvent(.replaced)
             } else {
                 try? await Task.sleep(for: delay)
             }

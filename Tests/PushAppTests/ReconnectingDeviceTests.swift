@@ -63,7 +63,7 @@ struct ReconnectingDeviceTests {
             configured.initialBackoff = .milliseconds(10)
             let device = configured
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await device.run(onPush: { _, _ in }, onEvent: { log.append($0) }) }
+                group.addTask { await device.run(onPush: { _, _ in }, onEvent: { log.append($0.description) }) }
                 try await log.wait(until: "connected to 127.0.0.1:\(node.devicePort) (node test-node, heartbeat 30 s)")
                 let newer = try await node.device("twin")
                 try await log.wait(until: "replaced by another connection of this client id; not reconnecting")

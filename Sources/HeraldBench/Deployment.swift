@@ -15,6 +15,9 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "The redis-server binary.")
     var redisServer = "redis-server"
 
+    @Option(help: "Herald's Redis module (a herald.so built from RedisModule/herald.c) for the redis-server the bench starts to load (one redis-server; not with --redis-masters).")
+    var redisModule: String?
+
     @Option(help: "Start a Redis Cluster of this many masters (no replicas, no persistence) instead of one redis-server; more than 1 implies --redis.")
     var redisMasters = 1
 
@@ -40,7 +43,7 @@ struct ServerOptions: ParsableArguments {
 
     /// The store the run's report names.
     var storeLabel: String {
-        redisMasters > 1 ? "redis-cluster-\(redisMasters)" : redis ? "redis" : (target.isEmpty ? "memory" : "target")
+        redisMasters > 1 ? "redis-cluster-\(redisMasters)" : redis ? (redisModule == nil ? "redis" : "redis+module") : (target.isEmpty ? "memory" : "target")
     }
 }
 
@@ -179,7 +182,7 @@ final class Deployment: Sendable {
                 let redis = try ChildProcess(name: "redis-server", executable: try which(options.redisServer), arguments: [
                     "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no",
                     "--logfile", "\(directory)/redis.log",
-                ])
+                ] + (options.redisModule.map { ["--loadmodule", $0] } ?? []))
                 children.append(redis)
                 redisPIDs = [redis.pid]
                 environment["HERALD_REDIS_URL"] = "redis://127.0.0.1:\(port)"

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// A real `redis-server` for one test: its own port and temporary directory, no persistence,
 /// started by `start()`, killed by `stop()` (or `kill(signal:)` for fault injection).
@@ -353,5 +354,44 @@ extension RedisClusterSet {
             await shared.release()
             throw error
         }
+    }
+}
+
+/// Herald's Redis module (`RedisModule/herald.c`), built once per test process with the
+/// machine's C compiler into a temporary directory, for redis-server's `--loadmodule`.
+public enum HeraldRedisModule {
+    private static let built = Mutex<Result<String, ModuleBuildError>?>(nil)
+
+    public struct ModuleBuildError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// The module's shared object (built on first use).
+    public static func path() throws -> String {
+        try built.withLock { cached in
+            if let cached { return try cached.get() }
+            let result = Result { () throws(ModuleBuildError) in try build() }
+            cached = result
+            return try result.get()
+        }
+    }
+
+    /// redis-server arguments that load the module.
+    public static func arguments() throws -> [String] { ["--loadmodule", try path()] }
+
+    private static func build() throws(ModuleBuildError) -> String {
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("RedisModule/herald.c").path
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("herald-module-\(UUID().uuidString).so").path
+        let compiler = Process()
+        compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        compiler.arguments = ["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", output, source]
+        let errors = Pipe()
+        compiler.standardError = errors
+        do { try compiler.run() } catch { throw ModuleBuildError(description: "cannot run cc to build \(source): \(error)") }
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        compiler.waitUntilExit()
+        guard compiler.terminationStatus == 0 else { throw ModuleBuildError(description: "cc failed on \(source): \(message)") }
+        return output
     }
 }

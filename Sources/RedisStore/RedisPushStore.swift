@@ -1,5 +1,6 @@
 import Actors
 import NIOCore
+import Synchronization
 
 /// `PushStore` on Redis (Docs/store.md has the key schema, the measurements behind it and the
 /// guarantees).
@@ -50,6 +51,11 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private let appendDeadline: @Sendable () -> Int64
     /// `appendScript` with this store's settings.
     private let appendScript: RedisScript
+    /// Whether appends try Herald's Redis module first (`runAppend`): until Redis says it does
+    /// not have it, and never on a Redis Cluster (Docs/store.md, "The Redis module").
+    private let usesModule: Atomic<Bool>
+    /// The version of `HERALD.APPEND`'s arguments this node sends (`RedisModule/herald.c`).
+    static let moduleInterface: Int64 = 1
 
     /// Creates the store. `prefix` starts every key (`herald` by default; tests use their own).
     /// With `replicas` > 0, an append returns only once that many replicas acknowledged it
@@ -76,6 +82,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         self.waitTimeoutMillis = waitTimeoutMillis
         self.now = now
         groups = AppendGroups(loops: client.loops.count)
+        usesModule = Atomic(!client.configuration.isCluster)
         appendScript = Self.appendScript(
             cap: maxPending, slackMillis: slackMillis, retentionMillis: receiptRetentionMillis ?? 0, keep: expiryEvents != nil
         )
@@ -169,7 +176,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
                     index = []
                 }
             }
-            replies = try await client.run(appendScript, keys: keys, arguments: arguments, before: index, then: wait)
+            replies = try await runAppend(keys: keys, arguments: arguments, before: index, then: wait)
         } catch {
             return requests.map { _ in .failure(error) }
         }
@@ -210,6 +217,33 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             }
         }
         return outcomes
+    }
+
+    /// Runs an append's call: by Herald's Redis module where Redis has it (`HERALD.APPEND`, the
+    /// script's keys and arguments after its settings), else by the script. The module leaves
+    /// to the script what goes beyond the common path (-FALLBACK, before it wrote anything).
+    /// A Redis that does not know the command (no module, or one of another interface), or
+    /// whose ACL refuses it to this node's user, sends this store to the script for good; a
+    /// restart asks again.
+    private func runAppend(
+        keys: [String], arguments: [RedisArgument], before leaders: [[RedisArgument]], then followers: [[RedisArgument]]
+    ) async throws(StoreError) -> [RESPValue] {
+        if usesModule.load(ordering: .relaxed) {
+            let settings: [RedisArgument] = [
+                .string("HERALD.APPEND"), .integer(Self.moduleInterface), .integer(Int64(maxPending)), .integer(slackMillis),
+                .integer(receiptRetentionMillis ?? 0), .integer(expiryEvents == nil ? 0 : 1), .integer(Int64(keys.count)),
+            ]
+            let replies = try await client.sendAll(leaders + [settings + keys.map { .string($0) } + arguments] + followers).dropFirst(leaders.count)
+            switch replies.first {
+            case .error(let text)? where text.hasPrefix("FALLBACK"):
+                break
+            case .error(let text)? where text.contains("unknown command") || text.contains("interface version mismatch") || text.hasPrefix("NOPERM"):
+                usesModule.store(false, ordering: .relaxed)
+            default:
+                return Array(replies)
+            }
+        }
+        return try await client.run(appendScript, keys: keys, arguments: arguments, before: leaders, then: followers)
     }
 
     /// On a Redis Cluster, one script cannot touch two devices (two slots): a batch for several

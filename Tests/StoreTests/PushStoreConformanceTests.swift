@@ -18,6 +18,8 @@ final class TestWallClock: Sendable {
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case memory
     case redis
+    /// A single redis-server that loaded Herald's module: appends go through `HERALD.APPEND`.
+    case redisModule
     case redisCluster
 
     var testDescription: String { rawValue }
@@ -35,8 +37,8 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
         switch self {
         case .memory:
             try await body(InMemoryPushStore(maxPending: maxPending, receiptRetentionMillis: retention, now: { clock.now }))
-        case .redis:
-            try await withRedisClient { client in
+        case .redis, .redisModule:
+            try await withRedisClient(module: self == .redisModule) { client in
                 try await body(RedisPushStore(client: client, maxPending: maxPending, receiptRetentionMillis: retention, now: { clock.now }))
             }
         case .redisCluster:
@@ -71,9 +73,12 @@ func withRedisClient(
     }
 }
 
-/// Runs `body` with a client connected to a real redis-server of its own, stopped afterwards.
-func withRedisClient(_ body: @Sendable (RedisClient) async throws -> Void) async throws {
-    try await RedisServer.with { server in try await withRedisClient(url: server.url, body) }
+/// Runs `body` with a client connected to a real redis-server of its own (one that loaded
+/// Herald's module, with `module`), stopped afterwards.
+func withRedisClient(module: Bool = false, _ body: @Sendable (RedisClient) async throws -> Void) async throws {
+    try await RedisServer.with(arguments: module ? try HeraldRedisModule.arguments() : []) { server in
+        try await withRedisClient(url: server.url, body)
+    }
 }
 
 /// A message for the store tests: its payload names its id, and it expires `ttlMillis` from now.

@@ -6,7 +6,7 @@ import Testing
 
 import RedisStore
 
-/// "A 503 never stores": the append script refuses to run once Redis's clock has passed the
+/// "A 503 never stores": the append script (and Herald's Redis module, `module`) refuses to run once Redis's clock has passed the
 /// append's deadline (Docs/store.md, "A 503 never stores"). The deadlines here are set
 /// from Redis's own clock (`TIME`), so the outcome does not depend on how fast the test runs.
 @Suite("Redis append deadline", .timeLimit(.minutes(1)))
@@ -33,9 +33,9 @@ struct RedisAppendDeadlineTests {
         }
     }
 
-    @Test("an append that reaches Redis after its deadline (an earlier second, or earlier in the same one) is refused and stores nothing")
-    func lateAppendStoresNothing() async throws {
-        try await withRedisClient { client in
+    @Test("an append that reaches Redis after its deadline (an earlier second, or earlier in the same one) is refused and stores nothing", arguments: [false, true])
+    func lateAppendStoresNothing(module: Bool) async throws {
+        try await withRedisClient(module: module) { client in
             let deadline = Mutex<Int64>(0)
             let store = RedisPushStore(client: client, maxPending: 10, appendDeadline: { deadline.withLock { $0 } })
             for (device, before) in [("late-seconds", Int64(1500)), ("late-millis", 1)] {
@@ -51,9 +51,9 @@ struct RedisAppendDeadlineTests {
         }
     }
 
-    @Test("an append that reaches Redis before its deadline is stored, also in the deadline's own second")
-    func timelyAppendIsStored() async throws {
-        try await withRedisClient { client in
+    @Test("an append that reaches Redis before its deadline is stored, also in the deadline's own second", arguments: [false, true])
+    func timelyAppendIsStored(module: Bool) async throws {
+        try await withRedisClient(module: module) { client in
             let deadline = Mutex<Int64>(0)
             let store = RedisPushStore(client: client, maxPending: 10_000, appendDeadline: { deadline.withLock { $0 } })
             // The deadline: the last millisecond of the second Redis's clock is in. When Redis's

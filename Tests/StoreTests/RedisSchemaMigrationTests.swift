@@ -9,8 +9,10 @@ import Testing
 /// the stream schema wrote them): it delivers them, in order, before anything newer.
 @Suite("Redis store: queues of the previous schema", .timeLimit(.minutes(1)))
 struct RedisSchemaMigrationTests {
-    private func withStore(_ body: @Sendable (RedisClient, RedisPushStore, Int64) async throws -> Void) async throws {
-        try await withRedisClient { client in
+    /// A store on a redis-server of its own; with `module`, one that loaded Herald's module
+    /// (which leaves a migration to the script).
+    private func withStore(module: Bool, _ body: @Sendable (RedisClient, RedisPushStore, Int64) async throws -> Void) async throws {
+        try await withRedisClient(module: module) { client in
             let now: Int64 = 1_000_000
             try await body(client, RedisPushStore(client: client, maxPending: 100, now: { now }), now)
         }
@@ -36,9 +38,9 @@ struct RedisSchemaMigrationTests {
         try await client.send([.string("EXISTS"), .string(key)]).int64 == 1
     }
 
-    @Test("a device first read: its old queue comes back in order, and later messages follow it")
-    func readFirst() async throws {
-        try await withStore { client, store, now in
+    @Test("a device first read: its old queue comes back in order, and later messages follow it", arguments: [false, true])
+    func readFirst(module: Bool) async throws {
+        try await withStore(module: module) { client, store, now in
             try await writeOld(client, "a", ids: ["m3", "m4"], acked: 2, expires: now + 60_000)
             let pending = try await store.pending(for: "a", after: 0, limit: 10)
             #expect(pending.map(\.id) == ["m3", "m4"])
@@ -53,9 +55,9 @@ struct RedisSchemaMigrationTests {
         }
     }
 
-    @Test("a device first pushed to: the old queue goes first, the new message after it")
-    func appendFirst() async throws {
-        try await withStore { client, store, now in
+    @Test("a device first pushed to: the old queue goes first, the new message after it", arguments: [false, true])
+    func appendFirst(module: Bool) async throws {
+        try await withStore(module: module) { client, store, now in
             try await writeOld(client, "b", ids: ["x1", "x2"], acked: 0, expires: now + 60_000)
             let stored = try await store.append([NewMessage(clientID: "b", id: "x3", payload: ByteBuffer(string: "new"), expiresAtMillis: now + 60_000)])
             #expect(stored.map(\.sequence) == [3])
@@ -65,9 +67,9 @@ struct RedisSchemaMigrationTests {
         }
     }
 
-    @Test("expired old messages are not brought back")
-    func expiredOld() async throws {
-        try await withStore { client, store, now in
+    @Test("expired old messages are not brought back", arguments: [false, true])
+    func expiredOld(module: Bool) async throws {
+        try await withStore(module: module) { client, store, now in
             try await writeOld(client, "c", ids: ["gone"], acked: 0, expires: now - 1)
             try await writeOld(client, "c", ids: ["kept"], acked: 1, expires: now + 60_000)
             #expect(try await store.pending(for: "c", after: 0, limit: 10).map(\.id) == ["kept"])

@@ -1,0 +1,90 @@
+import Actors
+import HeraldTestSupport
+import NIOCore
+import RedisStore
+import Testing
+
+/// Herald's Redis module (`RedisModule/herald.c`, Docs/store.md "The Redis module") on a real
+/// redis-server that loaded it. The conformance suites run on it too (`StoreKind.redisModule`);
+/// these check that the module, not the script, did the work, and what its writes leave behind.
+@Suite("Redis store with Herald's module", .timeLimit(.minutes(1)))
+struct RedisModuleTests {
+    /// Calls of each command in `INFO commandstats` (`cmdstat_<name>:calls=N,...`).
+    private func calls(_ server: RedisServer) async throws -> [String: Int] {
+        var calls: [String: Int] = [:]
+        for line in try await server.cli(["INFO", "commandstats"]).split(whereSeparator: \.isNewline) {
+            guard line.hasPrefix("cmdstat_"), let colon = line.firstIndex(of: ":") else { continue }
+            let name = String(line[line.index(line.startIndex, offsetBy: 8)..<colon])
+            let count = line[colon...].split(separator: ",").first?.split(separator: "=").last.flatMap { Int($0) }
+            calls[name] = count
+        }
+        return calls
+    }
+
+    private func message(_ store: RedisPushStore, _ clientID: String, _ base: String, now: Int64) -> NewMessage {
+        NewMessage(clientID: clientID, id: store.messageID(base, for: clientID), payload: ByteBuffer(string: base), expiresAtMillis: now + 60_000)
+    }
+
+    @Test("appends go through HERALD.APPEND, status included; the script runs only where it must decide (a full queue: 429)")
+    func appendsThroughTheModule() async throws {
+        try await RedisServer.with(arguments: try HeraldRedisModule.arguments()) { server in
+            try await withRedisClient(url: server.url) { client in
+                let now = WallClock.millisecondsSinceEpoch()
+                let store = RedisPushStore(client: client, maxPending: 3, receiptRetentionMillis: 60_000, now: { now })
+                #expect(try await store.append([message(store, "a", "m1", now: now)]).map(\.sequence) == [1])
+                let batch = try await store.append([message(store, "a", "m2", now: now), message(store, "b", "n1", now: now), message(store, "a", "m3", now: now)])
+                #expect(batch.map(\.sequence) == [2, 1, 3])
+                var seen = try await calls(server)
+                #expect(seen["herald.append"] == 2)
+                #expect(seen["eval"] == nil && seen["evalsha"] == nil, "no script ran")
+
+                // What the module wrote reads as the script's would.
+                #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["m1", "m2", "m3"].map { store.messageID($0, for: "a") })
+                let receipt = try #require(try await store.receipt(of: store.messageID("m2", for: "a")))
+                #expect(receipt.state == .stored && receipt.clientID == "a" && receipt.acceptedAtMillis == now && receipt.expiresAtMillis == now + 60_000)
+                let ttl = try #require(Int(try await server.cli(["PTTL", "herald:{a}:q"]).trimmingCharacters(in: .whitespacesAndNewlines)))
+                #expect(ttl > 60_000, "the stream lives past its last message's expiry")
+
+                // Device a is full (3): the module leaves it to the script, which refuses.
+                func scripts(_ seen: [String: Int]) -> Int { (seen["eval"] ?? 0) + (seen["evalsha"] ?? 0) }
+                let before = scripts(try await calls(server))
+                await #expect(throws: StoreError(.pendingFull, "")) { try await store.append([message(store, "a", "m4", now: now)]) }
+                seen = try await calls(server)
+                #expect(seen["herald.append"] == 3 && scripts(seen) == before + 1)
+                #expect(try await store.pendingCount(for: "a") == 3)
+                #expect(try await store.append([message(store, "b", "n2", now: now)]).map(\.sequence) == [2], "no gap after the refusal")
+            }
+        }
+    }
+
+    @Test("a replica without the module holds exactly what the module wrote (its writes replicate as plain commands), and WAIT covers them")
+    func replicaWithoutModule() async throws {
+        try await RedisServer.with(arguments: try HeraldRedisModule.arguments()) { master in
+            try await RedisServer.with(arguments: ["--replicaof", "127.0.0.1", "\(master.port)"]) { replica in
+                try await eventually("the replica is in sync", timeout: .seconds(30)) {
+                    try await master.cli(["INFO", "replication"]).contains("state=online")
+                }
+                try await withRedisClient(url: master.url) { client in
+                    let now = WallClock.millisecondsSinceEpoch()
+                    let store = RedisPushStore(client: client, maxPending: 100, replicas: 1, waitTimeoutMillis: 5_000, receiptRetentionMillis: 60_000, now: { now })
+                    _ = try await store.append([message(store, "a", "m1", now: now)])
+                    _ = try await store.append([message(store, "a", "m2", now: now), message(store, "b", "n1", now: now)])
+                    #expect(try await calls(master)["herald.append"] == 2)
+                    for key in ["herald:{a}:q", "herald:{b}:q"] {
+                        let written = try await master.cli(["XRANGE", key, "-", "+"])
+                        #expect(!written.isEmpty)
+                        #expect(try await replica.cli(["XRANGE", key, "-", "+"]) == written, "\(key)")
+                        let ttl = Int(try await replica.cli(["PTTL", key]).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+                        #expect(ttl > 60_000, "\(key) expires on the replica too")
+                    }
+                    #expect(try await replica.cli(["GET", "herald:{a}:n"]) == master.cli(["GET", "herald:{a}:n"]))
+                    let statuses = try await master.cli(["KEYS", "herald:*:r:*"]).split(whereSeparator: \.isNewline).map(String.init)
+                    #expect(statuses.count == 3)
+                    for key in statuses {
+                        #expect(try await replica.cli(["HGETALL", key]) == master.cli(["HGETALL", key]), "\(key)")
+                    }
+                }
+            }
+        }
+    }
+}

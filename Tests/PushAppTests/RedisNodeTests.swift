@@ -30,6 +30,27 @@ struct RedisNodeTests {
         }
     }
 
+    @Test("on a Redis that loaded Herald's module: pushes and a batch are stored through HERALD.APPEND and delivered in order; ACKs delete them")
+    func throughTheModule() async throws {
+        try await RedisServer.with(arguments: try HeraldRedisModule.arguments()) { redis in
+            try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
+                var ids: [String] = []
+                for index in 0..<20 { ids.append(try await node.push("mona", "m\(index)")) }
+                let batch = try await HTTPTestClient.post(
+                    "/v1/push/batch", port: node.httpPort,
+                    json: #"{"messages": [{"client_id": "mona", "data": "b0"}, {"client_id": "nils", "data": "n0"}, {"client_id": "mona", "data": "b1"}]}"#
+                )
+                #expect(batch.status == 202)
+                let device = try await node.device("mona", autoAcknowledge: true)
+                #expect(try await device.pushes(22).map(\.text) == (0..<20).map { "m\($0)" } + ["b0", "b1"])
+                try await eventually("all acknowledged") { try await node.pending("mona") == 0 }
+                let stats = try await redis.cli(["INFO", "commandstats"])
+                #expect(stats.contains("cmdstat_herald.append:"), "the module did the appends")
+                await device.close()
+            }
+        }
+    }
+
     @Test("on a Redis Cluster (redis+cluster://, with AUTH): pushes stored and delivered, a batch across masters is one 202, a full device refuses it; a wrong password keeps the node unready")
     func onRedisCluster() async throws {
         try await RedisClusterSet.withShared { cluster in

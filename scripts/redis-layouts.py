@@ -11,6 +11,7 @@ message for append, ack and both.
     scripts/redis-layouts.py --devices 10000 --messages 50000            # every layout
     scripts/redis-layouts.py --layouts current,lean --batch 100
     scripts/redis-layouts.py --layouts herald --callgrind      # instructions, not CPU time
+    scripts/redis-layouts.py --layouts herald,herald-module --module herald.so   # Herald's Redis module
 
 With --callgrind, each layout runs in a redis-server of its own under valgrind's callgrind,
 once with M messages and once with 2M; the difference of their instruction counts over M is
@@ -353,14 +354,28 @@ class Herald(Layout):
     def setup(self):
         self.sha["append"] = load(self.conn, herald_append_script(self.cap) if self.script == "herald" else "return 1")
     def keys(self, d): t = f"herald:{{{d}}}"; return [f"{t}:n", f"{t}:q"]
-    def append(self, messages, deadline):
+    def arguments(self, messages, deadline):
+        """The script's KEYS and ARGV for `messages`, each a request of its own."""
         devices, index, counts = self.group(messages)
         keys = [k for d in devices for k in self.keys(d)]
         argv = [deadline // 1000, deadline % 1000, self.now, len(devices), *counts] + [3660_000] * len(devices)
         for device, mid, payload in messages: argv += [1, index[device], mid, self.now + 3600_000, payload]
+        return keys, argv
+    def append(self, messages, deadline):
+        keys, argv = self.arguments(messages, deadline)
         return [encode("EVALSHA", self.sha["append"], len(keys), *keys, *argv)]
     def ack(self, device, mid, token):
         return [encode("XDEL", self.keys(device)[1], f"{token}-0")]
+
+class HeraldModule(Herald):
+    """The same appends through Herald's Redis module (`HERALD.APPEND`, RedisModule/herald.c),
+    with the settings the script has written in: needs --module."""
+    def setup(self):
+        if not self.conn.call("COMMAND", "INFO", "herald.append")[0]:
+            raise SystemExit("herald-module: this redis-server has no HERALD.APPEND (give --module herald.so)")
+    def append(self, messages, deadline):
+        keys, argv = self.arguments(messages, deadline)
+        return [encode("HERALD.APPEND", 1, self.cap, 60_000, 0, 0, len(keys), *keys, *argv)]
 
 class HeraldEmptyScript(Herald):
     """Herald's call, KEYS and ARGV with a script that does nothing (`return 1`): what calling
@@ -443,7 +458,7 @@ class AckEvent(StreamSeq):
 
 LAYOUTS = {"current": Current, "stream": Stream, "stream-seq": StreamSeq, "list-hash": ListHash, "zset-hash": ZsetHash, "multi": Multi,
            "stream-seq+status-key": StatusKey, "stream-seq+status-hash": StatusHash, "stream-seq+event": AckEvent,
-           "herald": Herald, "herald-empty-script": HeraldEmptyScript, "herald-commands-in-multi": HeraldMulti}
+           "herald": Herald, "herald-module": HeraldModule, "herald-empty-script": HeraldEmptyScript, "herald-commands-in-multi": HeraldMulti}
 
 def tokens(reply, count):
     """The per-message tokens an append returned (stream entry ids), or None for each."""
@@ -485,7 +500,7 @@ def instructions(name, args, messages):
     `messages` messages."""
     workdir = tempfile.mkdtemp(prefix="herald-layouts-")
     out, port = os.path.join(workdir, "callgrind.out"), free_port()
-    redis = start_redis(workdir, port, "--hz", "1", prefix=["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out}"])
+    redis = start_redis(workdir, port, "--hz", "1", *module_arguments(args), prefix=["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out}"])
     try:
         for _ in range(600):
             try: Connection(port).call("PING"); break
@@ -496,6 +511,10 @@ def instructions(name, args, messages):
     with open(out) as f:
         return int(re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE).group(1))
 
+def module_arguments(args):
+    """redis-server's arguments that load Herald's module, with --module."""
+    return ["--loadmodule", os.path.abspath(args.module)] if args.module else []
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=10000)
@@ -503,8 +522,9 @@ def main():
     parser.add_argument("--batch", type=int, default=1, help="messages per append call (across devices)")
     parser.add_argument("--depth", type=int, default=16, help="calls in flight on the connection")
     parser.add_argument("--payload-bytes", type=int, default=100)
-    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--layouts", default=",".join(name for name in LAYOUTS if name != "herald-module"))
     parser.add_argument("--rounds", type=int, default=3, help="runs per layout; the median is shown")
+    parser.add_argument("--module", help="Herald's Redis module (herald.so, from RedisModule/herald.c) for every redis-server to load; the herald-module layout needs it")
     parser.add_argument("--callgrind", action="store_true", help="count Redis's instructions per message instead of its CPU time")
     args = parser.parse_args()
     if args.callgrind:
@@ -516,7 +536,7 @@ def main():
         return
     workdir = tempfile.mkdtemp(prefix="herald-layouts-")
     port = free_port()
-    redis = start_redis(workdir, port)
+    redis = start_redis(workdir, port, *module_arguments(args))
     try:
         for _ in range(100):
             try: Connection(port).call("PING"); break

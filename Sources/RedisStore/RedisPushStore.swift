@@ -51,9 +51,11 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private let appendDeadline: @Sendable () -> Int64
     /// `appendScript` with this store's settings.
     private let appendScript: RedisScript
-    /// Whether appends try Herald's Redis module first (`runAppend`): until Redis says it does
-    /// not have it, and never on a Redis Cluster (Docs/store.md, "The Redis module").
-    private let usesModule: Atomic<Bool>
+    /// Whether appends go through Herald's Redis module (`runAppend`; Docs/store.md, "The Redis
+    /// module"): not known until the first append asks Redis (`COMMAND INFO`), then yes until
+    /// Redis refuses the command; never on a Redis Cluster.
+    private let moduleState: Atomic<UInt8>
+    private static let moduleUnknown: UInt8 = 0, moduleLoaded: UInt8 = 1, moduleAbsent: UInt8 = 2
     /// The version of `HERALD.APPEND`'s arguments this node sends (`RedisModule/herald.c`).
     static let moduleInterface: Int64 = 1
 
@@ -82,7 +84,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         self.waitTimeoutMillis = waitTimeoutMillis
         self.now = now
         groups = AppendGroups(loops: client.loops.count)
-        usesModule = Atomic(!client.configuration.isCluster)
+        moduleState = Atomic(client.configuration.isCluster ? Self.moduleAbsent : Self.moduleUnknown)
         appendScript = Self.appendScript(
             cap: maxPending, slackMillis: slackMillis, retentionMillis: receiptRetentionMillis ?? 0, keep: expiryEvents != nil
         )
@@ -222,13 +224,20 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// Runs an append's call: by Herald's Redis module where Redis has it (`HERALD.APPEND`, the
     /// script's keys and arguments after its settings), else by the script. The module leaves
     /// to the script what goes beyond the common path (-FALLBACK, before it wrote anything).
-    /// A Redis that does not know the command (no module, or one of another interface), or
-    /// whose ACL refuses it to this node's user, sends this store to the script for good; a
+    /// Whether Redis has the module is asked once, before the first append (not learnt from a
+    /// refused call, whose followers, a `WAIT`, would then have waited for nothing). A Redis
+    /// that later refuses the command (a failover to one without the module, one of another
+    /// interface, an ACL that does not allow it) sends this store to the script for good; a
     /// restart asks again.
     private func runAppend(
         keys: [String], arguments: [RedisArgument], before leaders: [[RedisArgument]], then followers: [[RedisArgument]]
     ) async throws(StoreError) -> [RESPValue] {
-        if usesModule.load(ordering: .relaxed) {
+        if moduleState.load(ordering: .relaxed) == Self.moduleUnknown {
+            let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND")])
+            let loaded = if case .array(let entries) = info, case .array? = entries.first { true } else { false }
+            moduleState.store(loaded ? Self.moduleLoaded : Self.moduleAbsent, ordering: .relaxed)
+        }
+        if moduleState.load(ordering: .relaxed) == Self.moduleLoaded {
             let settings: [RedisArgument] = [
                 .string("HERALD.APPEND"), .integer(Self.moduleInterface), .integer(Int64(maxPending)), .integer(slackMillis),
                 .integer(receiptRetentionMillis ?? 0), .integer(expiryEvents == nil ? 0 : 1), .integer(Int64(keys.count)),
@@ -238,7 +247,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             case .error(let text)? where text.hasPrefix("FALLBACK"):
                 break
             case .error(let text)? where text.contains("unknown command") || text.contains("interface version mismatch") || text.hasPrefix("NOPERM"):
-                usesModule.store(false, ordering: .relaxed)
+                moduleState.store(Self.moduleAbsent, ordering: .relaxed)
             default:
                 return Array(replies)
             }

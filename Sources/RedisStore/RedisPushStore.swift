@@ -128,6 +128,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
                 }
             }
         }
+        do throws(StoreError) { try await askForModule() } catch { return requests.map { _ in .failure(error) } }
         let now = now()
         // A request that times out is answered 503, but its bytes may still reach a paused Redis
         // and run later. The script refuses to run after `appendDeadline` (by Redis's clock).
@@ -221,10 +222,19 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         return outcomes
     }
 
+    /// Asks Redis whether it has Herald's module (`COMMAND INFO`), once.
+    private func askForModule() async throws(StoreError) {
+        guard moduleState.load(ordering: .relaxed) == Self.moduleUnknown else { return }
+        let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND")])
+        let loaded = if case .array(let entries) = info, case .array? = entries.first { true } else { false }
+        moduleState.store(loaded ? Self.moduleLoaded : Self.moduleAbsent, ordering: .relaxed)
+    }
+
     /// Runs an append's call: by Herald's Redis module where Redis has it (`HERALD.APPEND`, the
     /// script's keys and arguments after its settings), else by the script. The module leaves
     /// to the script what goes beyond the common path (-FALLBACK, before it wrote anything).
-    /// Whether Redis has the module is asked once, before the first append (not learnt from a
+    /// Whether Redis has the module is asked once, before the first append (`askForModule`,
+    /// before the append's deadline is set, so the question does not eat into it; not learnt from a
     /// refused call, whose followers, a `WAIT`, would then have waited for nothing). A Redis
     /// that later refuses the command (a failover to one without the module, one of another
     /// interface, an ACL that does not allow it) sends this store to the script for good; a
@@ -232,11 +242,6 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private func runAppend(
         keys: [String], arguments: [RedisArgument], before leaders: [[RedisArgument]], then followers: [[RedisArgument]]
     ) async throws(StoreError) -> [RESPValue] {
-        if moduleState.load(ordering: .relaxed) == Self.moduleUnknown {
-            let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND")])
-            let loaded = if case .array(let entries) = info, case .array? = entries.first { true } else { false }
-            moduleState.store(loaded ? Self.moduleLoaded : Self.moduleAbsent, ordering: .relaxed)
-        }
         if moduleState.load(ordering: .relaxed) == Self.moduleLoaded {
             let settings: [RedisArgument] = [
                 .string("HERALD.APPEND"), .integer(Self.moduleInterface), .integer(Int64(maxPending)), .integer(slackMillis),

@@ -138,6 +138,12 @@ struct TransportTests {
             _ = try await garbage.waitForClose(timeout: .seconds(20))
             _ = try await silent.waitForClose(timeout: .seconds(20))
             _ = try await upgradeNever.waitForClose(timeout: .seconds(20))
+            // Counted as the node closes them, which the client may see first: read until counted.
+            try await eventually("both failures counted", timeout: .seconds(20)) {
+                let timeouts = try await node.metric(#"herald_tls_handshake_failures_total{reason="timeout"}"#)
+                let notTLS = try await node.metric(#"herald_tls_handshake_failures_total{reason="not_tls"}"#)
+                return timeouts >= 1 && notTLS >= 1
+            }
             #expect(try await node.metric(#"herald_tls_handshake_failures_total{reason="timeout"}"#) == 1)
             #expect(try await node.metric(#"herald_tls_handshake_failures_total{reason="not_tls"}"#) == 1)
             let device = try await node.device("patient", over: "tls", pki: pki)

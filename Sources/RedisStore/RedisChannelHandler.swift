@@ -74,7 +74,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     private func enqueue(_ commands: [[RedisArgument]], waiter: Waiter) {
         guard let context, context.channel.isActive else {
-            waiter.fail(StoreError(.unavailable, "redis connection is down"))
+            waiter.fail(StoreError.notSent)
             return
         }
         if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: lastWriteSize) }

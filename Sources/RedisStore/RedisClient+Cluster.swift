@@ -243,7 +243,7 @@ extension RedisClient {
         let promise = channel.eventLoop.makePromise(of: [RESPValue].self)
         let write: @Sendable () -> Void = {
             guard let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) else {
-                promise.fail(StoreError(.unavailable, "redis connection is down"))
+                promise.fail(StoreError.notSent)
                 return
             }
             handler.send(commands, promise: promise)
@@ -252,7 +252,9 @@ extension RedisClient {
         // One promise and one suspension for all the replies, not one each.
         do {
             let replies = try await promise.futureResult.get()
-            guard replies.count == commands.count else { throw StoreError(.unavailable, "redis connection is down") }
+            guard replies.count == commands.count else {
+                throw StoreError(.unavailable, "redis answered \(replies.count) replies to \(commands.count) commands")
+            }
             return replies
         } catch let error as StoreError {
             throw error

@@ -181,6 +181,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             }
             replies = try await runAppend(keys: keys, arguments: arguments, before: index, then: wait)
         } catch {
+            await waitOutDeadline(deadline, after: error)
             return requests.map { _ in .failure(error) }
         }
         let perRequest: [RESPValue]
@@ -220,6 +221,18 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             }
         }
         return outcomes
+    }
+
+    /// Holds a failed append's answer until its deadline has passed (by this node's clock) when
+    /// its bytes may have reached Redis: a connection is closed when its *oldest* command times
+    /// out, failing the later ones too, whose deadlines may still be ahead; a paused Redis that
+    /// resumes then would still run them, and their 503 would have become a stored message.
+    /// An append that was never written fails at once.
+    private func waitOutDeadline(_ deadline: Int64, after error: StoreError) async {
+        guard error.mayHaveReachedRedis else { return }
+        let left = deadline - WallClock.millisecondsSinceEpoch()
+        // One millisecond past it: the script refuses only once Redis's clock is beyond it.
+        if left >= 0 { try? await Task.sleep(for: .milliseconds(left + 1)) }
     }
 
     /// Asks Redis whether it has Herald's module (`COMMAND INFO`), once.

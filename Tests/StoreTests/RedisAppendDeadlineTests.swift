@@ -1,6 +1,7 @@
 import Actors
 import HeraldTestSupport
 import NIOCore
+import Glibc
 import Synchronization
 import Testing
 
@@ -78,6 +79,35 @@ struct RedisAppendDeadlineTests {
             // minute ahead.
             deadline.withLock { $0 = WallClock.millisecondsSinceEpoch() + 60_000 }
             #expect(await Self.failure(of: store, Self.message("timely", "later")) == nil)
+        }
+    }
+
+    @Test(
+        "an append failed while its deadline is still ahead (its connection closed on a timeout) answers only after the deadline, so a paused Redis that resumes at once does not store it",
+        arguments: [false, true]
+    )
+    func failureWaitsOutTheDeadline(module: Bool) async throws {
+        try await RedisServer.with(arguments: module ? try HeraldRedisModule.arguments() : []) { server in
+            // The node closes a connection when its oldest command times out, failing the later
+            // ones too, whose deadlines may still be ahead. Here the append is that command: a
+            // deadline 1.5 s past its 1 s timeout stands for a later command's.
+            try await withRedisClient(url: server.url, commandTimeout: .seconds(1)) { client in
+                let deadline = Mutex<Int64>(0)
+                let store = RedisPushStore(client: client, maxPending: 10, appendDeadline: { deadline.withLock { $0 } })
+                deadline.withLock { $0 = WallClock.millisecondsSinceEpoch() + 60_000 }
+                _ = try await store.append([Self.message("paused", "first")])  // the module is asked about once
+                server.kill(signal: SIGSTOP)
+                defer { server.kill(signal: SIGCONT) }
+                let set = WallClock.millisecondsSinceEpoch() + 2_500
+                deadline.withLock { $0 = set }
+                let refused = try #require(await Self.failure(of: store, Self.message("paused", "second")), "stored while Redis was paused")
+                #expect(refused.code == .unavailable)
+                #expect(WallClock.millisecondsSinceEpoch() > set, "answered before its deadline: \(refused)")
+                server.kill(signal: SIGCONT)
+                // Redis now reads the append's bytes, after its deadline: LATE, a no-op.
+                try await eventually("redis answers again", timeout: .seconds(10)) { (try? await store.pendingCount(for: "paused")) != nil }
+                #expect(try await store.pending(for: "paused", after: 0, limit: 10).map(\.id) == ["first"], "the 503'd append was stored")
+            }
         }
     }
 }

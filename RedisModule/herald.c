@@ -22,7 +22,6 @@
  *
  * Build: cc -O2 -shared -fPIC -o herald.so herald.c   (Redis 7.0 or later: RedisModule_StreamAdd)
  */
-#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,20 +69,27 @@ API(void, Free, (void *));
 /* The stream's and the status hash's field names, made once. */
 static RedisModuleString *field_i, *field_e, *field_p, *field_c, *field_q, *field_a;
 
+/* A decimal integer; 0 if the text is not one. Read by hand, not by strtoll: the module reads
+   a dozen integers a message, and glibc's strtoll (locale and all) cost Redis about as much as
+   the stream append itself. */
+static int decimal(const char *p, size_t len, long long *out) {
+    int negative = len > 0 && p[0] == '-';
+    size_t i = negative ? 1 : 0;
+    if (len == i || len - i > 18) return 0; /* at most 18 digits: no overflow to check */
+    long long value = 0;
+    for (; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') return 0;
+        value = value * 10 + (p[i] - '0');
+    }
+    *out = negative ? -value : value;
+    return 1;
+}
+
 /* A decimal integer argument; 0 if it is not one. */
 static int integer(const RedisModuleString *s, long long *out) {
     size_t len;
     const char *p = RedisModule_StringPtrLen(s, &len);
-    if (len == 0 || len > 20) return 0;
-    char text[24];
-    memcpy(text, p, len);
-    text[len] = 0;
-    char *end;
-    errno = 0;
-    long long value = strtoll(text, &end, 10);
-    if (errno != 0 || *end != 0) return 0;
-    *out = value;
-    return 1;
+    return decimal(p, len, out);
 }
 
 /* The arguments after the settings: K[1..keys], A[1..arguments], 1-based as in the script. */
@@ -130,13 +136,8 @@ static long long counter(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleSt
     if (type != RM_KEYTYPE_STRING) return -1;
     size_t len;
     const char *text = RedisModule_StringDMA(key, &len, RM_READ);
-    if (text == NULL || len == 0 || len > 20) return -1;
-    char copy[24];
-    memcpy(copy, text, len);
-    copy[len] = 0;
-    char *end;
-    long long value = strtoll(copy, &end, 10);
-    return *end == 0 && value >= 0 ? value : -1;
+    long long value;
+    return text != NULL && decimal(text, len, &value) && value >= 0 ? value : -1;
 }
 
 static int append(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
@@ -224,7 +225,7 @@ static int append(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
                 RedisModule_ReplyWithError(ctx, "ERR HERALD.APPEND: the stream is ahead of its counter");
                 continue;
             }
-            RedisModule_Replicate(ctx, "XADD", "slcscscs", K[2 * d], s, "i", A[at + 1], "e", A[at + 2], "p", A[at + 3]);
+            RedisModule_Replicate(ctx, "XADD", "slssssss", K[2 * d], s, field_i, A[at + 1], field_e, A[at + 2], field_p, A[at + 3]);
             long long status = 0;
             if (fields == 5) integer(A[at + 4], &status);
             if (status > 0) {
@@ -236,7 +237,7 @@ static int append(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
                 if (ttl < 1) ttl = 1;
                 RedisModule_SetExpire(hash, ttl);
                 RedisModule_CloseKey(hash);
-                RedisModule_Replicate(ctx, "HSET", "scscscscs", K[status], "c", client, "q", q, "a", A[3], "e", A[at + 2]);
+                RedisModule_Replicate(ctx, "HSET", "sssssssss", K[status], field_c, client, field_q, q, field_a, A[3], field_e, A[at + 2]);
                 RedisModule_Replicate(ctx, "PEXPIREAT", "sl", K[status], RedisModule_Milliseconds() + ttl);
                 RedisModule_FreeString(ctx, q);
             }

@@ -10,6 +10,7 @@ per message (INFO stats).
 
     scripts/redis-store-bench.py --devices 100 --messages 50000 --batch 100
     scripts/redis-store-bench.py ... --replica [--wait-replicas 1]   # with a replica; WAIT before each 202
+    scripts/redis-store-bench.py ... --redis-module herald.so --node-env HERALD_RECEIPT_RETENTION_S=0
 """
 import argparse, http.client, json, os, shutil, signal, subprocess, sys, tempfile, threading, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -23,11 +24,13 @@ def main():
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--replica", action="store_true", help="start a replica of the Redis (its CPU is counted too)")
     parser.add_argument("--wait-replicas", type=int, default=0, help="HERALD_REDIS_WAIT_REPLICAS")
+    parser.add_argument("--redis-module", help="a built RedisModule/herald.c (herald.so) for redis-server to load")
+    parser.add_argument("--node-env", action="append", default=[], metavar="HERALD_X=V", help="a setting for the node (repeatable)")
     args = parser.parse_args()
     binary = herald_binary()
     workdir = tempfile.mkdtemp(prefix="herald-bench-")
     redis_port, tcp_port, http_port = free_port(), free_port(), free_port()
-    redis = start_redis(workdir, redis_port)
+    redis = start_redis(workdir, redis_port, *(["--loadmodule", os.path.abspath(args.redis_module)] if args.redis_module else []))
     replica = None
     herald = None
     try:
@@ -39,7 +42,8 @@ def main():
                 if subprocess.run(["redis-cli", "-p", str(redis_port), "WAIT", "1", "100"], capture_output=True, text=True).stdout.strip() == "1": break
                 time.sleep(0.1)
         herald = start_herald(binary, http_port, redis_url=f"redis://127.0.0.1:{redis_port}", tcp_addr=f"127.0.0.1:{tcp_port}",
-                              relay_addr="127.0.0.1:0", redis_wait_replicas=args.wait_replicas)
+                              relay_addr="127.0.0.1:0", redis_wait_replicas=args.wait_replicas,
+                              **{k.removeprefix("HERALD_").lower(): v for k, v in (e.split("=", 1) for e in args.node_env)})
         devices = Devices(tcp_port, args.devices)
         devices.start()
         time.sleep(1)

@@ -94,7 +94,8 @@ struct UnicastPhase {
         let seconds = Double(lastReceipt &- load.startedAt) / 1e9
         let heraldTime = zip(after.nodes, before.nodes).map { $0 - $1 }.reduce(.zero, +)
         let heraldCPU = heraldTime.total
-        let redisCPU = after.redis.flatMap { a in before.redis.map { (a - $0).total } }
+        let redisTime = after.redis.flatMap { a in before.redis.map { a - $0 } }
+        let redisCPU = redisTime?.total
         let serverCPU = heraldCPU + (redisCPU ?? 0)
         let per10k = 10_000 / Double(max(received, 1))
 
@@ -111,6 +112,9 @@ struct UnicastPhase {
             }
             report.add("\(label): server CPU per delivery\(redisCPU == nil ? "" : ", Redis counted")", serverCPU / Double(max(received, 1)) * 1e6, "µs")
             report.add("\(label): herald CPU per delivery in the kernel (system time)", heraldTime.system / Double(max(received, 1)) * 1e6, "µs")
+            if let redisTime {
+                report.add("\(label): redis-server CPU per delivery in the kernel (system time)", redisTime.system / Double(max(received, 1)) * 1e6, "µs")
+            }
         }
         report.add("\(label): herald-bench CPU per 10,000 deliveries (the load, for scale)", benchCPU * per10k, "s")
         report.add("\(label): latency p50", Double(latency.valueAtPercentile(50)) / 1000, "ms")

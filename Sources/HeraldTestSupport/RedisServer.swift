@@ -380,9 +380,15 @@ public enum HeraldRedisModule {
     public static func arguments() throws -> [String] { ["--loadmodule", try path()] }
 
     private static func build() throws(ModuleBuildError) -> String {
-        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("RedisModule/herald.c").path
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("herald-module-\(UUID().uuidString).so").path
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let source = root.appendingPathComponent("RedisModule/herald.c").path
+        // Into the package's .build (ignored by git), under one name: built under a name of its
+        // own, then renamed over it, so a test process running at the same time keeps the file
+        // it loaded, and nothing is left behind in /tmp.
+        let directory = root.appendingPathComponent(".build")
+        try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let final = directory.appendingPathComponent("herald-module-test.so").path
+        let output = directory.appendingPathComponent("herald-module-\(UUID().uuidString).so").path
         let compiler = Process()
         compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         compiler.arguments = ["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", output, source]
@@ -392,6 +398,7 @@ public enum HeraldRedisModule {
         let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         compiler.waitUntilExit()
         guard compiler.terminationStatus == 0 else { throw ModuleBuildError(description: "cc failed on \(source): \(message)") }
-        return output
+        guard rename(output, final) == 0 else { throw ModuleBuildError(description: "cannot move \(output) to \(final): errno \(errno)") }
+        return final
     }
 }

@@ -52,6 +52,7 @@ public final class RedisClient: Service, HealthReporting {
     /// Set in cluster mode.
     private let cluster: RedisClusterState?
     private let next = Atomic<Int>(0)
+    private let connectionsOpened = Atomic<UInt64>(0)
     /// With Sentinel: the master last connected to, and the sentinel that last answered.
     private let currentMaster = Mutex<RedisConfiguration.Endpoint?>(nil)
     private let preferredSentinel = Mutex(0)
@@ -72,6 +73,11 @@ public final class RedisClient: Service, HealthReporting {
         if let cluster { return clusterIsConnected(state: cluster) }
         return slots.allSatisfy { $0.channel.withLock { $0 } != nil }
     }
+
+    /// How many connections this client has opened (not on a Redis Cluster): it changes
+    /// whenever one is established or re-established (a restart of Redis, a failover), after
+    /// which what Redis offers (a module, say) may have changed.
+    public var connectionGeneration: UInt64 { connectionsOpened.load(ordering: .acquiring) }
 
     // MARK: Commands
 
@@ -259,6 +265,7 @@ public final class RedisClient: Service, HealthReporting {
             do {
                 let channel = try await connect(on: slot.loop)
                 slot.channel.withLock { $0 = channel }
+                connectionsOpened.add(1, ordering: .releasing)
                 if attempt > 0 {
                     let endpoint = currentMaster.withLock { $0 } ?? RedisConfiguration.Endpoint(host: configuration.host, port: configuration.port)
                     logger.notice("redis connection restored", metadata: ["redis": "\(endpoint)"])

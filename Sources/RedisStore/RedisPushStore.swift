@@ -52,10 +52,13 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// `appendScript` with this store's settings.
     private let appendScript: RedisScript
     /// Whether appends go through Herald's Redis module (`runAppend`; Docs/store.md, "The Redis
-    /// module"): not known until the first append asks Redis (`COMMAND INFO`), then yes until
-    /// Redis refuses the command; never on a Redis Cluster.
+    /// module"): asked of Redis (`COMMAND INFO`) before the first append on each generation of
+    /// the client's connections (`moduleAskedAt`), then yes until Redis refuses the command;
+    /// never on a Redis Cluster.
     private let moduleState: Atomic<UInt8>
     private static let moduleUnknown: UInt8 = 0, moduleLoaded: UInt8 = 1, moduleAbsent: UInt8 = 2
+    /// The client's `connectionGeneration` when Redis was last asked for the module.
+    private let moduleAskedAt = Atomic<UInt64>(.max)
     /// The version of `HERALD.APPEND`'s arguments this node sends (`RedisModule/herald.c`).
     static let moduleInterface: Int64 = 1
 
@@ -235,23 +238,28 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         if left >= 0 { try? await Task.sleep(for: .milliseconds(left + 1)) }
     }
 
-    /// Asks Redis whether it has Herald's module (`COMMAND INFO`), once.
+    /// Asks Redis whether it has Herald's module (`COMMAND INFO`): once, and again after the
+    /// client (re)connected, since the Redis may be another now (a failover) or restarted with
+    /// or without the module.
     private func askForModule() async throws(StoreError) {
-        guard moduleState.load(ordering: .relaxed) == Self.moduleUnknown else { return }
+        guard !client.configuration.isCluster else { return }
+        let generation = client.connectionGeneration
+        guard moduleAskedAt.load(ordering: .relaxed) != generation else { return }
         let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND")])
         let loaded = if case .array(let entries) = info, case .array? = entries.first { true } else { false }
         moduleState.store(loaded ? Self.moduleLoaded : Self.moduleAbsent, ordering: .relaxed)
+        moduleAskedAt.store(generation, ordering: .relaxed)
     }
 
     /// Runs an append's call: by Herald's Redis module where Redis has it (`HERALD.APPEND`, the
     /// script's keys and arguments after its settings), else by the script. The module leaves
     /// to the script what goes beyond the common path (-FALLBACK, before it wrote anything).
-    /// Whether Redis has the module is asked once, before the first append (`askForModule`,
-    /// before the append's deadline is set, so the question does not eat into it; not learnt from a
-    /// refused call, whose followers, a `WAIT`, would then have waited for nothing). A Redis
-    /// that later refuses the command (a failover to one without the module, one of another
-    /// interface, an ACL that does not allow it) sends this store to the script for good; a
-    /// restart asks again.
+    /// Whether Redis has the module is asked before the first append and again after each
+    /// reconnection (`askForModule`, before the append's deadline is set, so the question does
+    /// not eat into it; not learnt from a refused call, whose followers, a `WAIT`, would then
+    /// have waited for nothing). A Redis that refuses the command all the same (one of another
+    /// interface, an ACL that does not allow it, a module unloaded) sends this store to the
+    /// script until the client reconnects.
     private func runAppend(
         keys: [String], arguments: [RedisArgument], before leaders: [[RedisArgument]], then followers: [[RedisArgument]]
     ) async throws(StoreError) -> [RESPValue] {

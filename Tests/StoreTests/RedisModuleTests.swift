@@ -87,4 +87,43 @@ struct RedisModuleTests {
             }
         }
     }
+
+    @Test("a module loaded into Redis, or unloaded, while the node runs is used, or no longer tried, once the node has reconnected")
+    func moduleLoadedLater() async throws {
+        try await RedisServer.with(arguments: ["--enable-module-command", "yes"]) { server in
+            try await withRedisClient(url: server.url) { client in
+                let now = WallClock.millisecondsSinceEpoch()
+                let store = RedisPushStore(client: client, maxPending: 100, now: { now })
+                func scripts() async throws -> Int {
+                    let seen = try await calls(server)
+                    return (seen["eval"] ?? 0) + (seen["evalsha"] ?? 0)
+                }
+                /// Closes the node's connections (CLIENT KILL) and waits until as many are open again.
+                func reconnect() async throws {
+                    let before = client.connectionGeneration
+                    let killed = try #require(UInt64(try await server.cli(["CLIENT", "KILL", "TYPE", "normal"]).trimmingCharacters(in: .whitespacesAndNewlines)))
+                    try #require(killed > 0)
+                    try await eventually("reconnected") { client.connectionGeneration >= before + killed && client.isConnected }
+                }
+                _ = try await store.append([message(store, "a", "m1", now: now)])
+                var seen = try await calls(server)
+                #expect(try await scripts() == 1 && seen["herald.append"] == nil, "no module yet: the script")
+
+                _ = try await server.cli(["MODULE", "LOAD", try HeraldRedisModule.path()])
+                try await reconnect()
+                _ = try await store.append([message(store, "a", "m2", now: now)])
+                seen = try await calls(server)
+                #expect(seen["herald.append"] == 1, "loaded: the module")
+                #expect(try await scripts() == 1)
+
+                _ = try await server.cli(["MODULE", "UNLOAD", "herald"])
+                try await reconnect()
+                _ = try await store.append([message(store, "a", "m3", now: now)])
+                #expect(try await scripts() == 2, "unloaded: the script")
+                let errors = try await server.cli(["INFO", "errorstats"])
+                #expect(!errors.contains("errorstat_ERR"), "no refused HERALD.APPEND first: \(errors)")
+                #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.sequence) == [1, 2, 3])
+            }
+        }
+    }
 }

@@ -55,8 +55,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// module"): asked of Redis (`COMMAND INFO`) before the first append on each generation of
     /// the client's connections (`moduleAskedAt`), then yes until Redis refuses the command;
     /// never on a Redis Cluster.
-    private let moduleState: Atomic<UInt8>
-    private static let moduleUnknown: UInt8 = 0, moduleLoaded: UInt8 = 1, moduleAbsent: UInt8 = 2
+    private let moduleLoaded = Atomic<Bool>(false)
     /// The client's `connectionGeneration` when Redis was last asked for the module.
     private let moduleAskedAt = Atomic<UInt64>(.max)
     /// The version of `HERALD.APPEND`'s arguments this node sends (`RedisModule/herald.c`).
@@ -87,7 +86,6 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         self.waitTimeoutMillis = waitTimeoutMillis
         self.now = now
         groups = AppendGroups(loops: client.loops.count)
-        moduleState = Atomic(client.configuration.isCluster ? Self.moduleAbsent : Self.moduleUnknown)
         appendScript = Self.appendScript(
             cap: maxPending, slackMillis: slackMillis, retentionMillis: receiptRetentionMillis ?? 0, keep: expiryEvents != nil
         )
@@ -247,7 +245,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         guard moduleAskedAt.load(ordering: .relaxed) != generation else { return }
         let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND")])
         let loaded = if case .array(let entries) = info, case .array? = entries.first { true } else { false }
-        moduleState.store(loaded ? Self.moduleLoaded : Self.moduleAbsent, ordering: .relaxed)
+        moduleLoaded.store(loaded, ordering: .relaxed)
         moduleAskedAt.store(generation, ordering: .relaxed)
     }
 
@@ -263,7 +261,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private func runAppend(
         keys: [String], arguments: [RedisArgument], before leaders: [[RedisArgument]], then followers: [[RedisArgument]]
     ) async throws(StoreError) -> [RESPValue] {
-        if moduleState.load(ordering: .relaxed) == Self.moduleLoaded {
+        if moduleLoaded.load(ordering: .relaxed) {
             let settings: [RedisArgument] = [
                 .string("HERALD.APPEND"), .integer(Self.moduleInterface), .integer(Int64(maxPending)), .integer(slackMillis),
                 .integer(receiptRetentionMillis ?? 0), .integer(expiryEvents == nil ? 0 : 1), .integer(Int64(keys.count)),
@@ -273,7 +271,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             case .error(let text)? where text.hasPrefix("FALLBACK"):
                 break
             case .error(let text)? where text.contains("unknown command") || text.contains("interface version mismatch") || text.hasPrefix("NOPERM"):
-                moduleState.store(Self.moduleAbsent, ordering: .relaxed)
+                moduleLoaded.store(false, ordering: .relaxed)
             default:
                 return Array(replies)
             }

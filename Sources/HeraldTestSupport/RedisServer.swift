@@ -214,7 +214,8 @@ public final class RedisClusterSet: Sendable {
 
     /// Starts six nodes, joins them into a cluster and waits until every node says
     /// `cluster_state:ok`. A master silent for `nodeTimeout` is failed over to its replica.
-    public static func start(nodeTimeout: Duration = .seconds(1)) async throws -> RedisClusterSet {
+    /// `arguments` go to every node (Herald's module, say).
+    public static func start(nodeTimeout: Duration = .seconds(1), arguments: [String] = []) async throws -> RedisClusterSet {
         var nodes: [RedisServer] = []
         for _ in 0..<6 {
             let node = try RedisServer(
@@ -222,7 +223,7 @@ public final class RedisClusterSet: Sendable {
                     "--cluster-enabled", "yes", "--cluster-port", "\(try LoopbackPort.free())", "--cluster-node-timeout",
                     "\(nodeTimeout.components.seconds * 1000 + nodeTimeout.components.attoseconds / 1_000_000_000_000_000)",
                     "--cluster-require-full-coverage", "yes",
-                ],
+                ] + arguments,
                 password: password
             )
             try await node.start()
@@ -296,9 +297,9 @@ public final class RedisClusterSet: Sendable {
 
     /// Runs `body` with a cluster of its own (for a test that changes the topology), and always stops it.
     public static func with<T: Sendable>(
-        nodeTimeout: Duration = .seconds(1), _ body: (RedisClusterSet) async throws -> T
+        nodeTimeout: Duration = .seconds(1), arguments: [String] = [], _ body: (RedisClusterSet) async throws -> T
     ) async throws -> T {
-        let set = try await start(nodeTimeout: nodeTimeout)
+        let set = try await start(nodeTimeout: nodeTimeout, arguments: arguments)
         do {
             let result = try await body(set)
             await set.stop()

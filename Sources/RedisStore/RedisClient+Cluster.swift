@@ -143,6 +143,7 @@ extension RedisClient {
                 }
             }
             guard case .success(let channel) = result else { return }
+            self.connectionOpened()
             channel.closeFuture.whenComplete { _ in
                 state.links.withLock { links in
                     if case .open(let current)? = links[endpoint]?[loop], current === channel { links[endpoint]?[loop] = nil }

@@ -74,10 +74,12 @@ public final class RedisClient: Service, HealthReporting {
         return slots.allSatisfy { $0.channel.withLock { $0 } != nil }
     }
 
-    /// How many connections this client has opened (not on a Redis Cluster): it changes
-    /// whenever one is established or re-established (a restart of Redis, a failover), after
-    /// which what Redis offers (a module, say) may have changed.
+    /// How many connections this client has opened: it changes whenever one is established or
+    /// re-established (a restart of Redis, a failover, on a cluster a master's first connection
+    /// on a loop), after which what Redis offers (a module, say) may have changed.
     public var connectionGeneration: UInt64 { connectionsOpened.load(ordering: .acquiring) }
+
+    func connectionOpened() { connectionsOpened.add(1, ordering: .releasing) }
 
     // MARK: Commands
 
@@ -265,7 +267,7 @@ public final class RedisClient: Service, HealthReporting {
             do {
                 let channel = try await connect(on: slot.loop)
                 slot.channel.withLock { $0 = channel }
-                connectionsOpened.add(1, ordering: .releasing)
+                connectionOpened()
                 if attempt > 0 {
                     let endpoint = currentMaster.withLock { $0 } ?? RedisConfiguration.Endpoint(host: configuration.host, port: configuration.port)
                     logger.notice("redis connection restored", metadata: ["redis": "\(endpoint)"])

@@ -62,6 +62,9 @@ enum RedisCluster {
             keyIndex = 3
         case "XGROUP", "XINFO":
             keyIndex = 2
+        case "HERALD.APPEND":
+            // HERALD.APPEND version cap slack retention keep numkeys KEYS... (RedisModule/herald.c)
+            keyIndex = 7
         case "XREAD", "XREADGROUP":
             // The first key follows STREAMS (the stream commands of the webhook queue).
             guard let streams = command.firstIndex(where: { if case .string(let word) = $0 { word.uppercased() == "STREAMS" } else { false } })

@@ -53,8 +53,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private let appendScript: RedisScript
     /// Whether appends go through Herald's Redis module (`runAppend`; Docs/store.md, "The Redis
     /// module"): asked of Redis (`COMMAND INFO`) before the first append on each generation of
-    /// the client's connections (`moduleAskedAt`), then yes until Redis refuses the command;
-    /// never on a Redis Cluster.
+    /// the client's connections (`moduleAskedAt`), then yes until Redis refuses the command
+    /// (on a Redis Cluster, one master is asked: every master must have it, or a refusal sends
+    /// the node to the script until it reconnects).
     private let moduleLoaded = Atomic<Bool>(false)
     /// The client's `connectionGeneration` when Redis was last asked for the module.
     private let moduleAskedAt = Atomic<UInt64>(.max)
@@ -240,7 +241,6 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// client (re)connected, since the Redis may be another now (a failover) or restarted with
     /// or without the module.
     private func askForModule() async throws(StoreError) {
-        guard !client.configuration.isCluster else { return }
         let generation = client.connectionGeneration
         guard moduleAskedAt.load(ordering: .relaxed) != generation else { return }
         let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND")])

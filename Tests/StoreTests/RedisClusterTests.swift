@@ -19,6 +19,11 @@ struct RedisClusterTests {
             }
             #expect(RedisCluster.slot(of: [.string("EVALSHA"), .string("sha"), .integer(2), .string("h:{d}:n")]) == RedisCluster.slot(of: Array("d".utf8)))
             #expect(RedisCluster.slot(of: [.string("WAIT"), .integer(1), .integer(100)]) == nil)
+            #expect(
+                RedisCluster.slot(of: [
+                    .string("HERALD.APPEND"), .integer(1), .integer(100), .integer(60_000), .integer(0), .integer(0), .integer(2), .string("h:{d}:n"),
+                    .string("h:{d}:q"),
+                ]) == RedisCluster.slot(of: Array("d".utf8)), "Herald's module: its first key after the settings")
             // The stream commands whose key is not the first argument.
             let lane = RedisCluster.slot(of: Array("wh3".utf8))
             #expect(RedisCluster.slot(of: [.string("XGROUP"), .string("CREATE"), .string("h:{wh3}:events"), .string("g"), .string("0")]) == lane)

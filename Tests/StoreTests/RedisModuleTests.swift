@@ -126,4 +126,40 @@ struct RedisModuleTests {
             }
         }
     }
+
+    @Test("on a Redis Cluster whose nodes loaded the module, appends go through it on each device's own master (no MOVED), batches across masters too")
+    func onACluster() async throws {
+        try await RedisClusterSet.with(arguments: try HeraldRedisModule.arguments()) { cluster in
+            // Devices on different masters.
+            let devices = ["a", "b", "c", "d", "e", "f"]
+            var masters: [String: RedisServer] = [:]
+            for device in devices { masters[device] = try await cluster.master(ofSlot: try await cluster.slot(of: "{\(device)}")) }
+            let ports = Set(masters.values.map(\.port))
+            try #require(ports.count > 1)
+            try await withRedisClient(url: cluster.url) { client in
+                let now = WallClock.millisecondsSinceEpoch()
+                let store = RedisPushStore(client: client, maxPending: 2, now: { now })
+                for device in devices { _ = try await store.append([message(store, device, "\(device)1", now: now)]) }
+                let batch = try await store.append(devices.map { message(store, $0, "\($0)2", now: now) })
+                #expect(batch.map(\.sequence) == devices.map { _ in 2 })
+                // Full (2): the module leaves it to the script, which refuses; nothing of the batch stays.
+                await #expect(throws: StoreError(.pendingFull, "")) {
+                    try await store.append([message(store, "b", "b3", now: now), message(store, "a", "a3", now: now)])
+                }
+                for device in devices {
+                    #expect(try await store.pending(for: device, after: 0, limit: 10).map(\.id) == ["1", "2"].map { store.messageID("\(device)\($0)", for: device) })
+                }
+                var appended = 0
+                for master in ports {
+                    let server = try #require(cluster.nodes.first { $0.port == master })
+                    let seen = try await calls(server)
+                    appended += seen["herald.append"] ?? 0
+                    #expect((seen["herald.append"] ?? 0) > 0, "master \(master) appended through the module")
+                    let errors = try await server.cli(["INFO", "errorstats"])
+                    #expect(!errors.contains("errorstat_MOVED") && !errors.contains("errorstat_ASK"), "routed by the module's key: \(errors)")
+                }
+                #expect(appended >= 2 * devices.count)
+            }
+        }
+    }
 }

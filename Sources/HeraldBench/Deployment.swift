@@ -15,7 +15,7 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "The redis-server binary.")
     var redisServer = "redis-server"
 
-    @Option(help: "Herald's Redis module (a herald.so built from RedisModule/herald.c) for the redis-server the bench starts to load (one redis-server; not with --redis-masters).")
+    @Option(help: "Herald's Redis module (a herald.so built from RedisModule/herald.c) for every redis-server the bench starts to load (with --redis-masters, each cluster node).")
     var redisModule: String?
 
     @Option(help: "Start a Redis Cluster of this many masters (no replicas, no persistence) instead of one redis-server; more than 1 implies --redis.")
@@ -43,7 +43,7 @@ struct ServerOptions: ParsableArguments {
 
     /// The store the run's report names.
     var storeLabel: String {
-        redisMasters > 1 ? "redis-cluster-\(redisMasters)" : redis ? (redisModule == nil ? "redis" : "redis+module") : (target.isEmpty ? "memory" : "target")
+        redisMasters > 1 ? "redis-cluster-\(redisMasters)\(redisModule == nil ? "" : "+module")" : redis ? (redisModule == nil ? "redis" : "redis+module") : (target.isEmpty ? "memory" : "target")
     }
 }
 
@@ -169,7 +169,7 @@ final class Deployment: Sendable {
                         "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no",
                         "--logfile", "\(directory)/redis\(index).log", "--cluster-enabled", "yes", "--cluster-port", "\(try LoopbackPort.free())",
                         "--cluster-config-file", "\(directory)/nodes\(index).conf",
-                    ])
+                    ] + (options.redisModule.map { ["--loadmodule", $0] } ?? []))
                     children.append(redis)
                     redisPIDs.append(redis.pid)
                     ports.append(port)

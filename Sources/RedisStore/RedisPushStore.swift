@@ -477,21 +477,22 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private func acknowledgeWithEvents(
         clientID: String, stream: String, messages: [Acknowledgement], events: RedisWebhookQueue
     ) async throws(StoreError) -> Int {
-        var found: [(id: String, sequence: UInt64, sentAt: Int64?, record: Bool)] = messages.compactMap { message in
-            message.sequence.map { (message.id, $0, message.sentAtMillis, !message.sendMarked) }
-        }
+        // Each with its sequence: the ones this connection sent, then the others found in the queue.
+        var found = messages.filter { $0.sequence != nil }
         if found.count < messages.count {
             // Ids this connection did not send (rare): find them in the queue, so that only a
             // message that is there makes an event.
             let wanted = Set(messages.lazy.filter { $0.sequence == nil }.map(\.id))
-            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map { ($0.id, $0.sequence, nil, false) }
+            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map {
+                Acknowledgement(id: $0.id, sequence: $0.sequence)
+            }
         }
         guard !found.isEmpty else { return 0 }
         let now = now()
         let queued = found.compactMap { message in
             events.write(
                 .messageAcked, clientID: clientID, message: message.id,
-                data: [("message_id", .string(message.id)), ("sent_at", message.sentAt.map { .integer($0) } ?? .null), ("acked_at", .integer(now))]
+                data: [("message_id", .string(message.id)), ("sent_at", message.sentAtMillis.map { .integer($0) } ?? .null), ("acked_at", .integer(now))]
             )
         }
         let eventCommands = queued.flatMap(\.commands)
@@ -499,10 +500,10 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         if let retention = receiptRetentionMillis {
             for message in found {
                 guard let key = statusKey(message.id, of: clientID) else { continue }
-                writes += Self.ackStatusCommands(key: key, sentAt: message.record ? message.sentAt : nil, now: now, retention: retention)
+                writes += Self.ackStatusCommands(key: key, sentAt: message.unmarkedSentAtMillis, now: now, retention: retention)
             }
         }
-        writes.append([.string("XDEL"), .string(stream)] + found.map { .string("\($0.sequence)-0") })
+        writes.append([.string("XDEL"), .string(stream)] + found.compactMap { $0.sequence.map { .string("\($0)-0") } })
         let removed: RESPValue
         if client.configuration.isCluster {
             let kept = try await client.sendAll(eventCommands)

@@ -93,12 +93,17 @@ public struct StoreError: Error, Hashable, CustomStringConvertible {
     public let message: String
     /// The device concerned (the one whose queue is full), when there is one.
     public let clientID: String?
+    /// Whether the operation may still have taken effect, or take it later: its request reached
+    /// the store's server, whose answer was lost (a connection closed or timed out after the
+    /// write). False for one refused, or never sent.
+    public let mayHaveTakenEffect: Bool
 
     /// Creates a store error.
-    public init(_ code: Code, _ message: String, clientID: String? = nil) {
+    public init(_ code: Code, _ message: String, clientID: String? = nil, mayHaveTakenEffect: Bool = false) {
         self.code = code
         self.message = message
         self.clientID = clientID
+        self.mayHaveTakenEffect = mayHaveTakenEffect
     }
 
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }

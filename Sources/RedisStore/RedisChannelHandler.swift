@@ -74,7 +74,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     private func enqueue(_ commands: [[RedisArgument]], waiter: Waiter) {
         guard let context, context.channel.isActive else {
-            waiter.fail(StoreError.notSent)
+            waiter.fail(StoreError(.unavailable, "redis is not connected"))
             return
         }
         if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: lastWriteSize) }
@@ -177,7 +177,8 @@ final class RedisChannelHandler: ChannelInboundHandler {
         timer = nil
         collected = []
         while let request = pending.popFirst() {
-            request.waiter.fail(StoreError(.unavailable, reason))
+            // Its bytes may be in Redis's socket already, and run there still.
+            request.waiter.fail(StoreError(.unavailable, reason, mayHaveTakenEffect: true))
         }
     }
 }

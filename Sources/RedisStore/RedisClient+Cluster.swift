@@ -244,7 +244,7 @@ extension RedisClient {
         let promise = channel.eventLoop.makePromise(of: [RESPValue].self)
         let write: @Sendable () -> Void = {
             guard let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) else {
-                promise.fail(StoreError.notSent)
+                promise.fail(StoreError(.unavailable, "redis is not connected"))
                 return
             }
             handler.send(commands, promise: promise)
@@ -254,7 +254,7 @@ extension RedisClient {
         do {
             let replies = try await promise.futureResult.get()
             guard replies.count == commands.count else {
-                throw StoreError(.unavailable, "redis answered \(replies.count) replies to \(commands.count) commands")
+                throw StoreError(.unavailable, "redis answered \(replies.count) replies to \(commands.count) commands", mayHaveTakenEffect: true)
             }
             return replies
         } catch let error as StoreError {

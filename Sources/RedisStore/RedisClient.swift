@@ -104,7 +104,7 @@ public final class RedisClient: Service, HealthReporting {
         guard !commands.isEmpty else { return [] }
         if commands.count == 1 { return [try await send(commands[0])] }
         if let cluster { return try await clusterSendAll(commands, state: cluster) }
-        guard let channel = slotForCaller().channel.withLock({ $0 }) else { throw StoreError.notSent }
+        guard let channel = slotForCaller().channel.withLock({ $0 }) else { throw StoreError(.unavailable, "redis is not connected") }
         return try await Self.send(commands, on: channel)
     }
 
@@ -219,7 +219,7 @@ public final class RedisClient: Service, HealthReporting {
     }
 
     private static func send(_ arguments: [RedisArgument], on slot: Slot, promise: EventLoopPromise<RESPValue>) {
-        guard let handler = handler(of: slot) else { return promise.fail(StoreError.notSent) }
+        guard let handler = handler(of: slot) else { return promise.fail(StoreError(.unavailable, "redis is not connected")) }
         handler.send(arguments, promise: promise)
     }
 
@@ -374,20 +374,10 @@ public final class RedisClient: Service, HealthReporting {
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
         channel.eventLoop.execute {
             guard let handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) else {
-                return promise.fail(StoreError.notSent)
+                return promise.fail(StoreError(.unavailable, "redis is not connected"))
             }
             handler.send(arguments, promise: promise)
         }
         return try await promise.futureResult.get()
     }
-}
-
-extension StoreError {
-    /// A command that failed before any of it was written to Redis (no connection up, or the
-    /// loop's connection closed before the write): Redis can never run it.
-    static let notSent = StoreError(.unavailable, "redis is not connected")
-
-    /// Whether Redis may have received the failed command's bytes (and may still run them: a
-    /// timed-out or closed connection), as opposed to `notSent`.
-    var mayHaveReachedRedis: Bool { code == .unavailable && message != Self.notSent.message }
 }

@@ -231,7 +231,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// resumes then would still run them, and their 503 would have become a stored message.
     /// An append that was never written fails at once.
     private func waitOutDeadline(_ deadline: Int64, after error: StoreError) async {
-        guard error.mayHaveReachedRedis else { return }
+        guard error.mayHaveTakenEffect else { return }
         let left = deadline - WallClock.millisecondsSinceEpoch()
         // One millisecond past it: the script refuses only once Redis's clock is beyond it.
         if left >= 0 { try? await Task.sleep(for: .milliseconds(left + 1)) }

@@ -12,6 +12,7 @@ message for append, ack and both.
     scripts/redis-layouts.py --layouts current,lean --batch 100
     scripts/redis-layouts.py --layouts herald --callgrind      # instructions, not CPU time
     scripts/redis-layouts.py --layouts herald,herald-module --module herald.so   # Herald's Redis module
+    scripts/redis-layouts.py --layouts herald-module+status --module herald.so --redis-config stream-node-max-entries=4
 
 With --callgrind, each layout runs in a redis-server of its own under valgrind's callgrind,
 once with M messages and once with 2M; the difference of their instruction counts over M is
@@ -377,6 +378,24 @@ class HeraldModule(Herald):
         keys, argv = self.arguments(messages, deadline)
         return [encode("HERALD.APPEND", 1, self.cap, 60_000, 0, 0, len(keys), *keys, *argv)]
 
+class HeraldModuleStatus(HeraldModule):
+    """Herald's module with message status on (the default: a status key a message, written at
+    the append, and at the ACK its send and its ACK, `HSETNX`, with `PEXPIRE` to the retention,
+    then the `XDEL`: the node's four ACK commands, in one write)."""
+    def status(self, d, mid): return f"herald:{{{d}}}:r:{mid}"
+    def append(self, messages, deadline):
+        devices, index, counts = self.group(messages)
+        keys = [k for d in devices for k in self.keys(d)]
+        argv = [deadline // 1000, deadline % 1000, self.now, len(devices), *counts] + [3660_000] * len(devices) + devices
+        for device, mid, payload in messages:
+            keys.append(self.status(device, mid))
+            argv += [1, index[device], mid, self.now + 3600_000, payload, len(keys)]
+        return [encode("HERALD.APPEND", 1, self.cap, 60_000, RETENTION_MS, 0, len(keys), *keys, *argv)]
+    def ack(self, device, mid, token):
+        key = self.status(device, mid)
+        return [encode("HSETNX", key, "s", self.now), encode("HSETNX", key, "k", self.now),
+                encode("PEXPIRE", key, RETENTION_MS), *super().ack(device, mid, token)]
+
 class HeraldEmptyScript(Herald):
     """Herald's call, KEYS and ARGV with a script that does nothing (`return 1`): what calling
     a script and handing it its arguments cost. Its ACKs delete nothing."""
@@ -458,7 +477,7 @@ class AckEvent(StreamSeq):
 
 LAYOUTS = {"current": Current, "stream": Stream, "stream-seq": StreamSeq, "list-hash": ListHash, "zset-hash": ZsetHash, "multi": Multi,
            "stream-seq+status-key": StatusKey, "stream-seq+status-hash": StatusHash, "stream-seq+event": AckEvent,
-           "herald": Herald, "herald-module": HeraldModule, "herald-empty-script": HeraldEmptyScript, "herald-commands-in-multi": HeraldMulti}
+           "herald": Herald, "herald-module": HeraldModule, "herald-module+status": HeraldModuleStatus, "herald-empty-script": HeraldEmptyScript, "herald-commands-in-multi": HeraldMulti}
 
 def tokens(reply, count):
     """The per-message tokens an append returned (stream entry ids), or None for each."""
@@ -512,8 +531,9 @@ def instructions(name, args, messages):
         return int(re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE).group(1))
 
 def module_arguments(args):
-    """redis-server's arguments that load Herald's module, with --module."""
-    return ["--loadmodule", os.path.abspath(args.module)] if args.module else []
+    """redis-server's arguments that load Herald's module, with --module, and set each --redis-config."""
+    settings = [a for setting in args.redis_config for a in ("--" + setting.split("=", 1)[0], setting.split("=", 1)[1])]
+    return (["--loadmodule", os.path.abspath(args.module)] if args.module else []) + settings
 
 def main():
     parser = argparse.ArgumentParser()
@@ -522,9 +542,11 @@ def main():
     parser.add_argument("--batch", type=int, default=1, help="messages per append call (across devices)")
     parser.add_argument("--depth", type=int, default=16, help="calls in flight on the connection")
     parser.add_argument("--payload-bytes", type=int, default=100)
-    parser.add_argument("--layouts", default=",".join(name for name in LAYOUTS if name != "herald-module"))
+    parser.add_argument("--layouts", default=",".join(name for name in LAYOUTS if not name.startswith("herald-module")))
     parser.add_argument("--rounds", type=int, default=3, help="runs per layout; the median is shown")
     parser.add_argument("--module", help="Herald's Redis module (herald.so, from RedisModule/herald.c) for every redis-server to load; the herald-module layout needs it")
+    parser.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE",
+                        help="a redis-server setting for every redis-server, e.g. stream-node-max-entries=16")
     parser.add_argument("--callgrind", action="store_true", help="count Redis's instructions per message instead of its CPU time")
     args = parser.parse_args()
     if args.callgrind:

@@ -25,19 +25,22 @@ def main():
     parser.add_argument("--replica", action="store_true", help="start a replica of the Redis (its CPU is counted too)")
     parser.add_argument("--wait-replicas", type=int, default=0, help="HERALD_REDIS_WAIT_REPLICAS")
     parser.add_argument("--redis-module", help="a built RedisModule/herald.c (herald.so) for redis-server to load")
+    parser.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE",
+                        help="a redis-server setting (repeatable), e.g. stream-node-max-entries=4")
     parser.add_argument("--node-env", action="append", default=[], metavar="HERALD_X=V", help="a setting for the node (repeatable)")
     args = parser.parse_args()
     binary = herald_binary()
     workdir = tempfile.mkdtemp(prefix="herald-bench-")
     redis_port, tcp_port, http_port = free_port(), free_port(), free_port()
-    redis = start_redis(workdir, redis_port, *(["--loadmodule", os.path.abspath(args.redis_module)] if args.redis_module else []))
+    settings = [a for setting in args.redis_config for a in ("--" + setting.split("=", 1)[0], setting.split("=", 1)[1])]
+    redis = start_redis(workdir, redis_port, *(["--loadmodule", os.path.abspath(args.redis_module)] if args.redis_module else []), *settings)
     replica = None
     herald = None
     try:
         time.sleep(0.5)
         if args.replica:
             replica_dir = os.path.join(workdir, "replica"); os.makedirs(replica_dir)
-            replica = start_redis(replica_dir, free_port(), "--replicaof", "127.0.0.1", str(redis_port))
+            replica = start_redis(replica_dir, free_port(), "--replicaof", "127.0.0.1", str(redis_port), *settings)
             for _ in range(100):
                 if subprocess.run(["redis-cli", "-p", str(redis_port), "WAIT", "1", "100"], capture_output=True, text=True).stdout.strip() == "1": break
                 time.sleep(0.1)

@@ -1,5 +1,6 @@
 /*
- * Herald's Redis module: HERALD.APPEND, the append script's common path in C.
+ * Herald's Redis module: HERALD.APPEND, the append script's common path in C, and HERALD.ACK,
+ * the ACK's plain commands with message status as one command.
  *
  * A node on a Redis that loaded this module (`loadmodule /path/to/herald.so`) appends through
  * it instead of the Lua script (Docs/store.md, "The Redis module"): the same keys, the same
@@ -15,7 +16,15 @@
  * the settings the node writes into its script; KEYS and ARGV are the script's
  * (RedisPushStore.appendScript documents them).
  *
- * Every write is replicated as the plain command it equals (INCRBY, XADD, HSET, PEXPIREAT),
+ *     HERALD.ACK 1 now retention numkeys stream STATUS... [sequence status sent]...
+ *
+ * acknowledges messages of one device as the node's plain commands would (HSETNX s, HSETNX k,
+ * PEXPIRE on each message's status key, then one XDEL): for each message, its stream entry's
+ * sequence, the index of its status key among the keys (1-based; 0: none) and when it was sent
+ * (ms; 0: not known here, so `s` is left alone). Replies the number of entries deleted. Keys of
+ * another type than the node writes are left to the plain commands (-FALLBACK, nothing written).
+ *
+ * Every write is replicated as the plain command it equals (INCRBY, XADD, HSET, PEXPIREAT, XDEL),
  * so replicas and the AOF need no module. The module API is declared here from its
  * documentation (https://redis.io/docs/reference/modules/modules-api-ref/); Redis hands each
  * function over by name at load time.
@@ -33,7 +42,8 @@ typedef struct RedisModuleStreamID { uint64_t ms; uint64_t seq; } RedisModuleStr
 typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 
 enum { RM_OK = 0, RM_ERR = 1, RM_APIVER_1 = 1, RM_READ = 1, RM_WRITE = 2 };
-enum { RM_KEYTYPE_EMPTY = 0, RM_KEYTYPE_STRING = 1 };
+enum { RM_KEYTYPE_EMPTY = 0, RM_KEYTYPE_STRING = 1, RM_KEYTYPE_HASH = 3, RM_KEYTYPE_STREAM = 7 };
+enum { RM_HASH_EXISTS = 1 << 3 };
 #define RM_NO_EXPIRE (-1LL)
 #define INTERFACE_VERSION 1
 
@@ -64,10 +74,12 @@ API(int, ReplyWithArray, (RedisModuleCtx *, long));
 API(int, WrongArity, (RedisModuleCtx *));
 API(int, Replicate, (RedisModuleCtx *, const char *, const char *, ...));
 API(void *, Alloc, (size_t));
+API(int, StreamDelete, (RedisModuleKey *, RedisModuleStreamID *));
+API(int, HashGet, (RedisModuleKey *, int, ...));
 API(void, Free, (void *));
 
 /* The stream's and the status hash's field names, made once. */
-static RedisModuleString *field_i, *field_e, *field_p, *field_c, *field_q, *field_a;
+static RedisModuleString *field_i, *field_e, *field_p, *field_c, *field_q, *field_a, *field_s, *field_k;
 
 /* A decimal integer; 0 if the text is not one. Read by hand, not by strtoll: the module reads
    a dozen integers a message, and glibc's strtoll (locale and all) cost Redis about as much as
@@ -266,6 +278,94 @@ done:
     return RM_OK;
 }
 
+/* Sets `field` of the hash `key` to `value` unless it has one (HSETNX); 1 if it set it. */
+static int setIfAbsent(RedisModuleKey *key, RedisModuleString *field, RedisModuleString *value) {
+    int exists = 0;
+    if (RedisModule_KeyType(key) == RM_KEYTYPE_HASH) RedisModule_HashGet(key, RM_HASH_EXISTS, field, &exists, NULL);
+    if (exists) return 0;
+    RedisModule_HashSet(key, 0, field, value, NULL);
+    return 1;
+}
+
+static int ack(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+    if (RedisModule_IsKeysPositionRequest(ctx)) {
+        long long keys;
+        if (argc >= 6 && integer(argv[4], &keys) && keys >= 1 && keys <= argc - 5)
+            for (int k = 0; k < keys; k++) RedisModule_KeyAtPos(ctx, 5 + k);
+        return RM_OK;
+    }
+    if (argc < 6) return RedisModule_WrongArity(ctx);
+    long long version, now, retention, keys;
+    if (!integer(argv[1], &version)) return RedisModule_ReplyWithError(ctx, "ERR HERALD.ACK: bad arguments");
+    if (version != INTERFACE_VERSION) return RedisModule_ReplyWithError(ctx, "ERR HERALD.ACK: interface version mismatch");
+    if (!integer(argv[2], &now) || !integer(argv[3], &retention) || retention < 1 || !integer(argv[4], &keys) || keys < 1 ||
+        keys > argc - 5 || (argc - 5 - keys) % 3 != 0)
+        return RedisModule_ReplyWithError(ctx, "ERR HERALD.ACK: bad arguments");
+    RedisModuleString **K = argv + 5 - 1, **A = argv + 5 + keys; /* K[1] is the stream */
+    long long messages = (argc - 5 - keys) / 3;
+
+    /* Check everything first: nothing is written unless all of it goes through here. */
+    RedisModuleKey **opened = RedisModule_Alloc(sizeof(RedisModuleKey *) * (size_t)(keys + 1));
+    RedisModuleString **deleted = RedisModule_Alloc(sizeof(RedisModuleString *) * (size_t)(messages + 1));
+    for (long long k = 1; k <= keys; k++) opened[k] = NULL;
+    const char *refusal = NULL;
+    opened[1] = RedisModule_OpenKey(ctx, K[1], RM_READ | RM_WRITE);
+    int type = RedisModule_KeyType(opened[1]);
+    if (type != RM_KEYTYPE_EMPTY && type != RM_KEYTYPE_STREAM) refusal = "FALLBACK";
+    for (long long m = 0; m < messages && !refusal; m++) {
+        long long sequence, status, sent;
+        if (!integer(A[3 * m], &sequence) || sequence < 1 || !integer(A[3 * m + 1], &status) || status < 0 || status == 1 ||
+            status > keys || !integer(A[3 * m + 2], &sent) || sent < 0) {
+            refusal = "ERR HERALD.ACK: bad message";
+            break;
+        }
+        if (status == 0 || opened[status]) continue;
+        opened[status] = RedisModule_OpenKey(ctx, K[status], RM_READ | RM_WRITE);
+        type = RedisModule_KeyType(opened[status]);
+        if (type != RM_KEYTYPE_EMPTY && type != RM_KEYTYPE_HASH) refusal = "FALLBACK";
+    }
+    if (refusal) {
+        RedisModule_ReplyWithError(ctx, refusal);
+        goto done;
+    }
+
+    /* The status first, then the delete: cut between them, the message says acked and is
+       delivered again, never the other way round (as the node's plain commands are ordered). */
+    for (long long m = 0; m < messages; m++) {
+        long long status, sent;
+        integer(A[3 * m + 1], &status);
+        integer(A[3 * m + 2], &sent);
+        if (status == 0) continue;
+        RedisModuleKey *key = opened[status];
+        int setSent = sent > 0 && setIfAbsent(key, field_s, A[3 * m + 2]);
+        int setAcked = setIfAbsent(key, field_k, argv[2]);
+        if (setSent && setAcked)
+            RedisModule_Replicate(ctx, "HSET", "sssss", K[status], field_s, A[3 * m + 2], field_k, argv[2]);
+        else if (setSent || setAcked)
+            RedisModule_Replicate(ctx, "HSET", "sss", K[status], setSent ? field_s : field_k, setSent ? A[3 * m + 2] : argv[2]);
+        RedisModule_SetExpire(key, retention);
+        RedisModule_Replicate(ctx, "PEXPIREAT", "sl", K[status], RedisModule_Milliseconds() + retention);
+    }
+    long long count = 0;
+    if (RedisModule_KeyType(opened[1]) == RM_KEYTYPE_STREAM) {
+        for (long long m = 0; m < messages; m++) {
+            long long sequence;
+            integer(A[3 * m], &sequence);
+            RedisModuleStreamID id = {(uint64_t)sequence, 0};
+            if (RedisModule_StreamDelete(opened[1], &id) == RM_OK) deleted[count++] = A[3 * m];
+        }
+        /* An entry id of digits alone is `<digits>-0` to XDEL. */
+        if (count > 0) RedisModule_Replicate(ctx, "XDEL", "sv", K[1], deleted, (size_t)count);
+    }
+    RedisModule_ReplyWithLongLong(ctx, count);
+done:
+    for (long long k = 1; k <= keys; k++)
+        if (opened[k]) RedisModule_CloseKey(opened[k]);
+    RedisModule_Free(deleted);
+    RedisModule_Free(opened);
+    return RM_OK;
+}
+
 #define GET(name) \
     if (RedisModule_GetApi("RedisModule_" #name, (void *)&RedisModule_##name) != RM_OK) return RM_ERR
 
@@ -279,6 +379,7 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
     GET(StringSet); GET(CreateString); GET(CreateStringFromLongLong); GET(FreeString); GET(StreamAdd);
     GET(HashSet); GET(GetExpire); GET(SetExpire); GET(Milliseconds); GET(ReplyWithError);
     GET(ReplyWithLongLong); GET(ReplyWithArray); GET(WrongArity); GET(Replicate); GET(Alloc); GET(Free);
+    GET(StreamDelete); GET(HashGet);
     RedisModule_SetModuleAttribs(ctx, "herald", INTERFACE_VERSION, RM_APIVER_1);
     field_i = RedisModule_CreateString(NULL, "i", 1);
     field_e = RedisModule_CreateString(NULL, "e", 1);
@@ -286,5 +387,8 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
     field_c = RedisModule_CreateString(NULL, "c", 1);
     field_q = RedisModule_CreateString(NULL, "q", 1);
     field_a = RedisModule_CreateString(NULL, "a", 1);
-    return RedisModule_CreateCommand(ctx, "herald.append", append, "write deny-oom getkeys-api", 0, 0, 0);
+    field_s = RedisModule_CreateString(NULL, "s", 1);
+    field_k = RedisModule_CreateString(NULL, "k", 1);
+    if (RedisModule_CreateCommand(ctx, "herald.append", append, "write deny-oom getkeys-api", 0, 0, 0) != RM_OK) return RM_ERR;
+    return RedisModule_CreateCommand(ctx, "herald.ack", ack, "write getkeys-api", 0, 0, 0);
 }

@@ -396,6 +396,13 @@ class HeraldModuleStatus(HeraldModule):
         return [encode("HSETNX", key, "s", self.now), encode("HSETNX", key, "k", self.now),
                 encode("PEXPIRE", key, RETENTION_MS), *super().ack(device, mid, token)]
 
+class HeraldModuleStatusAck(HeraldModuleStatus):
+    """The same with the ACK through the module too (`HERALD.ACK`: the four commands' writes in
+    one command), as a node does where Redis has it."""
+    def ack(self, device, mid, token):
+        q = self.keys(device)[1]
+        return [encode("HERALD.ACK", 1, self.now, RETENTION_MS, 2, q, self.status(device, mid), token, 2, self.now)]
+
 class HeraldEmptyScript(Herald):
     """Herald's call, KEYS and ARGV with a script that does nothing (`return 1`): what calling
     a script and handing it its arguments cost. Its ACKs delete nothing."""
@@ -477,7 +484,7 @@ class AckEvent(StreamSeq):
 
 LAYOUTS = {"current": Current, "stream": Stream, "stream-seq": StreamSeq, "list-hash": ListHash, "zset-hash": ZsetHash, "multi": Multi,
            "stream-seq+status-key": StatusKey, "stream-seq+status-hash": StatusHash, "stream-seq+event": AckEvent,
-           "herald": Herald, "herald-module": HeraldModule, "herald-module+status": HeraldModuleStatus, "herald-empty-script": HeraldEmptyScript, "herald-commands-in-multi": HeraldMulti}
+           "herald": Herald, "herald-module": HeraldModule, "herald-module+status": HeraldModuleStatus, "herald-module+status+ack": HeraldModuleStatusAck, "herald-empty-script": HeraldEmptyScript, "herald-commands-in-multi": HeraldMulti}
 
 def tokens(reply, count):
     """The per-message tokens an append returned (stream entry ids), or None for each."""

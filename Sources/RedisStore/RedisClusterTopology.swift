@@ -65,6 +65,9 @@ enum RedisCluster {
         case "HERALD.APPEND":
             // HERALD.APPEND version cap slack retention keep numkeys KEYS... (RedisModule/herald.c)
             keyIndex = 7
+        case "HERALD.ACK":
+            // HERALD.ACK version now retention numkeys KEYS... (RedisModule/herald.c)
+            keyIndex = 5
         case "XREAD", "XREADGROUP":
             // The first key follows STREAMS (the stream commands of the webhook queue).
             guard let streams = command.firstIndex(where: { if case .string(let word) = $0 { word.uppercased() == "STREAMS" } else { false } })

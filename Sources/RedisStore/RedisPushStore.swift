@@ -57,6 +57,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// (on a Redis Cluster, one master is asked: every master must have it, or a refusal sends
     /// the node to the script until it reconnects).
     private let moduleLoaded = Atomic<Bool>(false)
+    /// Whether ACKs with message status go through the module (`HERALD.ACK`), asked and
+    /// given up on as `moduleLoaded` is (a module of an earlier release may lack the command).
+    private let moduleAcknowledges = Atomic<Bool>(false)
     /// The client's `connectionGeneration` when Redis was last asked for the module.
     private let moduleAskedAt = Atomic<UInt64>(.max)
     /// The version of `HERALD.APPEND`'s arguments this node sends (`RedisModule/herald.c`).
@@ -243,9 +246,12 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     private func askForModule() async throws(StoreError) {
         let generation = client.connectionGeneration
         guard moduleAskedAt.load(ordering: .relaxed) != generation else { return }
-        let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND")])
-        let loaded = if case .array(let entries) = info, case .array? = entries.first { true } else { false }
-        moduleLoaded.store(loaded, ordering: .relaxed)
+        let info = try await client.send([.string("COMMAND"), .string("INFO"), .string("HERALD.APPEND"), .string("HERALD.ACK")])
+        func known(_ index: Int) -> Bool {
+            if case .array(let entries) = info, entries.count > index, case .array = entries[index] { true } else { false }
+        }
+        moduleLoaded.store(known(0), ordering: .relaxed)
+        moduleAcknowledges.store(known(1), ordering: .relaxed)
         moduleAskedAt.store(generation, ordering: .relaxed)
     }
 
@@ -434,6 +440,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         var sendTimes: [Int64?] = []
         var sent: [RedisArgument] = []
         var unsent: [RedisArgument] = []
+        // HERALD.ACK's per message: sequence, status key's index, send time (0: none).
+        var moduleMessages: [RedisArgument] = []
         for message in messages {
             var index: Int64 = 0
             if let key = statusKey(message.id, of: clientID) {
@@ -443,11 +451,15 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             }
             if let sequence = message.sequence {
                 sent += [.string("\(sequence)-0"), .integer(index)]
+                moduleMessages += [.integer(Int64(sequence)), .integer(index), .integer(index > 0 ? message.unmarkedSentAtMillis ?? 0 : 0)]
             } else {
                 unsent += [.string(message.id), .integer(index)]
             }
         }
         let now = now()
+        if unsent.isEmpty, let removed = try await acknowledgeThroughModule(keys: keys, messages: moduleMessages, now: now, retention: retention) {
+            return removed
+        }
         guard unsent.isEmpty else {
             // ACKs of ids this connection did not send (rare) need the queue searched: a script.
             let arguments: [RedisArgument] = [.integer(now), .integer(retention), .integer(Int64(sent.count / 2))] + sent + unsent
@@ -522,6 +534,30 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         }
         guard let count = removed.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(removed)") }
         return Int(count)
+    }
+
+    /// The common ACK with status as one `HERALD.ACK` where Redis has it (the same writes as
+    /// the plain commands below, in one command: Docs/store.md, "The Redis module"); nil where
+    /// it has not, or leaves the call to the plain commands (-FALLBACK: a key of another type).
+    /// A Redis that refuses the command (a module without it, of another interface, an ACL)
+    /// sends this store to the plain commands until the client reconnects.
+    private func acknowledgeThroughModule(keys: [String], messages: [RedisArgument], now: Int64, retention: Int64) async throws(StoreError) -> Int? {
+        try await askForModule()
+        guard moduleAcknowledges.load(ordering: .relaxed) else { return nil }
+        let command: [RedisArgument] =
+            [.string("HERALD.ACK"), .integer(Self.moduleInterface), .integer(now), .integer(retention), .integer(Int64(keys.count))]
+            + keys.map { .string($0) } + messages
+        switch try await client.send(command) {
+        case .integer(let removed):
+            return Int(removed)
+        case .error(let text) where text.hasPrefix("FALLBACK"):
+            return nil
+        case .error(let text) where text.contains("unknown command") || text.contains("interface version mismatch") || text.hasPrefix("NOPERM"):
+            moduleAcknowledges.store(false, ordering: .relaxed)
+            return nil
+        case let reply:
+            throw StoreError(.unavailable, "unexpected reply to HERALD.ACK: \(reply)")
+        }
     }
 
     /// An acknowledged message's status: its send first when the ACK brings it (not recorded

@@ -30,7 +30,7 @@ struct RedisNodeTests {
         }
     }
 
-    @Test("on a Redis that loaded Herald's module: pushes and a batch are stored through HERALD.APPEND and delivered in order; ACKs delete them")
+    @Test("on a Redis that loaded Herald's module: pushes and a batch are stored through HERALD.APPEND and delivered in order; ACKs delete them through HERALD.ACK")
     func throughTheModule() async throws {
         try await RedisServer.with(arguments: try HeraldRedisModule.arguments()) { redis in
             try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
@@ -46,6 +46,10 @@ struct RedisNodeTests {
                 try await eventually("all acknowledged") { try await node.pending("mona") == 0 }
                 let stats = try await redis.cli(["INFO", "commandstats"])
                 #expect(stats.contains("cmdstat_herald.append:"), "the module did the appends")
+                #expect(stats.contains("cmdstat_herald.ack:") && !stats.contains("cmdstat_xdel:"), "and the ACKs (status on, the default)")
+                let status = try JSONFields(try await HTTPTestClient.get("/v1/messages/\(ids[0])", port: node.httpPort).body)
+                #expect(try status.string("state") == "acked")
+                #expect(try status.int("accepted_at") <= status.int("sent_at") && status.int("sent_at") <= status.int("acked_at"))
                 await device.close()
             }
         }

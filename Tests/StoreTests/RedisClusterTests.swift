@@ -24,6 +24,11 @@ struct RedisClusterTests {
                     .string("HERALD.APPEND"), .integer(1), .integer(100), .integer(60_000), .integer(0), .integer(0), .integer(2), .string("h:{d}:n"),
                     .string("h:{d}:q"),
                 ]) == RedisCluster.slot(of: Array("d".utf8)), "Herald's module: its first key after the settings")
+            #expect(
+                RedisCluster.slot(of: [
+                    .string("HERALD.ACK"), .integer(1), .integer(1_000), .integer(60_000), .integer(2), .string("h:{d}:q"), .string("h:{d}:r:m.x"),
+                    .integer(1), .integer(2), .integer(0),
+                ]) == RedisCluster.slot(of: Array("d".utf8)), "HERALD.ACK: its stream, after the settings")
             // The stream commands whose key is not the first argument.
             let lane = RedisCluster.slot(of: Array("wh3".utf8))
             #expect(RedisCluster.slot(of: [.string("XGROUP"), .string("CREATE"), .string("h:{wh3}:events"), .string("g"), .string("0")]) == lane)

@@ -101,7 +101,7 @@ struct RedisModuleTests {
             try await withRedisClient(url: master.url) { client in
                 let now = WallClock.millisecondsSinceEpoch()
                 let store = RedisPushStore(client: client, maxPending: 100, receiptRetentionMillis: 60_000, now: { now })
-                let stored = try await store.append(["m1", "m2", "m3", "m4"].map { message(store, "a", $0, now: now) })
+                let stored = try await store.append(["m1", "m2", "m3", "m4", "m5"].map { message(store, "a", $0, now: now) })
                 func ack(_ index: Int, sentAt: Int64?) -> Acknowledgement {
                     Acknowledgement(id: stored[index].id, sequence: stored[index].sequence, sentAtMillis: sentAt)
                 }
@@ -121,7 +121,7 @@ struct RedisModuleTests {
                 #expect(try await store.receipt(of: stored[0].id)?.state == .acked)
                 let ttl = try #require(Int(try await master.cli(["PTTL", "herald:{a}:r:\(stored[0].id)"]).trimmingCharacters(in: .whitespacesAndNewlines)))
                 #expect(ttl > 50_000 && ttl <= 60_000, "the status lives the retention from the ACK")
-                #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == [stored[2].id, stored[3].id])
+                #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == stored[2...].map(\.id))
                 // A second ACK of the same message deletes nothing and keeps the first ACK's time.
                 #expect(try await store.acknowledge(clientID: "a", messages: [ack(0, sentAt: now - 1)]) == 0)
                 #expect(try await status(0)["s"] == "\(now - 5)")
@@ -139,14 +139,23 @@ struct RedisModuleTests {
                 }
                 #expect(try await replica.cli(["XRANGE", "herald:{a}:q", "-", "+"]) == master.cli(["XRANGE", "herald:{a}:q", "-", "+"]))
 
+                // A status key of another type than Herald writes: the module leaves the ACK to the
+                // plain commands (-FALLBACK, nothing written), which still delete the message.
+                _ = try await master.cli(["SET", "herald:{a}:r:\(stored[2].id)", "not a hash"])
+                #expect(try await store.acknowledge(clientID: "a", messages: [ack(2, sentAt: nil)]) == 1)
+                let errorstats = try await master.cli(["INFO", "errorstats"])
+                // Redis counts a one-word error as ERR: the module's -FALLBACK; then the plain HSETNX's WRONGTYPE.
+                #expect(errorstats.contains("errorstat_ERR:count=1") && errorstats.contains("errorstat_WRONGTYPE:count=1"), "\(errorstats)")
+                #expect(try await calls(master)["xdel"] == 1)
+
                 // A Redis that refuses HERALD.ACK (here an ACL; a module of an earlier release
                 // has no such command): the plain commands, and the module is not tried again.
                 _ = try await master.cli(["ACL", "SETUSER", "default", "-herald.ack"])
-                #expect(try await store.acknowledge(clientID: "a", messages: [ack(2, sentAt: nil)]) == 1)
                 #expect(try await store.acknowledge(clientID: "a", messages: [ack(3, sentAt: nil)]) == 1)
+                #expect(try await store.acknowledge(clientID: "a", messages: [ack(4, sentAt: nil)]) == 1)
                 #expect(try await master.cli(["INFO", "errorstats"]).contains("errorstat_NOPERM:count=1"))
-                #expect(try await calls(master)["xdel"] == 2)
-                #expect(try await status(3)["k"] == "\(now)")
+                #expect(try await calls(master)["xdel"] == 3)
+                #expect(try await status(4)["k"] == "\(now)")
                 #expect(try await store.pendingCount(for: "a") == 0)
             }
         }

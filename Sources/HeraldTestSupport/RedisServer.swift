@@ -359,28 +359,33 @@ extension RedisClusterSet {
 }
 
 /// Herald's Redis module (`RedisModule/herald.c`), built once per test process with the
-/// machine's C compiler into a temporary directory, for redis-server's `--loadmodule`.
+/// machine's C compiler into the package's `.build`, for redis-server's `--loadmodule`.
 public enum HeraldRedisModule {
-    private static let built = Mutex<Result<String, ModuleBuildError>?>(nil)
+    /// The one build of this process, which every caller awaits.
+    private static let building = Mutex<Task<String, any Error>?>(nil)
 
     public struct ModuleBuildError: Error, CustomStringConvertible {
         public let description: String
     }
 
-    /// The module's shared object (built on first use).
-    public static func path() throws -> String {
-        try built.withLock { cached in
-            if let cached { return try cached.get() }
-            let result = Result { () throws(ModuleBuildError) in try build() }
-            cached = result
-            return try result.get()
+    /// The module's shared object (built on first use). The compiler is started as every
+    /// child of the tests is (`ChildProcesses`) and awaited by polling, never by a blocking
+    /// wait: a compiler started beside another child could otherwise hand it its pipe, and a
+    /// blocked wait here held a thread of the concurrency pool until that other child ended.
+    public static func path() async throws -> String {
+        let task = building.withLock { current in
+            if let current { return current }
+            let task = Task { try await build() }
+            current = task
+            return task
         }
+        return try await task.value
     }
 
     /// redis-server arguments that load the module.
-    public static func arguments() throws -> [String] { ["--loadmodule", try path()] }
+    public static func arguments() async throws -> [String] { ["--loadmodule", try await path()] }
 
-    private static func build() throws(ModuleBuildError) -> String {
+    private static func build() async throws -> String {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let source = root.appendingPathComponent("RedisModule/herald.c").path
         // Into the package's .build (ignored by git), under one name: built under a name of its
@@ -393,11 +398,12 @@ public enum HeraldRedisModule {
         let compiler = Process()
         compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         compiler.arguments = ["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", output, source]
-        let errors = Pipe()
+        let errors = ChildProcesses.pipe()
         compiler.standardError = errors
-        do { try compiler.run() } catch { throw ModuleBuildError(description: "cannot run cc to build \(source): \(error)") }
+        compiler.standardOutput = FileHandle.nullDevice
+        do { try ChildProcesses.run(compiler) } catch { throw ModuleBuildError(description: "cannot run cc to build \(source): \(error)") }
+        try await eventually("cc builds \(source)", timeout: .seconds(60)) { !compiler.isRunning }
         let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        compiler.waitUntilExit()
         guard compiler.terminationStatus == 0 else { throw ModuleBuildError(description: "cc failed on \(source): \(message)") }
         guard rename(output, final) == 0 else { throw ModuleBuildError(description: "cannot move \(output) to \(final): errno \(errno)") }
         return final

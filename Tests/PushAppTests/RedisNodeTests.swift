@@ -32,7 +32,7 @@ struct RedisNodeTests {
 
     @Test("on a Redis that loaded Herald's module: pushes and a batch are stored through HERALD.APPEND and delivered in order; ACKs delete them through HERALD.ACK")
     func throughTheModule() async throws {
-        try await RedisServer.with(arguments: try HeraldRedisModule.arguments()) { redis in
+        try await RedisServer.with(arguments: try await HeraldRedisModule.arguments()) { redis in
             try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
                 var ids: [String] = []
                 for index in 0..<20 { ids.append(try await node.push("mona", "m\(index)")) }

@@ -130,11 +130,13 @@ struct TransportTests {
     func stalledAndGarbageHandshakes() async throws {
         let pki = try await TestPKI.make()
         defer { pki.remove() }
-        try await TestNode.with(pki.environment.merging(["HERALD_HELLO_TIMEOUT_S": "1"]) { $1 }) { node in
-            let silent = try await RawConnection.connect(port: try node.port("tls"))
-            let upgradeNever = try await RawConnection.connect(port: try node.port("ws"))
+        // 5 s, not 1: the garbage must be read before the timeout to count as not TLS, and a
+        // loaded machine running the whole suite has delayed that read past a second.
+        try await TestNode.with(pki.environment.merging(["HERALD_HELLO_TIMEOUT_S": "5"]) { $1 }) { node in
             let garbage = try await RawConnection.connect(port: try node.port("tls"))
             try await garbage.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            let silent = try await RawConnection.connect(port: try node.port("tls"))
+            let upgradeNever = try await RawConnection.connect(port: try node.port("ws"))
             _ = try await garbage.waitForClose(timeout: .seconds(20))
             _ = try await silent.waitForClose(timeout: .seconds(20))
             _ = try await upgradeNever.waitForClose(timeout: .seconds(20))

@@ -241,9 +241,11 @@ private func hmacHex(key: String, message: String) -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = ["python3", "-c", "import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())", key, message]
-    let pipe = Pipe()
+    // Started as every child of the tests is (ChildProcesses), or a child started meanwhile
+    // could hold this pipe open and the read below would wait for that child to end.
+    let pipe = ChildProcesses.pipe()
     process.standardOutput = pipe
-    try? process.run()
+    try? ChildProcesses.run(process)
     process.waitUntilExit()
     return String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
 }

@@ -76,7 +76,7 @@ func withRedisClient(
 /// Runs `body` with a client connected to a real redis-server of its own (one that loaded
 /// Herald's module, with `module`), stopped afterwards.
 func withRedisClient(module: Bool = false, _ body: @Sendable (RedisClient) async throws -> Void) async throws {
-    try await RedisServer.with(arguments: module ? try HeraldRedisModule.arguments() : []) { server in
+    try await RedisServer.with(arguments: module ? try await HeraldRedisModule.arguments() : []) { server in
         try await withRedisClient(url: server.url, body)
     }
 }

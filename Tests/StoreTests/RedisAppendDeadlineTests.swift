@@ -87,7 +87,7 @@ struct RedisAppendDeadlineTests {
         arguments: [false, true]
     )
     func failureWaitsOutTheDeadline(module: Bool) async throws {
-        try await RedisServer.with(arguments: module ? try HeraldRedisModule.arguments() : []) { server in
+        try await RedisServer.with(arguments: module ? try await HeraldRedisModule.arguments() : []) { server in
             // The node closes a connection when its oldest command times out, failing the later
             // ones too, whose deadlines may still be ahead. Here the append is that command: a
             // deadline 1.5 s past its 1 s timeout stands for a later command's.

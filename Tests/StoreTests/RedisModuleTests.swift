@@ -23,7 +23,7 @@ struct RedisModuleTests {
 
     /// A redis-server that loaded the module and an in-sync replica of it that did not.
     private func withMasterAndReplica(_ body: (RedisServer, RedisServer) async throws -> Void) async throws {
-        try await RedisServer.with(arguments: try HeraldRedisModule.arguments()) { master in
+        try await RedisServer.with(arguments: try await HeraldRedisModule.arguments()) { master in
             try await RedisServer.with(arguments: ["--replicaof", "127.0.0.1", "\(master.port)"]) { replica in
                 try await eventually("the replica is in sync", timeout: .seconds(30)) {
                     try await master.cli(["INFO", "replication"]).contains("state=online")
@@ -39,7 +39,7 @@ struct RedisModuleTests {
 
     @Test("appends go through HERALD.APPEND, status included; the script runs only where it must decide (a full queue: 429)")
     func appendsThroughTheModule() async throws {
-        try await RedisServer.with(arguments: try HeraldRedisModule.arguments()) { server in
+        try await RedisServer.with(arguments: try await HeraldRedisModule.arguments()) { server in
             try await withRedisClient(url: server.url) { client in
                 let now = WallClock.millisecondsSinceEpoch()
                 let store = RedisPushStore(client: client, maxPending: 3, receiptRetentionMillis: 60_000, now: { now })
@@ -182,7 +182,7 @@ struct RedisModuleTests {
                 var seen = try await calls(server)
                 #expect(try await scripts() == 1 && seen["herald.append"] == nil, "no module yet: the script")
 
-                _ = try await server.cli(["MODULE", "LOAD", try HeraldRedisModule.path()])
+                _ = try await server.cli(["MODULE", "LOAD", try await HeraldRedisModule.path()])
                 try await reconnect()
                 _ = try await store.append([message(store, "a", "m2", now: now)])
                 seen = try await calls(server)
@@ -202,7 +202,7 @@ struct RedisModuleTests {
 
     @Test("on a Redis Cluster whose nodes loaded the module, appends and ACKs go through it on each device's own master (no MOVED), batches across masters too")
     func onACluster() async throws {
-        try await RedisClusterSet.with(arguments: try HeraldRedisModule.arguments()) { cluster in
+        try await RedisClusterSet.with(arguments: try await HeraldRedisModule.arguments()) { cluster in
             // Devices on different masters.
             let devices = ["a", "b", "c", "d", "e", "f"]
             var masters: [String: RedisServer] = [:]

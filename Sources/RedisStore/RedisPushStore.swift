@@ -240,6 +240,13 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         if left >= 0 { try? await Task.sleep(for: .milliseconds(left + 1)) }
     }
 
+    /// Whether `error` is Redis refusing a module command outright (no such command, a module
+    /// of another interface version, an ACL): the node then keeps to the script or the plain
+    /// commands until it reconnects.
+    private static func refusesModule(_ error: String) -> Bool {
+        error.contains("unknown command") || error.contains("interface version mismatch") || error.hasPrefix("NOPERM")
+    }
+
     /// Asks Redis whether it has Herald's module (`COMMAND INFO`): once, and again after the
     /// client (re)connected, since the Redis may be another now (a failover) or restarted with
     /// or without the module.
@@ -276,7 +283,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             switch replies.first {
             case .error(let text)? where text.hasPrefix("FALLBACK"):
                 break
-            case .error(let text)? where text.contains("unknown command") || text.contains("interface version mismatch") || text.hasPrefix("NOPERM"):
+            case .error(let text)? where Self.refusesModule(text):
                 moduleLoaded.store(false, ordering: .relaxed)
             default:
                 return Array(replies)
@@ -552,7 +559,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             return Int(removed)
         case .error(let text) where text.hasPrefix("FALLBACK"):
             return nil
-        case .error(let text) where text.contains("unknown command") || text.contains("interface version mismatch") || text.hasPrefix("NOPERM"):
+        case .error(let text) where Self.refusesModule(text):
             moduleAcknowledges.store(false, ordering: .relaxed)
             return nil
         case let reply:

@@ -18,6 +18,9 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Herald's Redis module (a herald.so built from RedisModule/herald.c) for every redis-server the bench starts to load (with --redis-masters, each cluster node).")
     var redisModule: String?
 
+    @Flag(help: "The nodes reach the redis-server the bench starts through its Unix socket (HERALD_REDIS_URL=unix://...) instead of TCP; one Redis only.")
+    var redisUnixSocket = false
+
     @Option(help: "Start a Redis Cluster of this many masters (no replicas, no persistence) instead of one redis-server; more than 1 implies --redis.")
     var redisMasters = 1
 
@@ -41,9 +44,15 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "The CA file (PEM) the devices trust, for --transport tls or wss with --target nodes.")
     var caFile: String?
 
+    func validate() throws {
+        if redisUnixSocket, redisMasters > 1 { throw ValidationError("--redis-unix-socket is for one redis-server, not --redis-masters") }
+    }
+
     /// The store the run's report names.
     var storeLabel: String {
-        redisMasters > 1 ? "redis-cluster-\(redisMasters)\(redisModule == nil ? "" : "+module")" : redis ? (redisModule == nil ? "redis" : "redis+module") : (target.isEmpty ? "memory" : "target")
+        redisMasters > 1
+            ? "redis-cluster-\(redisMasters)\(redisModule == nil ? "" : "+module")"
+            : redis || redisUnixSocket ? "redis\(redisUnixSocket ? "+unix" : "")\(redisModule == nil ? "" : "+module")" : (target.isEmpty ? "memory" : "target")
     }
 }
 
@@ -177,15 +186,17 @@ final class Deployment: Sendable {
                 }
                 try await createRedisCluster(ports: ports)
                 environment["HERALD_REDIS_URL"] = "redis+cluster://" + ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
-            } else if options.redis || count > 1 {
+            } else if options.redis || options.redisUnixSocket || count > 1 {
                 let port = try LoopbackPort.free()
+                let socket = "\(directory)/redis.sock"
                 let redis = try ChildProcess(name: "redis-server", executable: try which(options.redisServer), arguments: [
                     "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no",
                     "--logfile", "\(directory)/redis.log",
-                ] + (options.redisModule.map { ["--loadmodule", $0] } ?? []))
+                ] + (options.redisUnixSocket ? ["--unixsocket", socket, "--unixsocketperm", "700"] : [])
+                    + (options.redisModule.map { ["--loadmodule", $0] } ?? []))
                 children.append(redis)
                 redisPIDs = [redis.pid]
-                environment["HERALD_REDIS_URL"] = "redis://127.0.0.1:\(port)"
+                environment["HERALD_REDIS_URL"] = options.redisUnixSocket ? "unix://\(socket)" : "redis://127.0.0.1:\(port)"
                 try await waitUntil("redis-server on port \(port)", stall: .seconds(10), progress: { 0 }) { LoopbackPort.acceptsConnections(port) }
             }
             var nodes: [Node] = []

@@ -14,15 +14,19 @@ public final class RedisServer: @unchecked Sendable {
     private let configurationFile: String?
     /// The password `cli` authenticates with (the server's `--requirepass`), if any.
     public let password: String?
+    /// With `unixSocketOnly`: the Unix socket the server listens on (it then has no TCP port).
+    public let socketPath: String?
 
     /// Picks a free port and a fresh directory; nothing runs until `start()`. `configuration`,
     /// if given, is written to a file passed first (Sentinel needs a config file it can rewrite).
     /// With `password`, the server requires it (`--requirepass`, and `--masterauth` for its
-    /// replication) and `cli` sends it.
-    public init(arguments: [String] = [], configuration: String? = nil, password: String? = nil) throws {
+    /// replication) and `cli` sends it. With `unixSocketOnly`, it listens on a Unix socket in its
+    /// directory and on no TCP port (`--port 0`), so a client can reach it no other way.
+    public init(arguments: [String] = [], configuration: String? = nil, password: String? = nil, unixSocketOnly: Bool = false) throws {
         port = try LoopbackPort.free()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        socketPath = unixSocketOnly ? directory.appendingPathComponent("redis.sock").path : nil
         extraArguments = arguments + (password.map { ["--requirepass", $0, "--masterauth", $0] } ?? [])
         self.password = password
         if let configuration {
@@ -34,8 +38,8 @@ public final class RedisServer: @unchecked Sendable {
         }
     }
 
-    /// `redis://127.0.0.1:<port>`
-    public var url: String { "redis://127.0.0.1:\(port)" }
+    /// `redis://127.0.0.1:<port>`, or `unix://<socket>` for a server on a Unix socket only.
+    public var url: String { socketPath.map { "unix://\($0)" } ?? "redis://127.0.0.1:\(port)" }
 
     public var pid: Int32? { lock.withLock { process?.processIdentifier } }
 
@@ -43,15 +47,16 @@ public final class RedisServer: @unchecked Sendable {
     public func start() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = (configurationFile.map { [$0] } ?? []) + [
-            "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory.path, "--save", "", "--appendonly", "no",
+        let listener = socketPath.map { ["--port", "0", "--unixsocket", $0, "--unixsocketperm", "700"] } ?? ["--port", "\(port)", "--bind", "127.0.0.1"]
+        process.arguments = (configurationFile.map { [$0] } ?? []) + listener + [
+            "--dir", directory.path, "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--logfile", directory.appendingPathComponent("redis.log").path,
         ] + extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try ChildProcesses.run(process)
         lock.withLock { self.process = process }
-        try await eventually("redis-server on port \(port) answers", timeout: .seconds(10)) { await self.answersPing() }
+        try await eventually("redis-server on \(socketPath ?? "port \(port)") answers", timeout: .seconds(10)) { await self.answersPing() }
     }
 
     /// Sends `signal` to the server (SIGKILL, SIGSTOP, SIGCONT).
@@ -77,9 +82,11 @@ public final class RedisServer: @unchecked Sendable {
         try? FileManager.default.removeItem(at: directory)
     }
 
-    /// Runs `body` with a started server, and always stops it.
-    public static func with<T: Sendable>(arguments: [String] = [], _ body: (RedisServer) async throws -> T) async throws -> T {
-        let server = try RedisServer(arguments: arguments)
+    /// Runs `body` with a started server (as `init` makes it), and always stops it.
+    public static func with<T: Sendable>(
+        arguments: [String] = [], password: String? = nil, unixSocketOnly: Bool = false, _ body: (RedisServer) async throws -> T
+    ) async throws -> T {
+        let server = try RedisServer(arguments: arguments, password: password, unixSocketOnly: unixSocketOnly)
         try await server.start()
         do {
             let result = try await body(server)
@@ -92,9 +99,9 @@ public final class RedisServer: @unchecked Sendable {
     }
 
     private func answersPing() async -> Bool {
-        guard let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(host: "127.0.0.1", port: port).get()
-        else { return false }
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let connecting = socketPath.map { bootstrap.connect(unixDomainSocketPath: $0) } ?? bootstrap.connect(host: "127.0.0.1", port: port)
+        guard let channel = try? await connecting.get() else { return false }
         channel.close(promise: nil)
         return true
     }
@@ -106,17 +113,23 @@ public final class RedisServer: @unchecked Sendable {
         return "/usr/bin/redis-server"
     }
 
-    /// Runs `redis-cli -p <port> <arguments>` (with the server's password) and returns its output.
+    /// Runs `redis-cli -p <port> <arguments>` (`-s <socket>` for a server on a Unix socket; with
+    /// the server's password) and returns its output.
     public func cli(_ arguments: [String]) async throws -> String {
-        try await Self.cli(port: port, arguments, password: password)
+        if let socketPath { return try await Self.cli(target: ["-s", socketPath], arguments, password: password) }
+        return try await Self.cli(port: port, arguments, password: password)
     }
 
     /// Runs `redis-cli -p <port> <arguments>` and returns its output (polling the process:
     /// `waitUntilExit` can block the concurrency pool).
     public static func cli(port: Int, _ arguments: [String], password: String? = nil, timeout: Duration = .seconds(10)) async throws -> String {
+        try await cli(target: ["-p", "\(port)"], arguments, password: password, timeout: timeout)
+    }
+
+    private static func cli(target: [String], _ arguments: [String], password: String?, timeout: Duration = .seconds(10)) async throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary.replacingOccurrences(of: "redis-server", with: "redis-cli"))
-        process.arguments = ["-p", "\(port)"] + (password.map { ["-a", $0, "--no-auth-warning"] } ?? []) + arguments
+        process.arguments = target + (password.map { ["-a", $0, "--no-auth-warning"] } ?? []) + arguments
         let output = ChildProcesses.pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice

@@ -146,7 +146,7 @@ struct NodeConfiguration: Sendable {
         if let url = try reader.optional("HERALD_REDIS_URL") {
             guard let parsed = RedisConfiguration(url: url) else {
                 throw ConfigurationError(
-                    message: "HERALD_REDIS_URL must be redis://[:password@]host:port[/db], redis+sentinel://[:password@]host:port[,host:port...]/master[/db] or redis+cluster://[:password@]host:port[,host:port...], got \"\(url)\""
+                    message: "HERALD_REDIS_URL must be redis://[:password@]host:port[/db], unix://[:password@]/path/to/redis.sock[?db=N], redis+sentinel://[:password@]host:port[,host:port...]/master[/db] or redis+cluster://[:password@]host:port[,host:port...], got \"\(url)\""
                 )
             }
             if parsed.isCluster, parsed.database != 0 {

@@ -269,7 +269,8 @@ public final class RedisClient: Service, HealthReporting {
                 slot.channel.withLock { $0 = channel }
                 connectionOpened()
                 if attempt > 0 {
-                    let endpoint = currentMaster.withLock { $0 } ?? RedisConfiguration.Endpoint(host: configuration.host, port: configuration.port)
+                    let endpoint = currentMaster.withLock { $0 }.map { "\($0)" }
+                        ?? configuration.socketPath ?? "\(RedisConfiguration.Endpoint(host: configuration.host, port: configuration.port))"
                     logger.notice("redis connection restored", metadata: ["redis": "\(endpoint)"])
                 }
                 attempt = 0
@@ -292,6 +293,7 @@ public final class RedisClient: Service, HealthReporting {
     }
 
     private func connect(on loop: any EventLoop) async throws -> any Channel {
+        if let path = configuration.socketPath { return try await open(socket: path, on: loop) }
         guard let masterName = configuration.masterName else {
             return try await open(configuration.host, configuration.port, on: loop, authenticate: true)
         }
@@ -337,19 +339,34 @@ public final class RedisClient: Service, HealthReporting {
         throw lastError
     }
 
+    /// Opens a connection to `host`:`port` (with `authenticate`, then `AUTH` and `SELECT` as
+    /// configured).
     func open(_ host: String, _ port: Int, on loop: any EventLoop, authenticate: Bool) async throws -> any Channel {
-        let configuration = configuration
-        let channel = try await ClientBootstrap(group: loop)
-            .connectTimeout(configuration.connectTimeout)
+        let channel = try await bootstrap(on: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: configuration.commandTimeout))
-                }
-            }
             .connect(host: host, port: port)
             .get()
-        guard authenticate else { return channel }
+        return authenticate ? try await authenticated(channel) : channel
+    }
+
+    /// Opens a connection to the Redis on this host at the socket `path` (`unix://`), then
+    /// `AUTH` and `SELECT` as configured.
+    private func open(socket path: String, on loop: any EventLoop) async throws -> any Channel {
+        try await authenticated(try await bootstrap(on: loop).connect(unixDomainSocketPath: path).get())
+    }
+
+    private func bootstrap(on loop: any EventLoop) -> ClientBootstrap {
+        let commandTimeout = configuration.commandTimeout
+        return ClientBootstrap(group: loop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: commandTimeout))
+                }
+            }
+    }
+
+    private func authenticated(_ channel: any Channel) async throws -> any Channel {
         do {
             if let password = configuration.password {
                 try await expectOK(channel, [.string("AUTH"), .string(password)], "AUTH")

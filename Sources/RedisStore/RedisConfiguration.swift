@@ -1,6 +1,7 @@
 import NIOCore
 
-/// Where Redis is and how to talk to it: `redis://[:password@]host:port[/db]`, through
+/// Where Redis is and how to talk to it: `redis://[:password@]host:port[/db]`, a Redis on the
+/// same host through its Unix socket: `unix://[:password@]/path/to/redis.sock[?db=N]`, through
 /// Sentinel: `redis+sentinel://[:password@]host:port[,host:port...]/master-name[/db]`, or a
 /// Redis Cluster: `redis+cluster://[:password@]host:port[,host:port...]` (seed nodes).
 public struct RedisConfiguration: Sendable, Hashable {
@@ -34,6 +35,9 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var masterName: String?
     /// With Redis Cluster: the seed nodes asked for the slot map (any one reachable suffices).
     public var clusterSeeds: [Endpoint] = []
+    /// A single Redis on this host reached through its Unix socket (`unixsocket` in
+    /// redis.conf) instead of TCP; `host` and `port` are then unused.
+    public var socketPath: String?
 
     /// Whether this names a Redis Cluster.
     public var isCluster: Bool { !clusterSeeds.isEmpty }
@@ -55,8 +59,13 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// `redis+sentinel://[:password@]host[:port][,host[:port]...]/master-name[/db]` (sentinels on
     /// port 26379 unless given) or `redis+cluster://[:password@]host[:port][,host[:port]...][/db]`
     /// (a database other than 0 parses, and is refused by the node at start: a cluster has no
-    /// `SELECT`); nil when it is none of them.
+    /// `SELECT`), or `unix://[:password@]/path[?db=N]` (the form of redis-py and go-redis); nil
+    /// when it is none of them.
     public init?(url: String) {
+        if url.hasPrefix("unix://") {
+            self.init(socketURL: url.dropFirst("unix://".count))
+            return
+        }
         for (scheme, kind) in [("redis+sentinel://", Kind.sentinel), ("redis+cluster://", .cluster), ("redis://", .single)]
         where url.hasPrefix(scheme) {
             self.init(kind: kind, rest: Substring(url.dropFirst(scheme.count)))
@@ -66,6 +75,30 @@ public struct RedisConfiguration: Sendable, Hashable {
     }
 
     private enum Kind { case single, sentinel, cluster }
+
+    private init?(socketURL whole: Substring) {
+        var rest = whole
+        var password: String?
+        if !rest.hasPrefix("/") {
+            // `[user]:password@/path`: the credentials end at the first `@` before the path.
+            guard let at = rest.firstIndex(of: "@") else { return nil }
+            let credentials = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+            password = credentials.firstIndex(of: ":").map { String(credentials[credentials.index(after: $0)...]) } ?? String(credentials)
+            if password?.isEmpty == true { password = nil }
+        }
+        var database = 0
+        if let question = rest.firstIndex(of: "?") {
+            let query = rest[rest.index(after: question)...]
+            rest = rest[..<question]
+            guard query.hasPrefix("db="), let number = Int(query.dropFirst(3)), number >= 0 else { return nil }
+            database = number
+        }
+        // A socket's path must fit `sun_path` (108 bytes with its NUL).
+        guard rest.hasPrefix("/"), rest.count > 1, !rest.hasSuffix("/"), rest.utf8.count < 108 else { return nil }
+        self.init(host: String(rest), port: 0, password: password, database: database)
+        socketPath = String(rest)
+    }
 
     private init?(kind: Kind, rest whole: Substring) {
         var rest = whole

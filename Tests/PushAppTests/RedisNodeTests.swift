@@ -108,6 +108,30 @@ struct RedisNodeTests {
         }
     }
 
+    @Test("unix:// reaches a Redis that has no TCP port through its socket, with AUTH and SELECT: pushes stored in that database and delivered, ACKs delete them; a Redis restarted on the socket is found again")
+    func throughAUnixSocket() async throws {
+        try await RedisServer.with(password: "s3cret", unixSocketOnly: true) { redis in
+            let socket = try #require(redis.socketPath)
+            try await TestNode.with(["HERALD_REDIS_URL": "unix://:s3cret@\(socket)?db=3"]) { node in
+                let ids = [try await node.push("sol", "one"), try await node.push("sol", "two")]
+                #expect(try await redis.cli(["-n", "3", "XLEN", "herald:{sol}:q"]).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+                #expect(try await redis.cli(["-n", "0", "DBSIZE"]).trimmingCharacters(in: .whitespacesAndNewlines) == "0", "nothing in database 0")
+                let device = try await node.device("sol", autoAcknowledge: true)
+                #expect(try await device.pushes(2).map(\.id) == ids)
+                try await eventually("both acknowledged") { try await node.pending("sol") == 0 }
+                await device.close()
+                try await redis.stop()
+                try await redis.start()
+                try await eventually("pushes accepted again", timeout: .seconds(15)) {
+                    try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "sol", "data": "three"}"#).status == 202
+                }
+                let again = try await node.device("sol")
+                #expect(try await again.pushes(1)[0].text == "three")
+                await again.close()
+            }
+        }
+    }
+
     @Test("while Redis is down: push 503, readyz 503, devices stay connected; when it returns, service resumes")
     func redisKilledAndRestarted() async throws {
         try await RedisServer.with { redis in

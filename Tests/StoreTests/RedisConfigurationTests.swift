@@ -28,7 +28,20 @@ struct RedisConfigurationTests {
         #expect(!(try #require(RedisConfiguration(url: "redis://h"))).isCluster)
     }
 
+    @Test("unix:// names a socket, with an optional password and database")
+    func unixSocket() throws {
+        let plain = try #require(RedisConfiguration(url: "unix:///run/redis/redis-server.sock"))
+        #expect(plain.socketPath == "/run/redis/redis-server.sock" && plain.password == nil && plain.database == 0)
+        #expect(!plain.isCluster && plain.masterName == nil)
+        let full = try #require(RedisConfiguration(url: "unix://:pw@/tmp/r.sock?db=2"))
+        #expect(full.socketPath == "/tmp/r.sock" && full.password == "pw" && full.database == 2)
+        #expect(try #require(RedisConfiguration(url: "unix://default:pw@/tmp/r.sock")).password == "pw", "the user is ignored")
+        #expect(try #require(RedisConfiguration(url: "redis://h")).socketPath == nil)
+    }
+
     @Test("malformed URLs are refused", arguments: [
+        "unix://", "unix:///", "unix://relative.sock", "unix://pw/tmp/r.sock", "unix:///tmp/r.sock?db=-1", "unix:///tmp/r.sock?db=x",
+        "unix:///tmp/r.sock?password=x", "unix:///tmp/dir/", "unix:///" + String(repeating: "x", count: 110),
         "http://x", "redis://", "redis://h:0", "redis://h:70000", "redis://h/x", "redis+sentinel://s1,s2", "redis+sentinel://s1/",
         "redis+sentinel:///m", "redis+sentinel://s1:x/m", "redis://a,b", "redis+cluster://", "redis+cluster://a,,b",
         "redis+cluster://a:0", "redis+cluster://a/m/1",

@@ -277,6 +277,10 @@ public actor Connection {
     }
 
     private func stored(_ message: StoredMessage) {
+        var message = message
+        // Relayed by another node (no generation of this node's store): the generation now is
+        // the best known.
+        if message.generation == 0 { message.generation = services.store.generation }
         send(machine.stored(message, nowMillis: WallClock.millisecondsSinceEpoch()))
     }
 

@@ -122,6 +122,9 @@ public struct ConnectionStateMachine: Sendable {
         var inflight: [Acknowledgement] = []
         /// The highest sequence sent on this connection.
         var lastSent: UInt64 = 0
+        /// The newest store generation a message came in (`PushStore.generation`); `lastSent`
+        /// counts in it.
+        var generation: UInt64 = 0
         /// A store read is under way.
         var fetching = false
         /// The store may hold messages this connection has not sent.
@@ -463,12 +466,30 @@ public struct ConnectionStateMachine: Sendable {
         let writable = writable
         let sentAt = defersSendMarks ? nowMillis : nil
         return modifySession { session, window in
+            if message.generation != session.generation {
+                guard message.generation > session.generation else {
+                    // Its sequence counts in an older generation: the read finds where it is now.
+                    session.mayHaveMore = true
+                    return Delivery(send: [], fetch: Self.nextFetch(&session, window: window, writable: writable))
+                }
+                // A newer generation: the store may have given this device's sequences again
+                // (it lost writes). Nothing sent yet: nothing to count from. Otherwise read the
+                // queue from the start; what is still in flight is not sent twice.
+                let sentNothing = session.lastSent == 0 && session.inflight.isEmpty
+                Self.adopt(message.generation, &session)
+                if !sentNothing {
+                    session.mayHaveMore = true
+                    return Delivery(send: [], fetch: Self.nextFetch(&session, window: window, writable: writable))
+                }
+            }
             guard message.sequence > session.lastSent else { return .nothing }
             if message.sequence == session.lastSent + 1, writable, session.inflight.count < window,
                 message.expiresAtMillis > nowMillis
             {
                 session.lastSent = message.sequence
-                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt))
+                session.inflight.append(
+                    Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt, generation: message.generation)
+                )
                 return Delivery(send: [message], fetch: nil)
             }
             session.mayHaveMore = true
@@ -482,11 +503,33 @@ public struct ConnectionStateMachine: Sendable {
         let sentAt = defersSendMarks ? nowMillis : nil
         return modifySession { session, window in
             session.fetching = false
+            if let other = messages.first?.generation, other != session.generation {
+                // Read in another generation than the session counts in. A newer one: adopted,
+                // and this read stands if it was from the start, else the queue is read again
+                // from the start. An older one (a read that crossed a newer notification): read
+                // again after `lastSent`.
+                let older = other < session.generation
+                if !older { Self.adopt(other, &session) }
+                if older || fetch.after != 0 {
+                    session.mayHaveMore = true
+                    return Delivery(send: [], fetch: Self.nextFetch(&session, window: window, writable: writable))
+                }
+            }
             var send: [StoredMessage] = []
             for message in messages where message.sequence > session.lastSent {
                 guard session.inflight.count < window else { break }
                 session.lastSent = message.sequence
-                session.inflight.append(Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt))
+                // After a new generation, the queue is read from the start: a message still in
+                // flight from before (the oldest in flight are of an older generation) is not
+                // sent again.
+                if session.inflight.first.map({ $0.generation != message.generation }) == true,
+                    session.inflight.contains(where: { $0.id == message.id })
+                {
+                    continue
+                }
+                session.inflight.append(
+                    Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt, generation: message.generation)
+                )
                 send.append(message)
             }
             if messages.count >= fetch.limit { session.mayHaveMore = true }
@@ -543,6 +586,13 @@ public struct ConnectionStateMachine: Sendable {
         guard frameTokens > 0 else { return false }
         frameTokens -= 1
         return true
+    }
+
+    /// A newer store generation: sequences count from the start again. (ACKs of what is in
+    /// flight carry their own generation, and the store finds them by id.)
+    private static func adopt(_ generation: UInt64, _ session: inout Session) {
+        session.generation = generation
+        session.lastSent = 0
     }
 
     /// The read to make now, if any: one at a time, only with room in the window.

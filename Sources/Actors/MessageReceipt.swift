@@ -97,7 +97,7 @@ extension ReceiptStore {
 
     /// Records that `messages` were written to a connection of `clientID` now.
     public func markSent(clientID: String, messages: [StoredMessage]) async throws(StoreError) {
-        try await markSent(clientID: clientID, sends: messages.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
+        try await markSent(clientID: clientID, sends: messages.map { Acknowledgement($0) })
     }
 }
 

@@ -33,19 +33,26 @@ public struct StoredMessage: Sendable, Hashable {
     public var payload: ByteBuffer
     /// When it expires, in milliseconds since the Unix epoch.
     public var expiresAtMillis: Int64
+    /// The store's generation when `sequence` was read (`PushStore.generation`): a sequence
+    /// names this message only within its generation.
+    public var generation: UInt64
 
     /// Creates a stored message.
-    public init(clientID: String, id: String, sequence: UInt64, payload: ByteBuffer, expiresAtMillis: Int64) {
+    public init(clientID: String, id: String, sequence: UInt64, payload: ByteBuffer, expiresAtMillis: Int64, generation: UInt64 = 0) {
         self.clientID = clientID
         self.id = id
         self.sequence = sequence
         self.payload = payload
         self.expiresAtMillis = expiresAtMillis
+        self.generation = generation
     }
 
-    /// `message` as stored at `sequence`.
-    public init(_ message: NewMessage, sequence: UInt64) {
-        self.init(clientID: message.clientID, id: message.id, sequence: sequence, payload: message.payload, expiresAtMillis: message.expiresAtMillis)
+    /// `message` as stored at `sequence` in `generation`.
+    public init(_ message: NewMessage, sequence: UInt64, generation: UInt64 = 0) {
+        self.init(
+            clientID: message.clientID, id: message.id, sequence: sequence, payload: message.payload, expiresAtMillis: message.expiresAtMillis,
+            generation: generation
+        )
     }
 }
 
@@ -64,13 +71,22 @@ public struct Acknowledgement: Sendable, Hashable {
     public var sentAtMillis: Int64?
     /// The send was recorded apart already (its ACK came late): the ACK need not record it.
     public var sendMarked: Bool
+    /// The store's generation `sequence` was read in (`StoredMessage.generation`): a store
+    /// whose generation has changed since finds the message by its id instead.
+    public var generation: UInt64
 
     /// Creates an acknowledgement.
-    public init(id: String, sequence: UInt64? = nil, sentAtMillis: Int64? = nil, sendMarked: Bool = false) {
+    public init(id: String, sequence: UInt64? = nil, sentAtMillis: Int64? = nil, sendMarked: Bool = false, generation: UInt64 = 0) {
         self.id = id
         self.sequence = sequence
         self.sentAtMillis = sentAtMillis
         self.sendMarked = sendMarked
+        self.generation = generation
+    }
+
+    /// An ACK of `message` as the store returned it (its id, sequence and generation).
+    public init(_ message: StoredMessage, sentAtMillis: Int64? = nil) {
+        self.init(id: message.id, sequence: message.sequence, sentAtMillis: sentAtMillis, generation: message.generation)
     }
 
     /// The send's time the store still has to record with this ACK, if any.
@@ -138,7 +154,17 @@ public struct StoreError: Error, Hashable, CustomStringConvertible {
 ///   unexpired messages for one device, and then stores nothing.
 /// - **Failure**: when the store cannot answer, operations throw `.unavailable` and have
 ///   not half-happened.
+/// - **Generations**: a store that can lose writes it acknowledged (a Redis restarted from an
+///   older snapshot or AOF, a failover to a replica that lagged) may then give a device's
+///   sequences again, to other messages. It says so by a new `generation`, and every message
+///   it returns carries the generation its sequence was read in: a sequence names a message
+///   only within its generation, so a connection told of a newer one reads the device's queue
+///   again from the start, and an ACK of a message sent in an older one is found by its id.
 public protocol PushStore: Sendable {
+    /// The store's generation now (see the contract); a store that never loses an
+    /// acknowledged write keeps 0.
+    var generation: UInt64 { get }
+
     /// Stores `messages` atomically, returning them with their sequence numbers in the
     /// same order. Throws `.pendingFull` or `.unavailable`, and then stores nothing.
     func append(_ messages: [NewMessage]) async throws(StoreError) -> [StoredMessage]
@@ -165,6 +191,9 @@ public protocol PushStore: Sendable {
 }
 
 extension PushStore {
+    /// 0: a store that never loses an acknowledged write.
+    public var generation: UInt64 { 0 }
+
     /// Removes those of `messageIDs` that are `clientID`'s own messages, in one step.
     /// Returns how many were there. Idempotent.
     public func acknowledge(clientID: String, messageIDs: [String]) async throws(StoreError) -> Int {

@@ -128,7 +128,10 @@ extension RedisClient {
         let (future, isNew) = state.links.withLock { links -> (EventLoopFuture<any Channel>, Bool) in
             if let link = links[endpoint]?[loop] { return (link.future, false) }
             let future = eventLoop.makeFutureWithTask {
-                try await self.open(endpoint.host, endpoint.port, on: eventLoop, authenticate: true)
+                let channel = try await self.open(endpoint.host, endpoint.port, on: eventLoop, authenticate: true)
+                // Counted before it carries a command (`connectionGeneration`).
+                self.connectionOpened()
+                return channel
             }
             links[endpoint, default: [:]][loop] = .opening(future)
             return (future, true)
@@ -143,7 +146,6 @@ extension RedisClient {
                 }
             }
             guard case .success(let channel) = result else { return }
-            self.connectionOpened()
             channel.closeFuture.whenComplete { _ in
                 state.links.withLock { links in
                     if case .open(let current)? = links[endpoint]?[loop], current === channel { links[endpoint]?[loop] = nil }

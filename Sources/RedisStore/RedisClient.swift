@@ -266,8 +266,10 @@ public final class RedisClient: Service, HealthReporting {
         while !Task.isCancelled {
             do {
                 let channel = try await connect(on: slot.loop)
-                slot.channel.withLock { $0 = channel }
+                // Counted before it carries a command, so a caller that read the generation
+                // before this connection existed never sees its own generation on it.
                 connectionOpened()
+                slot.channel.withLock { $0 = channel }
                 if attempt > 0 {
                     let endpoint = currentMaster.withLock { $0 }.map { "\($0)" }
                         ?? configuration.socketPath ?? "\(RedisConfiguration.Endpoint(host: configuration.host, port: configuration.port))"

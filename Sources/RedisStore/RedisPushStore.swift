@@ -134,6 +134,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             }
         }
         do throws(StoreError) { try await askForModule() } catch { return requests.map { _ in .failure(error) } }
+        // Read before the call: a reconnection after it (a Redis that may have lost writes)
+        // makes the sequences it returns older than the store's generation.
+        let generation = generation
         let now = now()
         // A request that times out is answered 503, but its bytes may still reach a paused Redis
         // and run later. The script refuses to run after `appendDeadline` (by Redis's clock).
@@ -202,9 +205,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         var outcomes = zip(requests, perRequest).map { request, reply -> AppendGroups.Outcome in
             switch reply {
             case .array(let sequences) where sequences.count == request.count:
-                .success(zip(request, sequences).map { StoredMessage($0, sequence: UInt64($1.int64 ?? 0)) })
+                .success(zip(request, sequences).map { StoredMessage($0, sequence: UInt64($1.int64 ?? 0), generation: generation) })
             case .integer(let sequence) where sequence > 0 && request.count == 1:
-                .success([StoredMessage(request[0], sequence: UInt64(sequence))])
+                .success([StoredMessage(request[0], sequence: UInt64(sequence), generation: generation)])
             case .integer(let refused) where refused < 0 && refused >= -Int64(devices.count):
                 .failure(
                     StoreError(.pendingFull, "pending queue of \(devices[Int(-refused) - 1]) is full (\(maxPending))", clientID: devices[Int(-refused) - 1])
@@ -344,6 +347,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     }
 
     public func pending(for clientID: String, after sequence: UInt64, limit: Int) async throws(StoreError) -> [StoredMessage] {
+        let generation = generation  // before the call, as for an append
         let reply = try await client.run(
             Self.pendingScript, keys: keys(clientID),
             arguments: [.integer(now()), .integer(Int64(sequence)), .integer(Int64(limit)), .integer(expiryEvents == nil ? 0 : 1)]
@@ -360,15 +364,27 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             else { throw StoreError(.unavailable, "malformed pending entry") }
             let payload: ByteBuffer = if case .bulk(let bytes) = fields[position + 3] { bytes } else { ByteBuffer() }
             result.append(
-                StoredMessage(clientID: clientID, id: id, sequence: UInt64(sequence), payload: payload, expiresAtMillis: expires)
+                StoredMessage(clientID: clientID, id: id, sequence: UInt64(sequence), payload: payload, expiresAtMillis: expires, generation: generation)
             )
             position += 4
         }
         return result
     }
 
-    public func acknowledge(clientID: String, messages: [Acknowledgement]) async throws(StoreError) -> Int {
-        guard !messages.isEmpty else { return 0 }
+    /// The client's `connectionGeneration`: it changes with every connection to Redis opened
+    /// again, after which Redis may be one that lost writes (a restart from an older snapshot
+    /// or AOF, a failover to a replica that lagged) and gives sequences again.
+    public var generation: UInt64 { client.connectionGeneration }
+
+    public func acknowledge(clientID: String, messages sent: [Acknowledgement]) async throws(StoreError) -> Int {
+        guard !sent.isEmpty else { return 0 }
+        // A sequence read before Redis was reconnected may now name another message: such an
+        // ACK finds its message by id (a script), never deletes by that sequence.
+        let generation = generation
+        var messages = sent
+        for index in messages.indices where messages[index].sequence != nil && messages[index].generation != generation {
+            messages[index].sequence = nil
+        }
         let stream = keys(clientID)[1]
         if let events {
             return try await acknowledgeWithEvents(clientID: clientID, stream: stream, messages: messages, events: events)
@@ -503,7 +519,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             // message that is there makes an event.
             let wanted = Set(messages.lazy.filter { $0.sequence == nil }.map(\.id))
             found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map {
-                Acknowledgement(id: $0.id, sequence: $0.sequence)
+                Acknowledgement($0)
             }
         }
         guard !found.isEmpty else { return 0 }

@@ -3,8 +3,10 @@ import NIOCore
 import PushProtocol
 import Testing
 
-private func message(_ sequence: UInt64, expires: Int64 = .max) -> StoredMessage {
-    StoredMessage(clientID: "alice", id: "m\(sequence)", sequence: sequence, payload: ByteBuffer(), expiresAtMillis: expires)
+private func message(_ sequence: UInt64, expires: Int64 = .max, id: String? = nil, generation: UInt64 = 0) -> StoredMessage {
+    StoredMessage(
+        clientID: "alice", id: id ?? "m\(sequence)", sequence: sequence, payload: ByteBuffer(), expiresAtMillis: expires, generation: generation
+    )
 }
 
 private func clamp(_ requested: UInt16) -> UInt16 {
@@ -225,6 +227,44 @@ struct ConnectionStateMachineTests {
         #expect(machine.stored(message(2), nowMillis: 0).send.map(\.sequence) == [2], "next in order, sent while the read is out")
         let read = machine.fetched([message(2), message(3)], for: .init(after: 1, limit: 9), nowMillis: 0)
         #expect(read.send.map(\.sequence) == [3], "2 was sent already and is not repeated")
+    }
+
+    @Test("a store of a newer generation (it lost writes and gives sequences again): the queue is read from the start, what is in flight is not sent twice, and its ACK keeps its old generation")
+    func newerGeneration() {
+        var (machine, _) = activeMachine(window: 10, stored: [message(1, generation: 1), message(2, generation: 1)])
+        _ = machine.received(.ack(messageID: "m1"), now: t(1))
+        _ = machine.takeAcknowledged()
+        // Redis came back from an older snapshot: its counter is at 1, and "c" takes sequence 2,
+        // which this connection sent already ("m2", still unacknowledged).
+        let told = machine.stored(message(2, id: "c", generation: 2), nowMillis: 0)
+        #expect(told.send.isEmpty && told.fetch == .init(after: 0, limit: 9), "read from the start, not ignored as sent")
+        let read = machine.fetched([message(2, id: "m2", generation: 2), message(3, id: "c", generation: 2)], for: .init(after: 0, limit: 9), nowMillis: 0)
+        #expect(read.send.map(\.id) == ["c"], "m2 is in flight and not sent again")
+        #expect(machine.stored(message(4, id: "d", generation: 2), nowMillis: 0).send.map(\.id) == ["d"], "next in order again")
+        _ = machine.received(.ack(messageID: "m2"), now: t(2))
+        _ = machine.received(.ack(messageID: "c"), now: t(2))
+        #expect(
+            machine.takeAcknowledged()! == ("alice", [.init(id: "m2", sequence: 2, generation: 1), .init(id: "c", sequence: 3, generation: 2)]),
+            "m2's sequence is of generation 1: the store finds it by id"
+        )
+        let stale = machine.stored(message(5, id: "old", generation: 1), nowMillis: 0)
+        #expect(stale.send.isEmpty && stale.fetch == .init(after: 4, limit: 9), "a sequence of an older generation is looked up, not trusted")
+    }
+
+    @Test("a read that crossed into another generation is made again; the first generation learnt costs no read")
+    func readAcrossGenerations() {
+        // A new connection learns its store's generation from its first message: no extra read.
+        var (fresh, _) = activeMachine(window: 10, stored: [])
+        #expect(fresh.stored(message(1, generation: 7), nowMillis: 0).send.map(\.sequence) == [1])
+        var (machine, _) = activeMachine(window: 10, stored: [message(1, generation: 1)])
+        // A read after 1, answered by a Redis reconnected meanwhile: it counted in generation 1.
+        let early = machine.stored(message(3, generation: 1), nowMillis: 0)
+        #expect(early.fetch == .init(after: 1, limit: 9))
+        let crossed = machine.fetched([message(1, id: "x", generation: 2)], for: .init(after: 1, limit: 9), nowMillis: 0)
+        #expect(crossed.send.isEmpty && crossed.fetch == .init(after: 0, limit: 9), "read again, from the start")
+        let stale = machine.fetched([message(3, generation: 1)], for: .init(after: 0, limit: 9), nowMillis: 0)
+        #expect(stale.send.isEmpty && stale.fetch == .init(after: 0, limit: 9), "a read of the older generation is made again")
+        #expect(machine.fetched([message(1, id: "x", generation: 2)], for: .init(after: 0, limit: 9), nowMillis: 0).send.map(\.id) == ["x"])
     }
 
     @Test("an expired message is not sent by the fast path")

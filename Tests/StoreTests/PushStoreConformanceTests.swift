@@ -241,7 +241,7 @@ struct PushStoreConformanceTests {
         let clock = TestWallClock()
         try await kind.with(maxPending: 100, clock: clock) { store in
             let stored = try await store.append((1...4).map { new("a", "\($0)", clock: clock) })
-            let acks = [stored[2], stored[0]].map { Acknowledgement(id: $0.id, sequence: $0.sequence) } + [Acknowledgement(id: "4")]
+            let acks = [stored[2], stored[0]].map { Acknowledgement($0) } + [Acknowledgement(id: "4")]
             #expect(try await store.acknowledge(clientID: "a", messages: acks) == 3)
             #expect(try await store.pending(for: "a", after: 0, limit: 10).map(\.id) == ["2"])
             #expect(try await store.acknowledge(clientID: "a", messages: acks) == 0, "idempotent")

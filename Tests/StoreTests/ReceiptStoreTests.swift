@@ -66,7 +66,7 @@ struct ReceiptStoreTests {
         try await kind.withReceipts(clock: clock) { store in
             let accepted = clock.now
             let stored = try await store.append((1...3).map { store.message("a", "m\($0)", clock: clock) })
-            let sends = stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence, sentAtMillis: accepted + 3) }
+            let sends = stored.map { Acknowledgement($0, sentAtMillis: accepted + 3) }
 
             // m1: the connection records its send a while after writing it, at the write's time.
             clock.advance(byMillis: 2_000)
@@ -224,7 +224,7 @@ struct RedisReceiptTests {
             #expect(try await store.receipt(of: id) == nil)
             let late = try await ttl(statusKey(id), client)
             #expect(late > 0 && late <= 3_660_000, "\(late)")
-            _ = try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: id, sequence: 1)])
+            _ = try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: id, sequence: 1, generation: store.generation)])
             #expect(try await store.receipt(of: id) == nil)
             #expect(try await ttl(statusKey(id), client) <= 3_600_000)
         }

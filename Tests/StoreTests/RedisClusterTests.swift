@@ -64,7 +64,7 @@ struct RedisClusterTests {
             let target = try await anotherMaster(than: source, in: cluster)
             try await migrate(slot: slot, keys: ["herald:{mover}:n", "herald:{mover}:q"], from: source, to: target, in: cluster, finish: true)
             #expect(try await store.pending(for: "mover", after: 0, limit: 10).map(\.id) == ["m1"])
-            #expect(try await store.acknowledge(clientID: "mover", messages: [Acknowledgement(id: "m1", sequence: first[0].sequence)]) == 1)
+            #expect(try await store.acknowledge(clientID: "mover", messages: [Acknowledgement(first[0])]) == 1)
 
             // ASK: the device's keys are already on the importing master, the slot not yet.
             _ = try await store.append([NewMessage(clientID: "asker", id: "a1", payload: ByteBuffer(string: "1"), expiresAtMillis: inAnHour)])

@@ -103,7 +103,7 @@ struct RedisModuleTests {
                 let store = RedisPushStore(client: client, maxPending: 100, receiptRetentionMillis: 60_000, now: { now })
                 let stored = try await store.append(["m1", "m2", "m3", "m4", "m5"].map { message(store, "a", $0, now: now) })
                 func ack(_ index: Int, sentAt: Int64?) -> Acknowledgement {
-                    Acknowledgement(id: stored[index].id, sequence: stored[index].sequence, sentAtMillis: sentAt)
+                    Acknowledgement(stored[index], sentAtMillis: sentAt)
                 }
                 func status(_ index: Int) async throws -> [String: String] {
                     let lines = try await master.cli(["HGETALL", "herald:{a}:r:\(stored[index].id)"]).split(whereSeparator: \.isNewline).map(String.init)
@@ -223,7 +223,7 @@ struct RedisModuleTests {
                     let pending = try await store.pending(for: device, after: 0, limit: 10)
                     #expect(pending.map(\.id) == ["1", "2"].map { store.messageID("\(device)\($0)", for: device) })
                     // Acknowledged through HERALD.ACK, on the device's own master.
-                    let acks = pending.map { Acknowledgement(id: $0.id, sequence: $0.sequence, sentAtMillis: now) }
+                    let acks = pending.map { Acknowledgement($0, sentAtMillis: now) }
                     #expect(try await store.acknowledge(clientID: device, messages: acks) == 2)
                     #expect(try await store.receipt(of: pending[0].id)?.state == .acked)
                 }

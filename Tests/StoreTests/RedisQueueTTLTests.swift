@@ -38,7 +38,7 @@ struct RedisQueueTTLTests {
             try await expectTTL(3_600_000 + Self.slack, "an earlier one does not shorten it")
             _ = try await store.acknowledge(
                 clientID: "d", messages: ([first[0], third[0]] + (try await store.pending(for: "d", after: 0, limit: 10))).map {
-                    Acknowledgement(id: $0.id, sequence: $0.sequence)
+                    Acknowledgement($0)
                 })
             #expect(try await store.pending(for: "d", after: 0, limit: 10).isEmpty)
             _ = try await store.append([Self.message("d", expires: now + 120_000)])

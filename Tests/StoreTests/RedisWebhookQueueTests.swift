@@ -33,7 +33,7 @@ struct RedisWebhookQueueTests {
     /// that `store` queues its `message.acked` event; returns the event's id.
     private func ackOne(_ name: String, on store: RedisPushStore, clock: TestWallClock) async throws -> String {
         let stored = try await store.append([new("dev", store.messageID(name, for: "dev"), clock: clock)])
-        _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)])
+        _ = try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(stored[0])])
         return "ack-\(stored[0].id)"
     }
 
@@ -50,7 +50,7 @@ struct RedisWebhookQueueTests {
             let ids = ["m1", "m2", "m3"].map { store.messageID($0, for: "a") }
             let stored = try await store.append(ids.map { new("a", $0, clock: clock) })
             // Sent on this connection (with its sequence): one event.
-            #expect(try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: ids[0], sequence: stored[0].sequence)]) == 1)
+            #expect(try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: ids[0], sequence: stored[0].sequence, generation: stored[0].generation)]) == 1)
             #expect(try await length(events, client) == 1)
             // An id from an earlier connection (no sequence) is found in the queue; an unknown id makes nothing.
             #expect(try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: ids[1]), Acknowledgement(id: "nope")]) == 1)
@@ -72,7 +72,7 @@ struct RedisWebhookQueueTests {
             let store = RedisPushStore(client: client, maxPending: 10, events: first, now: { clock.now })
             let ids = (1...5).map { store.messageID("m\($0)", for: "dev") }
             let stored = try await store.append(ids.map { new("dev", $0, clock: clock) })
-            _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
+            _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement($0) })
 
             let holding = Task { await first.maintain() }
             let batch = await first.next(lane: 0, limit: 3)
@@ -134,7 +134,7 @@ struct RedisWebhookQueueTests {
             _ = try await store.append([new("a", "m3", clock: clock)])
 
             // An ACKed message makes no event; m2 expires, and the device is left empty.
-            _ = try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: "m3", sequence: stored[1].sequence + 1)])
+            _ = try await store.acknowledge(clientID: "a", messages: [Acknowledgement(id: "m3", sequence: stored[1].sequence + 1, generation: stored[1].generation)])
             clock.advance(byMillis: 4_000)
             #expect(try await store.removeExpired() == 1)
             #expect(await events.next(lane: 0, limit: 10).map(\.id) == ["exp-m2"])
@@ -159,7 +159,7 @@ struct RedisWebhookQueueTests {
             let store = RedisPushStore(client: client, maxPending: 10, events: other, now: { clock.now })
             func acked(_ ids: [String]) async throws {
                 let stored = try await store.append(ids.map { new("dev", $0, clock: clock) })
-                _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement(id: $0.id, sequence: $0.sequence) })
+                _ = try await store.acknowledge(clientID: "dev", messages: stored.map { Acknowledgement($0) })
             }
             let holding = try await hold(holder)
             try await acked(["m1"])
@@ -320,7 +320,7 @@ struct RedisWebhookQueueTests {
             try await eventually("n2's lane asleep") { other.pauses.load(ordering: .relaxed) == 1 }
             for index in 0..<20 {
                 let stored = try await store.append([new("dev", store.messageID("m\(index)", for: "dev"), clock: clock)])
-                #expect(try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(id: stored[0].id, sequence: stored[0].sequence)]) == 1)
+                #expect(try await store.acknowledge(clientID: "dev", messages: [Acknowledgement(stored[0])]) == 1)
             }
             #expect(other.figures.queued == 20)
             #expect(other.pauses.load(ordering: .relaxed) == 1, "no wake for a lane n2 does not hold")

@@ -340,6 +340,7 @@ public actor Connection {
         if let store = services.synchronousStore {
             guard let (clientID, messages) = machine.takeAcknowledged() else { return }
             let removed = store.acknowledgeNow(clientID: clientID, messages: messages)
+            machine.acknowledgementsRecorded(messages)
             return services.metrics.pushesAcknowledged.increment(by: Int64(removed))
         }
         // One call at a time; the ACKs that come meanwhile go together in the next.
@@ -353,9 +354,12 @@ public actor Connection {
     private func removeFromStore(clientID: String, messages: [Acknowledgement]) async {
         do {
             let removed = try await services.store.acknowledge(clientID: clientID, messages: messages)
+            machine.acknowledgementsRecorded(messages)
             services.metrics.pushesAcknowledged.increment(by: Int64(removed))
         } catch {
-            // The messages stay stored and are sent again on the next connection.
+            // The messages stay stored and are sent again on the next connection (never on this
+            // one: they stay among its unconfirmed ACKs).
+            services.metrics.acknowledgementsUnrecorded.increment(by: Int64(messages.count))
             services.logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
         }
         recordingAcknowledgements = false

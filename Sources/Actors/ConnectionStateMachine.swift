@@ -125,6 +125,10 @@ public struct ConnectionStateMachine: Sendable {
         /// The newest store generation a message came in (`PushStore.generation`); `lastSent`
         /// counts in it.
         var generation: UInt64 = 0
+        /// ACKs of messages sent on this connection whose removal the store has not confirmed
+        /// yet (or could not make), oldest first: a read of the queue from the start must not
+        /// send them again on this connection. At most `maxUnconfirmed`.
+        var unconfirmed: [Acknowledgement] = []
         /// A store read is under way.
         var fetching = false
         /// The store may hold messages this connection has not sent.
@@ -331,6 +335,8 @@ public struct ConnectionStateMachine: Sendable {
                     return .acknowledge(scheduleRecord: scheduleRecord, then: nil)
                 }
                 acknowledgement = session.inflight.remove(at: index)
+                if session.unconfirmed.count == Self.maxUnconfirmed { session.unconfirmed.removeFirst() }
+                session.unconfirmed.append(acknowledgement)
                 return .acknowledge(scheduleRecord: scheduleRecord, then: Self.nextFetch(&session, window: window, writable: writable))
             } ?? .none
             acknowledged.append(acknowledgement)
@@ -353,6 +359,21 @@ public struct ConnectionStateMachine: Sendable {
         guard let clientID, !messages.isEmpty else { return nil }
         return (clientID, messages)
     }
+
+    /// The store removed (or found gone) the messages of `acknowledgements`, taken by
+    /// `takeAcknowledged`: they need no longer be kept from being sent again.
+    public mutating func acknowledgementsRecorded(_ acknowledgements: [Acknowledgement]) {
+        modifySession { session, _ in
+            guard !session.unconfirmed.isEmpty else { return }
+            for acknowledgement in acknowledgements {
+                if let index = session.unconfirmed.firstIndex(where: { $0.id == acknowledgement.id }) { session.unconfirmed.remove(at: index) }
+            }
+        }
+    }
+
+    /// ACKs whose removal is not confirmed kept at most (a store down for long, with a device
+    /// acknowledging meanwhile): past it the oldest are forgotten.
+    static let maxUnconfirmed = 1024
 
     /// The sends whose status mark is still held back for their ACK (`defersSendMarks`), with
     /// the client id, to record now; their ACKs will no longer record them (but still carry their
@@ -519,14 +540,11 @@ public struct ConnectionStateMachine: Sendable {
             for message in messages where message.sequence > session.lastSent {
                 guard session.inflight.count < window else { break }
                 session.lastSent = message.sequence
-                // After a new generation, the queue is read from the start: a message still in
-                // flight from before (the oldest in flight are of an older generation) is not
-                // sent again.
-                if session.inflight.first.map({ $0.generation != message.generation }) == true,
-                    session.inflight.contains(where: { $0.id == message.id })
-                {
-                    continue
-                }
+                // After a new generation, the queue is read from the start: a message sent before
+                // (still in flight, or acknowledged and its removal not confirmed) is not sent
+                // again on this connection. Only entries of an older generation can be such, and
+                // they come first.
+                if Self.sentBefore(message, in: session.inflight) || Self.sentBefore(message, in: session.unconfirmed) { continue }
                 session.inflight.append(
                     Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt, generation: message.generation)
                 )
@@ -586,6 +604,12 @@ public struct ConnectionStateMachine: Sendable {
         guard frameTokens > 0 else { return false }
         frameTokens -= 1
         return true
+    }
+
+    /// Whether `message` is among `sent` as a message sent in an older generation.
+    private static func sentBefore(_ message: StoredMessage, in sent: [Acknowledgement]) -> Bool {
+        guard let oldest = sent.first, oldest.generation != message.generation else { return false }
+        return sent.contains { $0.id == message.id }
     }
 
     /// A newer store generation: sequences count from the start again. (ACKs of what is in

@@ -14,6 +14,9 @@ public final class NodeMetrics: Sendable {
     public let broadcastsDelivered: Counter
     /// ACKs that removed a message from the store.
     public let pushesAcknowledged: Counter
+    /// ACKs the store could not record (it was unreachable): their messages stay stored and
+    /// are delivered again on the device's next connection.
+    public let acknowledgementsUnrecorded: Counter
     /// Messages removed by the expiry sweeper.
     public let pushesExpired: Counter
     /// HTTP requests answered on the event loop in front of the router (PushApp's `PushFastPath`).
@@ -42,6 +45,7 @@ public final class NodeMetrics: Sendable {
         pushesDelivered = Counter(label: "herald_pushes_delivered_total", factory: factory)
         broadcastsDelivered = Counter(label: "herald_broadcasts_delivered_total", factory: factory)
         pushesAcknowledged = Counter(label: "herald_pushes_acked_total", factory: factory)
+        acknowledgementsUnrecorded = Counter(label: "herald_acks_unrecorded_total", factory: factory)
         pushesExpired = Counter(label: "herald_pushes_expired_total", factory: factory)
         httpFastPathRequests = Counter(label: "herald_http_fast_path_requests_total", factory: factory)
         storeLatency = Timer(label: "herald_store_latency_seconds", dimensions: [], factory: factory)

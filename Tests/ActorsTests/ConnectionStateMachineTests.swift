@@ -251,6 +251,20 @@ struct ConnectionStateMachineTests {
         #expect(stale.send.isEmpty && stale.fetch == .init(after: 4, limit: 9), "a sequence of an older generation is looked up, not trusted")
     }
 
+    @Test("after a new generation, a message acknowledged on this connection whose removal the store did not confirm is not sent on it again; once confirmed, it is forgotten")
+    func unconfirmedAcknowledgements() {
+        var (machine, _) = activeMachine(window: 10, stored: [message(1, generation: 1), message(2, generation: 1)])
+        _ = machine.received(.ack(messageID: "m1"), now: t(1))
+        let taken = machine.takeAcknowledged()!.messages  // the store call fails (Redis down): not confirmed
+        #expect(machine.stored(message(3, generation: 2), nowMillis: 0).fetch == .init(after: 0, limit: 9))
+        let read = machine.fetched((1...3).map { message($0, generation: 2) }, for: .init(after: 0, limit: 9), nowMillis: 0)
+        #expect(read.send.map(\.id) == ["m3"], "m1 was acknowledged here, m2 is in flight")
+        machine.acknowledgementsRecorded(taken)
+        #expect(machine.stored(message(9, generation: 3), nowMillis: 0).fetch == .init(after: 0, limit: 8))
+        let again = machine.fetched([message(1, generation: 3)], for: .init(after: 0, limit: 8), nowMillis: 0)
+        #expect(again.send.map(\.id) == ["m1"], "no longer kept back once the store confirmed it")
+    }
+
     @Test("a read that crossed into another generation is made again; the first generation learnt costs no read")
     func readAcrossGenerations() {
         // A new connection learns its store's generation from its first message: no extra read.

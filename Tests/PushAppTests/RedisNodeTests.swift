@@ -174,6 +174,40 @@ struct RedisNodeTests {
         }
     }
 
+    @Test("an ACK made while Redis is down is not recorded: after Redis returns, the device's connection does not send that message again (its next connection does), and gets what is pushed after")
+    func acknowledgedWhileRedisWasDown() async throws {
+        try await RedisServer.with { redis in
+            try await TestNode.with(["HERALD_REDIS_URL": redis.url]) { node in
+                let device = try await node.device("walt")
+                let first = try await node.push("walt", "first")
+                #expect(try await device.pushes(1).map(\.id) == [first])
+                _ = try await redis.cli(["SAVE"])  // Redis comes back with the first still stored
+                try await redis.stop()
+                try await eventually("the node sees Redis gone") { node.node.redis?.isConnected == false }
+                device.acknowledge(first)
+                try await eventually("the ACK could not be recorded") {
+                    metric("herald_acks_unrecorded_total", in: try await HTTPTestClient.get("/metrics", port: node.httpPort).body) >= 1
+                }
+                try await redis.start()
+                var second = ""
+                try await eventually("pushes accepted again", timeout: .seconds(15)) {
+                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "walt", "data": "second"}"#)
+                    if response.status == 202 { second = try JSONFields(response.body).string("id") }
+                    return response.status == 202
+                }
+                // A new generation: the connection reads the queue from the start, which holds the
+                // first (its ACK was lost) and the second; it sends only the second.
+                #expect(try await device.pushes(1).map(\.id) == [second], "the first is not sent twice on one connection")
+                device.acknowledge(second)
+                try await eventually("the second acknowledged") { try await node.pending("walt") == 1 }
+                await device.close()
+                let next = try await node.device("walt")
+                #expect(try await next.pushes(1).map(\.id) == [first], "delivered again on the next connection")
+                await next.close()
+            }
+        }
+    }
+
     @Test("while Redis is down: push 503, readyz 503, devices stay connected; when it returns, service resumes")
     func redisKilledAndRestarted() async throws {
         try await RedisServer.with { redis in

@@ -125,14 +125,24 @@ public struct ConnectionStateMachine: Sendable {
         /// The newest store generation a message came in (`PushStore.generation`); `lastSent`
         /// counts in it.
         var generation: UInt64 = 0
-        /// ACKs of messages sent on this connection whose removal the store has not confirmed
-        /// yet (or could not make), oldest first: a read of the queue from the start must not
-        /// send them again on this connection. At most `maxUnconfirmed`.
-        var unconfirmed: [Acknowledgement] = []
+        /// Messages this connection sent and the device acknowledged that the store may still
+        /// hold, oldest first: every one whose removal the store has not confirmed (or could not
+        /// make; at most `maxUnconfirmed`), and the last `keptConfirmed` it confirmed (a failover
+        /// to a replica can bring back a removal it had not copied yet). A read of the queue from
+        /// the start must not send them again on this connection.
+        var ackedHere: [Acknowledged] = []
         /// A store read is under way.
         var fetching = false
         /// The store may hold messages this connection has not sent.
         var mayHaveMore = true
+    }
+
+    /// A message acknowledged on this connection (`Session.ackedHere`): its id's hash (a
+    /// collision, at odds of 2^-64, would only hold a message back until the next connection).
+    private struct Acknowledged {
+        var idHash: Int
+        var generation: UInt64
+        var confirmed = false
     }
 
     private enum State {
@@ -335,8 +345,8 @@ public struct ConnectionStateMachine: Sendable {
                     return .acknowledge(scheduleRecord: scheduleRecord, then: nil)
                 }
                 acknowledgement = session.inflight.remove(at: index)
-                if session.unconfirmed.count == Self.maxUnconfirmed { session.unconfirmed.removeFirst() }
-                session.unconfirmed.append(acknowledgement)
+                if session.ackedHere.count == Self.maxUnconfirmed + Self.keptConfirmed { session.ackedHere.removeFirst() }
+                session.ackedHere.append(Acknowledged(idHash: id.hashValue, generation: acknowledgement.generation))
                 return .acknowledge(scheduleRecord: scheduleRecord, then: Self.nextFetch(&session, window: window, writable: writable))
             } ?? .none
             acknowledged.append(acknowledgement)
@@ -361,12 +371,22 @@ public struct ConnectionStateMachine: Sendable {
     }
 
     /// The store removed (or found gone) the messages of `acknowledgements`, taken by
-    /// `takeAcknowledged`: they need no longer be kept from being sent again.
+    /// `takeAcknowledged`: only the last `keptConfirmed` of them are still kept from being sent
+    /// again.
     public mutating func acknowledgementsRecorded(_ acknowledgements: [Acknowledgement]) {
         modifySession { session, _ in
-            guard !session.unconfirmed.isEmpty else { return }
+            guard !session.ackedHere.isEmpty else { return }
             for acknowledgement in acknowledgements {
-                if let index = session.unconfirmed.firstIndex(where: { $0.id == acknowledgement.id }) { session.unconfirmed.remove(at: index) }
+                let hash = acknowledgement.id.hashValue
+                if let index = session.ackedHere.firstIndex(where: { !$0.confirmed && $0.idHash == hash }) {
+                    session.ackedHere[index].confirmed = true
+                }
+            }
+            var confirmed = session.ackedHere.lazy.filter(\.confirmed).count
+            session.ackedHere.removeAll { entry in
+                guard entry.confirmed, confirmed > Self.keptConfirmed else { return false }
+                confirmed -= 1
+                return true
             }
         }
     }
@@ -374,6 +394,8 @@ public struct ConnectionStateMachine: Sendable {
     /// ACKs whose removal is not confirmed kept at most (a store down for long, with a device
     /// acknowledging meanwhile): past it the oldest are forgotten.
     static let maxUnconfirmed = 1024
+    /// Confirmed ACKs kept: more than a device acknowledges within Redis's replication lag.
+    static let keptConfirmed = 16
 
     /// The sends whose status mark is still held back for their ACK (`defersSendMarks`), with
     /// the client id, to record now; their ACKs will no longer record them (but still carry their
@@ -544,7 +566,7 @@ public struct ConnectionStateMachine: Sendable {
                 // (still in flight, or acknowledged and its removal not confirmed) is not sent
                 // again on this connection. Only entries of an older generation can be such, and
                 // they come first.
-                if Self.sentBefore(message, in: session.inflight) || Self.sentBefore(message, in: session.unconfirmed) { continue }
+                if Self.sentBefore(message, in: session) { continue }
                 session.inflight.append(
                     Acknowledgement(id: message.id, sequence: message.sequence, sentAtMillis: sentAt, generation: message.generation)
                 )
@@ -606,10 +628,15 @@ public struct ConnectionStateMachine: Sendable {
         return true
     }
 
-    /// Whether `message` is among `sent` as a message sent in an older generation.
-    private static func sentBefore(_ message: StoredMessage, in sent: [Acknowledgement]) -> Bool {
-        guard let oldest = sent.first, oldest.generation != message.generation else { return false }
-        return sent.contains { $0.id == message.id }
+    /// Whether `message` was sent on this connection in an older generation (still in flight,
+    /// or acknowledged). Entries of older generations come first in both lists.
+    private static func sentBefore(_ message: StoredMessage, in session: Session) -> Bool {
+        if let oldest = session.inflight.first, oldest.generation != message.generation, session.inflight.contains(where: { $0.id == message.id }) {
+            return true
+        }
+        guard let oldest = session.ackedHere.first, oldest.generation != message.generation else { return false }
+        let hash = message.id.hashValue
+        return session.ackedHere.contains { $0.idHash == hash }
     }
 
     /// A newer store generation: sequences count from the start again. (ACKs of what is in

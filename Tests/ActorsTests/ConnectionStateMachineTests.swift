@@ -251,18 +251,25 @@ struct ConnectionStateMachineTests {
         #expect(stale.send.isEmpty && stale.fetch == .init(after: 4, limit: 9), "a sequence of an older generation is looked up, not trusted")
     }
 
-    @Test("after a new generation, a message acknowledged on this connection whose removal the store did not confirm is not sent on it again; once confirmed, it is forgotten")
-    func unconfirmedAcknowledgements() {
-        var (machine, _) = activeMachine(window: 10, stored: [message(1, generation: 1), message(2, generation: 1)])
+    @Test("after a new generation, a message acknowledged on this connection is not sent on it again: every one the store has not confirmed removing, and the last 16 it has (a failover can bring a removal back)")
+    func acknowledgedHere() {
+        var (machine, _) = activeMachine(window: 64, stored: (1...18).map { message($0, generation: 1) })
         _ = machine.received(.ack(messageID: "m1"), now: t(1))
-        let taken = machine.takeAcknowledged()!.messages  // the store call fails (Redis down): not confirmed
-        #expect(machine.stored(message(3, generation: 2), nowMillis: 0).fetch == .init(after: 0, limit: 9))
-        let read = machine.fetched((1...3).map { message($0, generation: 2) }, for: .init(after: 0, limit: 9), nowMillis: 0)
-        #expect(read.send.map(\.id) == ["m3"], "m1 was acknowledged here, m2 is in flight")
-        machine.acknowledgementsRecorded(taken)
-        #expect(machine.stored(message(9, generation: 3), nowMillis: 0).fetch == .init(after: 0, limit: 8))
-        let again = machine.fetched([message(1, generation: 3)], for: .init(after: 0, limit: 8), nowMillis: 0)
-        #expect(again.send.map(\.id) == ["m1"], "no longer kept back once the store confirmed it")
+        let first = machine.takeAcknowledged()!.messages  // the store call fails (Redis down): not confirmed
+        #expect(machine.stored(message(19, generation: 2), nowMillis: 0).fetch == .init(after: 0, limit: 47))
+        let read = machine.fetched((1...19).map { message($0, generation: 2) }, for: .init(after: 0, limit: 47), nowMillis: 0)
+        #expect(read.send.map(\.id) == ["m19"], "m1 was acknowledged here, m2...m18 are in flight")
+        machine.acknowledgementsRecorded(first)
+        #expect(machine.stored(message(20, generation: 3), nowMillis: 0).fetch == .init(after: 0, limit: 46))
+        let kept = machine.fetched([message(1, generation: 3)], for: .init(after: 0, limit: 46), nowMillis: 0)
+        #expect(kept.send.isEmpty, "confirmed, and still among the last 16: a failover may have brought it back")
+        for sequence in 2...17 {
+            _ = machine.received(.ack(messageID: "m\(sequence)"), now: t(2))
+        }
+        machine.acknowledgementsRecorded(machine.takeAcknowledged()!.messages)
+        #expect(machine.stored(message(21, generation: 4), nowMillis: 0).fetch == .init(after: 0, limit: 62))
+        let again = machine.fetched([message(1, generation: 4), message(2, generation: 4)], for: .init(after: 0, limit: 62), nowMillis: 0)
+        #expect(again.send.map(\.id) == ["m1"], "m1 is no longer among the last 16 confirmed; m2 is")
     }
 
     @Test("a read that crossed into another generation is made again; the first generation learnt costs no read")

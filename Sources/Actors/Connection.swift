@@ -358,7 +358,7 @@ public actor Connection {
             services.metrics.pushesAcknowledged.increment(by: Int64(removed))
         } catch {
             // The messages stay stored and are sent again on the next connection (never on this
-            // one: they stay among its unconfirmed ACKs).
+            // one: the session holds back what was acknowledged on it, `acknowledgementsRecorded`).
             services.metrics.acknowledgementsUnrecorded.increment(by: Int64(messages.count))
             services.logger.warning("ACK not recorded", metadata: ["herald.client": "\(clientID)", "error": "\(error)"])
         }

@@ -340,7 +340,6 @@ public actor Connection {
         if let store = services.synchronousStore {
             guard let (clientID, messages) = machine.takeAcknowledged() else { return }
             let removed = store.acknowledgeNow(clientID: clientID, messages: messages)
-            machine.acknowledgementsRecorded(messages)
             return services.metrics.pushesAcknowledged.increment(by: Int64(removed))
         }
         // One call at a time; the ACKs that come meanwhile go together in the next.

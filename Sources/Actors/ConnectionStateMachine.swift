@@ -345,8 +345,12 @@ public struct ConnectionStateMachine: Sendable {
                     return .acknowledge(scheduleRecord: scheduleRecord, then: nil)
                 }
                 acknowledgement = session.inflight.remove(at: index)
-                if session.ackedHere.count == Self.maxUnconfirmed + Self.keptConfirmed { session.ackedHere.removeFirst() }
-                session.ackedHere.append(Acknowledged(idHash: id.hashValue, generation: acknowledgement.generation))
+                // Generation 0 is a store's that never changes it (the memory store): nothing
+                // to hold back, no work on its ACK path.
+                if acknowledgement.generation != 0 {
+                    if session.ackedHere.count == Self.maxUnconfirmed + Self.keptConfirmed { session.ackedHere.removeFirst() }
+                    session.ackedHere.append(Acknowledged(idHash: id.hashValue, generation: acknowledgement.generation))
+                }
                 return .acknowledge(scheduleRecord: scheduleRecord, then: Self.nextFetch(&session, window: window, writable: writable))
             } ?? .none
             acknowledged.append(acknowledgement)

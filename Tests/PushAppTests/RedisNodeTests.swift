@@ -122,9 +122,7 @@ struct RedisNodeTests {
                 await device.close()
                 try await redis.stop()
                 try await redis.start()
-                try await eventually("pushes accepted again", timeout: .seconds(15)) {
-                    try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "sol", "data": "three"}"#).status == 202
-                }
+                try await node.pushOnceAccepted("sol", "three")
                 let again = try await node.device("sol")
                 #expect(try await again.pushes(1)[0].text == "three")
                 await again.close()
@@ -149,12 +147,7 @@ struct RedisNodeTests {
                 #expect(try await device.pushes(1).map(\.id) == [second])
                 try await redis.stop()
                 try await redis.start()  // from the snapshot: the counter at 1 again
-                var third = ""
-                try await eventually("pushes accepted again", timeout: .seconds(15)) {
-                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "vera", "data": "third"}"#)
-                    if response.status == 202 { third = try JSONFields(response.body).string("id") }
-                    return response.status == 202
-                }
+                let third = try await node.pushOnceAccepted("vera", "third")
                 #expect(try await redis.cli(["XRANGE", "herald:{vera}:q", "-", "+"]).hasPrefix("2-0"), "sequence 2 given again, to the third")
                 // The device, still connected, gets it though its connection had sent a 2 ...
                 #expect(try await device.pushes(1).map(\.id) == [third])
@@ -189,12 +182,7 @@ struct RedisNodeTests {
                     metric("herald_acks_unrecorded_total", in: try await HTTPTestClient.get("/metrics", port: node.httpPort).body) >= 1
                 }
                 try await redis.start()
-                var second = ""
-                try await eventually("pushes accepted again", timeout: .seconds(15)) {
-                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "walt", "data": "second"}"#)
-                    if response.status == 202 { second = try JSONFields(response.body).string("id") }
-                    return response.status == 202
-                }
+                let second = try await node.pushOnceAccepted("walt", "second")
                 // A new generation: the connection reads the queue from the start, which holds the
                 // first (its ACK was lost) and the second; it sends only the second.
                 #expect(try await device.pushes(1).map(\.id) == [second], "the first is not sent twice on one connection")
@@ -226,10 +214,7 @@ struct RedisNodeTests {
                 #expect(device.isActive)
                 try await redis.stop()
                 try await redis.start()
-                try await eventually("pushes accepted again", timeout: .seconds(15)) {
-                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "steady", "data": "back"}"#)
-                    return response.status == 202
-                }
+                try await node.pushOnceAccepted("steady", "back")
                 #expect(try await device.pushes(1)[0].text == "back")
                 // Ready again once the store answers and (in a cluster) the member list has been
                 // read once, which is retried within a refresh interval (2 s).
@@ -254,10 +239,7 @@ struct RedisNodeTests {
                 // "held until Redis came back", with room for a machine loaded by the suite.
                 #expect(ContinuousClock.now - start < .seconds(10))
                 redis.kill(signal: SIGCONT)
-                try await eventually("pushes accepted again", timeout: .seconds(15)) {
-                    let response = try await HTTPTestClient.post("/v1/push", port: node.httpPort, json: #"{"client_id": "paula", "data": "after"}"#)
-                    return response.status == 202
-                }
+                try await node.pushOnceAccepted("paula", "after")
                 let device = try await node.device("paula")
                 let texts = try await device.pushes(2).map(\.text)
                 #expect(texts == ["before", "after"], "the 503 stored nothing; \(stored) is still first")

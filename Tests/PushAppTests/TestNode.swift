@@ -84,6 +84,19 @@ struct TestNode: Sendable {
         return try JSONFields(response.body).string("id")
     }
 
+    /// Pushes `data` to `clientID` until the node accepts it (a store coming back answers 503
+    /// first), within `timeout`; the message id.
+    @discardableResult
+    func pushOnceAccepted(_ clientID: String, _ data: String, timeout: Duration = .seconds(15)) async throws -> String {
+        var id = ""
+        try await eventually("pushes accepted again", timeout: timeout) {
+            let response = try await HTTPTestClient.post("/v1/push", port: httpPort, json: #"{"client_id": "\#(clientID)", "data": "\#(data)"}"#)
+            if response.status == 202 { id = try JSONFields(response.body).string("id") }
+            return response.status == 202
+        }
+        return id
+    }
+
     func pending(_ clientID: String) async throws -> Int {
         let response = try await HTTPTestClient.get("/v1/clients/\(clientID)", port: httpPort)
         return try JSONFields(response.body).int("pending")

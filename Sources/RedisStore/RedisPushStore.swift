@@ -334,15 +334,22 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// not acknowledged by enough replicas). The sequences stay taken (a gap): a connection
     /// may have read the message meanwhile, and must never see its sequence again on another
     /// one. Best effort: what it cannot delete stays, as a message delivered at least once.
-    /// Their status goes with them: they were never accepted.
-    private func takeBack(_ stored: [StoredMessage]) async {
+    /// Their status goes with them: they were never accepted. As for an ACK, a message written
+    /// before Redis was reconnected is found by its id, never deleted by its sequence, which a
+    /// Redis that lost writes may have given to a message accepted since.
+    func takeBack(_ stored: [StoredMessage]) async {
+        let generation = generation
         var byDevice: [String: [StoredMessage]] = [:]
         for message in stored { byDevice[message.clientID, default: []].append(message) }
         for (device, messages) in byDevice {
-            var commands: [[RedisArgument]] = [[.string("XDEL"), .string(keys(device)[1])] + messages.map { .string("\($0.sequence)-0") }]
+            let stream = keys(device)[1]
+            let (current, older) = (messages.filter { $0.generation == generation }, messages.filter { $0.generation != generation })
+            var commands: [[RedisArgument]] = []
+            if !current.isEmpty { commands.append([.string("XDEL"), .string(stream)] + current.map { .string("\($0.sequence)-0") }) }
             let statusKeys = messages.compactMap { statusKey($0.id, of: device) }
             if !statusKeys.isEmpty { commands.append([.string("DEL")] + statusKeys.map { .string($0) }) }
-            _ = try? await client.sendAll(commands)
+            if !commands.isEmpty { _ = try? await client.sendAll(commands) }
+            if !older.isEmpty { _ = try? await client.run(Self.acknowledgeByIDScript, keys: [stream], arguments: older.map { .string($0.id) }) }
         }
     }
 

@@ -256,14 +256,15 @@ extension RedisPushStore {
         """
     )
 
-    /// Shared by the scripts that change a message's status: `acked(index)` marks the status
-    /// key `KEYS[index]` acknowledged at `now` (and sent, if no send was recorded) and keeps it
-    /// for `retention` ms from now; it changes nothing for index 0, a status already acked, or
-    /// one gone (forgotten: it is never made again without its other fields).
+    /// Shared by the scripts that change a message's status: `acked(index, sent)` marks the
+    /// status key `KEYS[index]` acknowledged at `now` (and sent at `sent`, or at `now` for '0',
+    /// if no send was recorded) and keeps it for `retention` ms from now; it changes nothing for
+    /// index 0, a status already acked, or one gone (forgotten: it is never made again without
+    /// its other fields).
     private static let statusHelpers = """
-        local function acked(index, now, retention)
+        local function acked(index, sent, now, retention)
           if index > 0 and redis.call('EXISTS', KEYS[index]) == 1 and redis.call('HSETNX', KEYS[index], 'k', now) == 1 then
-            redis.call('HSETNX', KEYS[index], 's', now)
+            redis.call('HSETNX', KEYS[index], 's', sent ~= '0' and sent or now)
             redis.call('PEXPIRE', KEYS[index], retention)
           end
         end
@@ -271,23 +272,24 @@ extension RedisPushStore {
         """
 
     /// An ACK with message status kept. KEYS: the stream, then status keys. ARGV: now,
-    /// retention, k, then k times: the entry id of a message the connection sent and the index
-    /// of its status key in KEYS (0: none), then for each id it did not send: the message id
-    /// and its status key's index. Deletes the entries, marks the status of each one deleted
-    /// acked, and returns how many were deleted.
+    /// retention, k, then k times: the entry id of a message the connection sent, the index of
+    /// its status key in KEYS (0: none) and the time of its send not recorded yet (0: none),
+    /// then the same three for each message to find by id: its id, its status key's index, its
+    /// send time. Deletes the entries, marks the status of each one deleted acked, and returns
+    /// how many were deleted.
     static let acknowledgeWithStatusScript = RedisScript(
         statusHelpers + """
             local now, retention, k = ARGV[1], ARGV[2], tonumber(ARGV[3])
             local removed = 0
             for j = 0, k - 1 do
-              if redis.call('XDEL', KEYS[1], ARGV[4 + 2*j]) == 1 then
+              if redis.call('XDEL', KEYS[1], ARGV[4 + 3*j]) == 1 then
                 removed = removed + 1
-                acked(tonumber(ARGV[5 + 2*j]), now, retention)
+                acked(tonumber(ARGV[5 + 3*j]), ARGV[6 + 3*j], now, retention)
               end
             end
             local wanted, count = {}, 0
-            for j = 4 + 2*k, #ARGV, 2 do
-              wanted[ARGV[j]] = tonumber(ARGV[j + 1])
+            for j = 4 + 3*k, #ARGV, 3 do
+              wanted[ARGV[j]] = j
               count = count + 1
             end
             if count == 0 then return removed end
@@ -295,11 +297,11 @@ extension RedisPushStore {
             while true do
               local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 500)
               for _, entry in ipairs(entries) do
-                local index = wanted[entry[2][2]]
-                if index then
+                local j = wanted[entry[2][2]]
+                if j then
                   wanted[entry[2][2]] = nil
                   removed = removed + redis.call('XDEL', KEYS[1], entry[1])
-                  acked(index, now, retention)
+                  acked(tonumber(ARGV[j + 1]), ARGV[j + 2], now, retention)
                 end
               end
               if #entries < 500 then return removed end

@@ -479,11 +479,12 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
                 sendTimes.append(message.unmarkedSentAtMillis)
                 index = Int64(keys.count)
             }
+            let sentAt: Int64 = index > 0 ? message.unmarkedSentAtMillis ?? 0 : 0
             if let sequence = message.sequence {
-                sent += [.string("\(sequence)-0"), .integer(index)]
-                moduleMessages += [.integer(Int64(sequence)), .integer(index), .integer(index > 0 ? message.unmarkedSentAtMillis ?? 0 : 0)]
+                sent += [.string("\(sequence)-0"), .integer(index), .integer(sentAt)]
+                moduleMessages += [.integer(Int64(sequence)), .integer(index), .integer(sentAt)]
             } else {
-                unsent += [.string(message.id), .integer(index)]
+                unsent += [.string(message.id), .integer(index), .integer(sentAt)]
             }
         }
         let now = now()
@@ -492,7 +493,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         }
         guard unsent.isEmpty else {
             // ACKs of ids this connection did not send (rare) need the queue searched: a script.
-            let arguments: [RedisArgument] = [.integer(now), .integer(retention), .integer(Int64(sent.count / 2))] + sent + unsent
+            let arguments: [RedisArgument] = [.integer(now), .integer(retention), .integer(Int64(sent.count / 3))] + sent + unsent
             let reply = try await client.run(Self.acknowledgeWithStatusScript, keys: keys, arguments: arguments)
             guard let count = reply.int64 else { throw StoreError(.unavailable, "unexpected reply to ack: \(reply)") }
             return Int(count)
@@ -506,7 +507,7 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         var commands = zip(keys.dropFirst(), sendTimes).flatMap { key, sentAt in
             Self.ackStatusCommands(key: key, sentAt: sentAt, now: now, retention: retention)
         }
-        commands.append([.string("XDEL"), .string(stream)] + stride(from: 0, to: sent.count, by: 2).map { sent[$0] })
+        commands.append([.string("XDEL"), .string(stream)] + stride(from: 0, to: sent.count, by: 3).map { sent[$0] })
         let replies = try await client.sendAll(commands)
         guard let count = replies.last?.int64 else { throw StoreError(.unavailable, "unexpected reply to XDEL: \(replies.last ?? .null)") }
         return Int(count)
@@ -524,9 +525,11 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         if found.count < messages.count {
             // Ids this connection did not send (rare): find them in the queue, so that only a
             // message that is there makes an event.
-            let wanted = Set(messages.lazy.filter { $0.sequence == nil }.map(\.id))
-            found += try await pending(for: clientID, after: 0, limit: maxPending).filter { wanted.contains($0.id) }.map {
-                Acknowledgement($0)
+            var wanted: [String: Acknowledgement] = [:]
+            for message in messages where message.sequence == nil { wanted[message.id] = message }
+            found += try await pending(for: clientID, after: 0, limit: maxPending).compactMap { stored in
+                // Found by id, with the send time the connection held for it.
+                wanted[stored.id].map { Acknowledgement(id: stored.id, sequence: stored.sequence, sentAtMillis: $0.sentAtMillis, sendMarked: $0.sendMarked, generation: stored.generation) }
             }
         }
         guard !found.isEmpty else { return 0 }

@@ -11,28 +11,44 @@ import Testing
 /// writes"). What the store deletes by such a sequence it must find by id instead.
 @Suite("Redis store generations", .timeLimit(.minutes(1)))
 struct RedisGenerationTests {
-    /// Runs `body` with a store on a redis-server of its own, in which the device's message
-    /// `old` was stored and Redis then "came back with fewer writes": every connection of the
-    /// store's client was cut (it reconnected: a new generation) and the device's queue and
-    /// counter are gone, as after a restart from a snapshot taken before them; then `accepted`
-    /// was stored, under the same sequence.
-    private static func withSequenceGivenAgain(
-        status: Bool, _ body: @Sendable (RedisPushStore, _ old: StoredMessage, _ accepted: StoredMessage) async throws -> Void
+    /// Runs `body` with a store on a redis-server of its own (message status kept with
+    /// `status`; `message.acked` events queued with `events`), and `reconnect`, which cuts every
+    /// connection of the store's client and waits until it has reconnected (a new generation),
+    /// first deleting the queue and counter of `losing` if given: a Redis that "came back with
+    /// fewer writes", as after a restart from a snapshot taken before them.
+    private static func withReconnectingStore(
+        status: Bool, events: Bool = false,
+        _ body: @Sendable (RedisPushStore, RedisClient, _ reconnect: @Sendable (_ losing: String?) async throws -> Void) async throws -> Void
     ) async throws {
         try await RedisServer.with { server in
             try await withRedisClient(url: server.url) { client in
-                let store = RedisPushStore(client: client, maxPending: 100, receiptRetentionMillis: status ? 60_000 : nil)
-                let old = try await store.append([message("old", store)])[0]
-                let before = client.connectionGeneration
-                _ = try await RedisServer.cli(port: server.port, ["DEL", "herald:{d}:n", "herald:{d}:q"])
-                _ = try await RedisServer.cli(port: server.port, ["CLIENT", "KILL", "TYPE", "normal"])
-                try await eventually("the store's client reconnected on every loop") {
-                    client.connectionGeneration >= before + UInt64(client.loops.count) && client.isConnected
+                let queue =
+                    events
+                    ? RedisWebhookQueue(client: client, node: "n1", lanes: 1, types: [.messageAcked], lease: .seconds(60), pollInterval: .milliseconds(50)) : nil
+                let store = RedisPushStore(client: client, maxPending: 100, receiptRetentionMillis: status ? 60_000 : nil, events: queue)
+                try await body(store, client) { losing in
+                    let before = client.connectionGeneration
+                    if let losing { _ = try await RedisServer.cli(port: server.port, ["DEL", "herald:{\(losing)}:n", "herald:{\(losing)}:q"]) }
+                    _ = try await RedisServer.cli(port: server.port, ["CLIENT", "KILL", "TYPE", "normal"])
+                    try await eventually("the store's client reconnected on every loop") {
+                        client.connectionGeneration >= before + UInt64(client.loops.count) && client.isConnected
+                    }
                 }
-                let accepted = try await store.append([message("accepted", store)])[0]
-                try #require(accepted.sequence == old.sequence && accepted.generation != old.generation, "Redis gave the sequence again")
-                try await body(store, old, accepted)
             }
+        }
+    }
+
+    /// Runs `body` with a store in which the device's message `old` was stored, then Redis lost
+    /// it (`withReconnectingStore`), then `accepted` was stored under the same sequence.
+    private static func withSequenceGivenAgain(
+        status: Bool, _ body: @Sendable (RedisPushStore, _ old: StoredMessage, _ accepted: StoredMessage) async throws -> Void
+    ) async throws {
+        try await withReconnectingStore(status: status) { store, _, reconnect in
+            let old = try await store.append([message("old", store)])[0]
+            try await reconnect("d")
+            let accepted = try await store.append([message("accepted", store)])[0]
+            try #require(accepted.sequence == old.sequence && accepted.generation != old.generation, "Redis gave the sequence again")
+            try await body(store, old, accepted)
         }
     }
 
@@ -61,6 +77,26 @@ struct RedisGenerationTests {
             #expect(try await store.acknowledge(clientID: "d", messages: [Acknowledgement(accepted, sentAtMillis: nil)]) == 1)
             #expect(try await store.pending(for: "d", after: 0, limit: 10).isEmpty)
             if status { #expect(try await store.receipt(of: accepted.id)?.state == .acked) }
+        }
+    }
+
+    @Test("an ACK after Redis was reconnected records the send the connection held back for it, with status and with webhook events", arguments: [false, true])
+    func sendTimeAcrossGenerations(events: Bool) async throws {
+        try await Self.withReconnectingStore(status: true, events: events) { store, client, reconnect in
+            let message = try await store.append([Self.message("m", store)])[0]
+            try await reconnect(nil)
+            let sentAt = WallClock.millisecondsSinceEpoch() - 5_000
+            #expect(try await store.acknowledge(clientID: "d", messages: [Acknowledgement(message, sentAtMillis: sentAt)]) == 1)
+            let receipt = try #require(try await store.receipt(of: message.id))
+            #expect(receipt.state == .acked)
+            #expect(receipt.sentAtMillis == sentAt, "the ACK went by id and recorded the send at \(receipt.sentAtMillis.map(String.init) ?? "nil")")
+            if events {
+                let queued = try await client.send([.string("XRANGE"), .string("herald:{wh0}:events"), .string("-"), .string("+")])
+                guard case .array(let entries) = queued, entries.count == 1, case .array(let entry) = entries[0], case .array(let fields) = entry[1],
+                    let event = fields.last?.string
+                else { Issue.record("one event queued, not \(queued)"); return }
+                #expect(event.contains("\"sent_at\":\(sentAt)"), "the event: \(event)")
+            }
         }
     }
 }

@@ -31,6 +31,9 @@ final class RedisClusterState: Sendable {
     let map = Mutex(RedisCluster.SlotMap())
     /// Per master, per event loop (the index into the client's loops), its connection.
     let links = Mutex<[RedisConfiguration.Endpoint: [Int: Link]]>([:])
+    /// Per master, per event loop, the identity of the server its last link reached
+    /// (`RedisClient.dataGeneration`).
+    let identities = Mutex<[RedisConfiguration.Endpoint: [Int: String]]>([:])
     /// The refresh under way, which later askers wait for instead of starting their own.
     let refreshing = Mutex<Task<Void, Never>?>(nil)
     /// When the last refresh ended (to space out the ones redirects ask for).
@@ -129,8 +132,12 @@ extension RedisClient {
             if let link = links[endpoint]?[loop] { return (link.future, false) }
             let future = eventLoop.makeFutureWithTask {
                 let channel = try await self.open(endpoint.host, endpoint.port, on: eventLoop, authenticate: true)
-                // Counted before it carries a command (`connectionGeneration`).
-                self.connectionOpened()
+                let identity = await self.serverIdentity(channel)
+                let previous = state.identities.withLock { identities in
+                    defer { identities[endpoint, default: [:]][loop] = identity }
+                    return identities[endpoint]?[loop]
+                }
+                self.connectionOpened(reaching: identity, where: previous)
                 return channel
             }
             links[endpoint, default: [:]][loop] = .opening(future)

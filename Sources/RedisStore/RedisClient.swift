@@ -38,6 +38,8 @@ public final class RedisClient: Service, HealthReporting {
     private final class Slot: Sendable {
         let loop: any EventLoop
         let channel = Mutex<(any Channel)?>(nil)
+        /// The identity (`serverIdentity`) of the server this slot's last connection reached.
+        let identity = Mutex<String?>(nil)
         init(loop: any EventLoop) { self.loop = loop }
     }
 
@@ -53,6 +55,7 @@ public final class RedisClient: Service, HealthReporting {
     private let cluster: RedisClusterState?
     private let next = Atomic<Int>(0)
     private let connectionsOpened = Atomic<UInt64>(0)
+    private let serversChanged = Atomic<UInt64>(0)
     /// With Sentinel: the master last connected to, and the sentinel that last answered.
     private let currentMaster = Mutex<RedisConfiguration.Endpoint?>(nil)
     private let preferredSentinel = Mutex(0)
@@ -79,7 +82,35 @@ public final class RedisClient: Service, HealthReporting {
     /// on a loop), after which what Redis offers (a module, say) may have changed.
     public var connectionGeneration: UInt64 { connectionsOpened.load(ordering: .acquiring) }
 
-    func connectionOpened() { connectionsOpened.add(1, ordering: .releasing) }
+    /// Changes whenever a connection opens to a server that may not hold what its place's last
+    /// connection saw written (a loop's connection; on a cluster, a master's on a loop): another
+    /// process (a restart, a failover: INFO's `run_id`), the same process after a change of role
+    /// (`master_replid`), one that would not say (INFO refused), or a place's first connection.
+    /// A reconnection to the same server after a network blip keeps it: that server lost nothing.
+    public var dataGeneration: UInt64 { serversChanged.load(ordering: .acquiring) }
+
+    /// Counts a connection opened to the server `identity` (nil: unknown) where its place's last
+    /// connection reached `previous`. Called before the connection carries a command, so a
+    /// caller that read a generation before it existed never sees its own generation on it.
+    func connectionOpened(reaching identity: String?, where previous: String?) {
+        if identity == nil || identity != previous { serversChanged.add(1, ordering: .releasing) }
+        connectionsOpened.add(1, ordering: .releasing)
+    }
+
+    /// The server's `run_id` and `master_replid` (INFO), which tell a server that may have lost
+    /// writes since it was last reached from one reached again after a blip; nil if INFO is
+    /// refused (an ACL, a renamed command) or lacks them.
+    func serverIdentity(_ channel: any Channel) async -> String? {
+        guard let info = try? await command(channel, [.string("INFO")]).string else { return nil }
+        var runID: Substring?
+        var replicationID: Substring?
+        for line in info.split(whereSeparator: \.isNewline) {
+            if line.hasPrefix("run_id:") { runID = line.dropFirst("run_id:".count) }
+            if line.hasPrefix("master_replid:") { replicationID = line.dropFirst("master_replid:".count) }
+        }
+        guard let runID, let replicationID else { return nil }
+        return "\(runID)/\(replicationID)"
+    }
 
     // MARK: Commands
 
@@ -266,9 +297,8 @@ public final class RedisClient: Service, HealthReporting {
         while !Task.isCancelled {
             do {
                 let channel = try await connect(on: slot.loop)
-                // Counted before it carries a command, so a caller that read the generation
-                // before this connection existed never sees its own generation on it.
-                connectionOpened()
+                let identity = await serverIdentity(channel)
+                connectionOpened(reaching: identity, where: slot.identity.withLock { last in defer { last = identity }; return last })
                 slot.channel.withLock { $0 = channel }
                 if attempt > 0 {
                     let endpoint = currentMaster.withLock { $0 }.map { "\($0)" }

@@ -378,10 +378,10 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
         return result
     }
 
-    /// The client's `connectionGeneration`: it changes with every connection to Redis opened
-    /// again, after which Redis may be one that lost writes (a restart from an older snapshot
-    /// or AOF, a failover to a replica that lagged) and gives sequences again.
-    public var generation: UInt64 { client.connectionGeneration }
+    /// The client's `dataGeneration`: it changes when a connection opens to a Redis that may
+    /// have lost writes since (a restart from an older snapshot or AOF, a failover to a replica
+    /// that lagged), which gives sequences again; not after a network blip to the same server.
+    public var generation: UInt64 { client.dataGeneration }
 
     public func acknowledge(clientID: String, messages sent: [Acknowledgement]) async throws(StoreError) -> Int {
         guard !sent.isEmpty else { return 0 }

@@ -81,6 +81,28 @@ func withRedisClient(module: Bool = false, _ body: @Sendable (RedisClient) async
     }
 }
 
+/// Calls of each command so far (`INFO commandstats`): Redis's own count of what a store sent.
+func commandCalls(_ client: RedisClient) async throws -> [String: Int] {
+    commandCalls(inCommandStats: try #require(try await client.send([.string("INFO"), .string("commandstats")]).string))
+}
+
+/// Scripts Redis has run so far (`EVAL` and `EVALSHA`).
+func scriptCalls(_ client: RedisClient) async throws -> Int {
+    let calls = try await commandCalls(client)
+    return (calls["evalsha"] ?? 0) + (calls["eval"] ?? 0)
+}
+
+/// Calls of each command in the text of `INFO commandstats` (`cmdstat_<name>:calls=N,...`).
+func commandCalls(inCommandStats info: String) -> [String: Int] {
+    var calls: [String: Int] = [:]
+    for line in info.split(whereSeparator: \.isNewline) {
+        guard line.hasPrefix("cmdstat_"), let colon = line.firstIndex(of: ":") else { continue }
+        let name = String(line[line.index(line.startIndex, offsetBy: 8)..<colon])
+        calls[name] = line[colon...].split(separator: ",").first?.split(separator: "=").last.flatMap { Int($0) }
+    }
+    return calls
+}
+
 /// A message for the store tests: its payload names its id, and it expires `ttlMillis` from now.
 func new(_ clientID: String, _ id: String, ttlMillis: Int64 = 60_000, clock: TestWallClock) -> NewMessage {
     NewMessage(clientID: clientID, id: id, payload: ByteBuffer(string: "payload-\(id)"), expiresAtMillis: clock.now + ttlMillis)

@@ -53,12 +53,8 @@ struct RedisClientTests {
             let loaded = try await client.send([.string("SCRIPT"), .string("LOAD"), .string(script.source)])
             #expect(loaded.string == script.sha)
             func calls() async throws -> (eval: Int, evalsha: Int) {
-                let stats = try await client.send([.string("INFO"), .string("commandstats")]).string ?? ""
-                func count(_ name: String) -> Int {
-                    guard let line = stats.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_\(name):") }) else { return 0 }
-                    return Int(line.split(separator: "=")[1].split(separator: ",")[0]) ?? -1
-                }
-                return (count("eval"), count("evalsha"))
+                let calls = try await commandCalls(client)
+                return (calls["eval"] ?? 0, calls["evalsha"] ?? 0)
             }
             _ = try await client.send([.string("SCRIPT"), .string("FLUSH")])
             for _ in 0..<2 { #expect(try await client.run(script, keys: ["k"], arguments: [.string("a")]).string == "ak") }

@@ -1,4 +1,5 @@
 import Actors
+import Foundation
 import HeraldTestSupport
 import NIOCore
 import Testing
@@ -11,14 +12,22 @@ import Testing
 /// writes"). What the store deletes by such a sequence it must find by id instead.
 @Suite("Redis store generations", .timeLimit(.minutes(1)))
 struct RedisGenerationTests {
+    /// What happens to the store's Redis between two steps of a test.
+    enum Interruption {
+        /// Every connection of the store's client is cut (`CLIENT KILL`): the same server after it.
+        case blip
+        /// Redis restarts from a snapshot taken just before (`SAVE`): another process, same data.
+        case restartKeepingData
+        /// Redis restarts with nothing (no persistence): it gives the device's sequences again.
+        case restartLosingData
+    }
+
     /// Runs `body` with a store on a redis-server of its own (message status kept with
-    /// `status`; `message.acked` events queued with `events`), and `reconnect`, which cuts every
-    /// connection of the store's client and waits until it has reconnected (a new generation),
-    /// first deleting the queue and counter of `losing` if given: a Redis that "came back with
-    /// fewer writes", as after a restart from a snapshot taken before them.
-    private static func withReconnectingStore(
+    /// `status`; `message.acked` events queued with `events`), and `interrupt`, which does that
+    /// to Redis and waits until the store's client has reconnected on every loop.
+    private static func withInterruptedStore(
         status: Bool, events: Bool = false,
-        _ body: @Sendable (RedisPushStore, RedisClient, _ reconnect: @Sendable (_ losing: String?) async throws -> Void) async throws -> Void
+        _ body: @Sendable (RedisPushStore, RedisClient, _ interrupt: @Sendable (Interruption) async throws -> Void) async throws -> Void
     ) async throws {
         try await RedisServer.with { server in
             try await withRedisClient(url: server.url) { client in
@@ -26,11 +35,18 @@ struct RedisGenerationTests {
                     events
                     ? RedisWebhookQueue(client: client, node: "n1", lanes: 1, types: [.messageAcked], lease: .seconds(60), pollInterval: .milliseconds(50)) : nil
                 let store = RedisPushStore(client: client, maxPending: 100, receiptRetentionMillis: status ? 60_000 : nil, events: queue)
-                try await body(store, client) { losing in
+                try await body(store, client) { interruption in
                     let before = client.connectionGeneration
-                    if let losing { _ = try await RedisServer.cli(port: server.port, ["DEL", "herald:{\(losing)}:n", "herald:{\(losing)}:q"]) }
-                    _ = try await RedisServer.cli(port: server.port, ["CLIENT", "KILL", "TYPE", "normal"])
-                    try await eventually("the store's client reconnected on every loop") {
+                    switch interruption {
+                    case .blip:
+                        _ = try await server.cli(["CLIENT", "KILL", "TYPE", "normal"])
+                    case .restartKeepingData, .restartLosingData:
+                        if case .restartKeepingData = interruption { _ = try await server.cli(["SAVE"]) }
+                        try await server.stop()
+                        if case .restartLosingData = interruption { try? FileManager.default.removeItem(at: server.directory.appendingPathComponent("dump.rdb")) }
+                        try await server.start()
+                    }
+                    try await eventually("the store's client reconnected on every loop", timeout: .seconds(10)) {
                         client.connectionGeneration >= before + UInt64(client.loops.count) && client.isConnected
                     }
                 }
@@ -39,13 +55,13 @@ struct RedisGenerationTests {
     }
 
     /// Runs `body` with a store in which the device's message `old` was stored, then Redis lost
-    /// it (`withReconnectingStore`), then `accepted` was stored under the same sequence.
+    /// it (a restart without its data), then `accepted` was stored under the same sequence.
     private static func withSequenceGivenAgain(
         status: Bool, _ body: @Sendable (RedisPushStore, _ old: StoredMessage, _ accepted: StoredMessage) async throws -> Void
     ) async throws {
-        try await withReconnectingStore(status: status) { store, _, reconnect in
+        try await withInterruptedStore(status: status) { store, _, interrupt in
             let old = try await store.append([message("old", store)])[0]
-            try await reconnect("d")
+            try await interrupt(.restartLosingData)
             let accepted = try await store.append([message("accepted", store)])[0]
             try #require(accepted.sequence == old.sequence && accepted.generation != old.generation, "Redis gave the sequence again")
             try await body(store, old, accepted)
@@ -80,11 +96,12 @@ struct RedisGenerationTests {
         }
     }
 
-    @Test("an ACK after Redis was reconnected records the send the connection held back for it, with status and with webhook events", arguments: [false, true])
+    @Test("an ACK after Redis restarted records the send the connection held back for it, with status and with webhook events", arguments: [false, true])
     func sendTimeAcrossGenerations(events: Bool) async throws {
-        try await Self.withReconnectingStore(status: true, events: events) { store, client, reconnect in
+        try await Self.withInterruptedStore(status: true, events: events) { store, client, interrupt in
             let message = try await store.append([Self.message("m", store)])[0]
-            try await reconnect(nil)
+            try await interrupt(.restartKeepingData)
+            try #require(store.generation != message.generation)
             let sentAt = WallClock.millisecondsSinceEpoch() - 5_000
             #expect(try await store.acknowledge(clientID: "d", messages: [Acknowledgement(message, sentAtMillis: sentAt)]) == 1)
             let receipt = try #require(try await store.receipt(of: message.id))
@@ -97,6 +114,20 @@ struct RedisGenerationTests {
                 else { Issue.record("one event queued, not \(queued)"); return }
                 #expect(event.contains("\"sent_at\":\(sentAt)"), "the event: \(event)")
             }
+        }
+    }
+
+    @Test("a network blip keeps the store's generation, so an ACK still deletes by sequence; a restart changes it")
+    func blipKeepsTheGeneration() async throws {
+        try await Self.withInterruptedStore(status: false) { store, client, interrupt in
+            let message = try await store.append([Self.message("m", store)])[0]
+            try await interrupt(.blip)
+            #expect(store.generation == message.generation)
+            let scripts = try await scriptCalls(client)
+            #expect(try await store.acknowledge(clientID: "d", messages: [Acknowledgement(message)]) == 1)
+            #expect(try await scriptCalls(client) == scripts, "the ACK was a plain XDEL, not the script that searches by id")
+            try await interrupt(.restartKeepingData)
+            #expect(store.generation != message.generation)
         }
     }
 }

@@ -32,22 +32,12 @@ struct RedisGroupCommitTests {
         NewMessage(clientID: clientID, id: id, payload: ByteBuffer(string: id), expiresAtMillis: WallClock.millisecondsSinceEpoch() + 60_000)
     }
 
-    private static func scriptCalls(_ client: RedisClient) async throws -> Int {
-        let info = try #require(try await client.send([.string("INFO"), .string("commandstats")]).string)
-        return info.split(whereSeparator: \.isNewline).reduce(0) { total, line in
-            guard line.hasPrefix("cmdstat_evalsha:") || line.hasPrefix("cmdstat_eval:"),
-                let calls = line.split(separator: "calls=").dropFirst().first?.prefix(while: \.isNumber)
-            else { return total }
-            return total + (Int(calls) ?? 0)
-        }
-    }
-
     @Test("requests started on one loop in one tick are one script call; a refused one (429) stores nothing and leaves no gap")
     func oneScriptCallEachAllOrNothing() async throws {
         try await withRedisClient { client in
             let store = RedisPushStore(client: client, maxPending: 2)
             _ = try await store.append([Self.message("full", "f1"), Self.message("full", "f2")])
-            let before = try await Self.scriptCalls(client)
+            let before = try await scriptCalls(client)
             let results = try await Self.appendInOneTick(
                 [
                     [Self.message("a", "a1")],
@@ -59,7 +49,7 @@ struct RedisGroupCommitTests {
                 ],
                 on: client.loops[0], store.append
             )
-            let calls = try await Self.scriptCalls(client) - before
+            let calls = try await scriptCalls(client) - before
             #expect(calls == 1, "six requests, one EVALSHA, not \(calls)")
             let stored = results.map { try? $0.get().map(\.id) }
             #expect(stored == [["a1"], nil, ["b1", "c1"], ["a2"], nil, ["d2"]])

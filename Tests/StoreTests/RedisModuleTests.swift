@@ -9,16 +9,9 @@ import Testing
 /// these check that the module, not the script, did the work, and what its writes leave behind.
 @Suite("Redis store with Herald's module", .timeLimit(.minutes(1)))
 struct RedisModuleTests {
-    /// Calls of each command in `INFO commandstats` (`cmdstat_<name>:calls=N,...`).
+    /// Calls of each command in `INFO commandstats`.
     private func calls(_ server: RedisServer) async throws -> [String: Int] {
-        var calls: [String: Int] = [:]
-        for line in try await server.cli(["INFO", "commandstats"]).split(whereSeparator: \.isNewline) {
-            guard line.hasPrefix("cmdstat_"), let colon = line.firstIndex(of: ":") else { continue }
-            let name = String(line[line.index(line.startIndex, offsetBy: 8)..<colon])
-            let count = line[colon...].split(separator: ",").first?.split(separator: "=").last.flatMap { Int($0) }
-            calls[name] = count
-        }
-        return calls
+        commandCalls(inCommandStats: try await server.cli(["INFO", "commandstats"]))
     }
 
     /// A redis-server that loaded the module and an in-sync replica of it that did not.

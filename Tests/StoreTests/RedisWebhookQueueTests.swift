@@ -198,11 +198,7 @@ struct RedisWebhookQueueTests {
 
     /// How many times Redis has run `XREADGROUP` so far (`INFO commandstats`).
     private func groupReads(_ client: RedisClient) async throws -> Int {
-        let info = try #require(try await client.send([.string("INFO"), .string("commandstats")]).string)
-        guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_xreadgroup:") }),
-            let calls = line.split(separator: ",").first?.split(separator: "=").last
-        else { return 0 }
-        return Int(calls) ?? 0
+        try await commandCalls(client)["xreadgroup"] ?? 0
     }
 
     @Test("the holder sends the events it wrote itself from memory, in order, without reading them back from Redis")

@@ -468,10 +468,11 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     ) async throws(StoreError) -> Int {
         var keys = [stream]
         var sendTimes: [Int64?] = []
+        // Per message, for HERALD.ACK and the script alike: its sequence (an entry id: `XDEL`
+        // reads 5 as 5-0), or its id to find, then its status key's index and its send time
+        // (0: none).
         var sent: [RedisArgument] = []
         var unsent: [RedisArgument] = []
-        // HERALD.ACK's per message: sequence, status key's index, send time (0: none).
-        var moduleMessages: [RedisArgument] = []
         for message in messages {
             var index: Int64 = 0
             if let key = statusKey(message.id, of: clientID) {
@@ -481,14 +482,13 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
             }
             let sentAt: Int64 = index > 0 ? message.unmarkedSentAtMillis ?? 0 : 0
             if let sequence = message.sequence {
-                sent += [.string("\(sequence)-0"), .integer(index), .integer(sentAt)]
-                moduleMessages += [.integer(Int64(sequence)), .integer(index), .integer(sentAt)]
+                sent += [.integer(Int64(sequence)), .integer(index), .integer(sentAt)]
             } else {
                 unsent += [.string(message.id), .integer(index), .integer(sentAt)]
             }
         }
         let now = now()
-        if unsent.isEmpty, let removed = try await acknowledgeThroughModule(keys: keys, messages: moduleMessages, now: now, retention: retention) {
+        if unsent.isEmpty, let removed = try await acknowledgeThroughModule(keys: keys, messages: sent, now: now, retention: retention) {
             return removed
         }
         guard unsent.isEmpty else {

@@ -236,7 +236,7 @@ extension RedisPushStore {
 
     /// KEYS: stream. ARGV: message ids. Removes the device's entries with those ids, found by
     /// reading its whole queue: for ACKs of ids the connection did not send (rare), and for ACKs
-    /// and take-backs of messages written before Redis was reconnected, since an ACK with its
+    /// and take-backs of messages written in an older store generation, since an ACK with its
     /// sequence is a plain XDEL. Returns how many were removed.
     static let acknowledgeByIDScript = RedisScript(
         """

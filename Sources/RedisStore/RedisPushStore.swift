@@ -335,8 +335,9 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
     /// may have read the message meanwhile, and must never see its sequence again on another
     /// one. Best effort: what it cannot delete stays, as a message delivered at least once.
     /// Their status goes with them: they were never accepted. As for an ACK, a message written
-    /// before Redis was reconnected is found by its id, never deleted by its sequence, which a
-    /// Redis that lost writes may have given to a message accepted since.
+    /// in an older generation (another Redis process since, `generation`) is found by its id,
+    /// never deleted by its sequence, which a Redis that lost writes may have given to a
+    /// message accepted since.
     func takeBack(_ stored: [StoredMessage]) async {
         let generation = generation
         var byDevice: [String: [StoredMessage]] = [:]
@@ -385,8 +386,8 @@ public final class RedisPushStore: ReceiptStore, BroadcastReceiptStore {
 
     public func acknowledge(clientID: String, messages sent: [Acknowledgement]) async throws(StoreError) -> Int {
         guard !sent.isEmpty else { return 0 }
-        // A sequence read before Redis was reconnected may now name another message: such an
-        // ACK finds its message by id (a script), never deletes by that sequence.
+        // A sequence read in an older generation (another Redis process since) may now name
+        // another message: such an ACK finds its message by id (a script), never deletes by it.
         let generation = generation
         var messages = sent
         for index in messages.indices where messages[index].sequence != nil && messages[index].generation != generation {

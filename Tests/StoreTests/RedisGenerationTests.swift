@@ -6,10 +6,11 @@ import Testing
 
 @testable import RedisStore
 
-/// A sequence read before Redis was reconnected may name another message afterwards: a Redis
-/// restarted from an older snapshot, or a replica promoted before it copied the last writes,
-/// gives a device's sequences again (Docs/store.md, "When Redis comes back with fewer
-/// writes"). What the store deletes by such a sequence it must find by id instead.
+/// A sequence read before Redis restarted or failed over may name another message afterwards:
+/// a Redis restarted from an older snapshot, or a replica promoted before it copied the last
+/// writes, gives a device's sequences again (Docs/store.md, "When Redis comes back with fewer
+/// writes"). What the store deletes by such a sequence it must find by id instead; a blip to
+/// the same server changes nothing.
 @Suite("Redis store generations", .timeLimit(.minutes(1)))
 struct RedisGenerationTests {
     /// What happens to the store's Redis between two steps of a test.
